@@ -49,6 +49,12 @@ def bd3lm_ce(
                              f"got {tensor.dtype} {tuple(tensor.shape)}")
     if t.shape != (b,):
         raise ValueError(f"bd3lm_ce: t must be [b] = [{b}], got {tuple(t.shape)}")
-    nll = -token_logprobs(student_logits, x0, tp_group, chunk_rows)  # [b, L] fp32
-    weighted = (nll * bd3lm_weight(t).unsqueeze(1)).masked_fill(~masked, 0.0)
+    return bd3lm_ce_from_logprobs(token_logprobs(student_logits, x0, tp_group, chunk_rows), masked, maskable, t)
+
+
+def bd3lm_ce_from_logprobs(
+    token_logp: torch.Tensor, masked: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """BD3LM CE from precomputed fp32 ``log p(x0)`` ``[b, L]`` (shared with CALM's student side, §5.6)."""
+    weighted = (-token_logp.float() * bd3lm_weight(t).unsqueeze(1)).masked_fill(~masked, 0.0)
     return weighted.sum() / max(1, int(maskable.sum()))
