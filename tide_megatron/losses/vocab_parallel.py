@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 ProcessGroup = Optional[dist.ProcessGroup]
 
-# fp32 elements per row chunk: 2**24 elements = 64 MiB of fp32 per temporary.
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
+# fp32 elements per row chunk: 2**22 elements = 16 MiB of fp32 per temporary (27 rows at V = 151936).
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 
 def tp_size(group: ProcessGroup) -> int:
@@ -63,7 +63,7 @@ def local_vocab_limit(local_vocab: int, vocab_limit: Optional[int], group: Proce
 
 
 def default_chunk_rows(vocab: int, chunk_rows: Optional[int] = None) -> int:
-    """Rows per chunk: ``chunk_rows`` if given, else enough rows for about 2**24 fp32 elements."""
+    """Rows per chunk: ``chunk_rows`` if given, else enough rows for about 2**22 fp32 elements."""
     if chunk_rows is not None:
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -130,8 +130,11 @@ class _TokenLogprobs(torch.autograd.Function):
         m = logits.amax(dim=-1).float() if v_local else torch.full((n,), float("-inf"), device=logits.device)
         all_reduce(m, dist.ReduceOp.MAX, group)
         sumexp = torch.empty(n, dtype=torch.float32, device=logits.device)
+        work = torch.empty(min(rows, n), v_local, dtype=torch.float32, device=logits.device)
         for sl in row_chunks(n, rows):
-            sumexp[sl] = torch.exp(logits[sl].float() - m[sl].unsqueeze(1)).sum(dim=1)
+            x = work[: sl.stop - sl.start].copy_(logits[sl])
+            sumexp[sl] = x.sub_(m[sl].unsqueeze(1)).exp_().sum(dim=1)
+        del work
         stats = torch.stack([sumexp, picked])
         all_reduce(stats, dist.ReduceOp.SUM, group)
         lse = m + torch.log(stats[0])
@@ -144,12 +147,12 @@ class _TokenLogprobs(torch.autograd.Function):
         logits, safe_t, in_shard, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
         g = grad_out.float()
+        work = torch.empty(min(ctx.rows, logits.shape[0]), logits.shape[1], dtype=torch.float32, device=logits.device)
         for sl in row_chunks(logits.shape[0], ctx.rows):
-            p = torch.exp(logits[sl].float() - lse[sl].unsqueeze(1))
-            d = -p
+            d = work[: sl.stop - sl.start].copy_(logits[sl]).sub_(lse[sl].unsqueeze(1)).exp_().neg_()
             rows_idx = torch.arange(sl.start, sl.stop, device=logits.device) - sl.start
             d[rows_idx, safe_t[sl]] += in_shard[sl].float()
-            grad[sl] = (d * g[sl].unsqueeze(1)).to(grad.dtype)
+            grad[sl] = d.mul_(g[sl].unsqueeze(1))
         return grad, None, None, None
 
 
