@@ -171,6 +171,12 @@ def token_logprobs(
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= v):
         raise ValueError(f"token_logprobs: targets must be vocabulary ids in [0, {v}), "
                          f"got range [{int(targets.min())}, {int(targets.max())}]")
-    flat = logits.reshape(-1, logits.shape[-1])
-    out = _TokenLogprobs.apply(flat, targets.reshape(-1).long(), tp_group, chunk_rows)
-    return out.reshape(targets.shape)
+    # Reorder the leading dims to memory order first, so a transposed view (megatron's [s, b, V] seen
+    # as [b, s, V]) is flattened without copying the logits.
+    lead = logits.dim() - 1
+    perm = sorted(range(lead), key=lambda d: -logits.stride(d))
+    logits_p, targets_p = logits.permute(*perm, lead), targets.permute(*perm)
+    flat = logits_p.reshape(-1, logits.shape[-1])
+    out = _TokenLogprobs.apply(flat, targets_p.reshape(-1).long(), tp_group, chunk_rows)
+    inverse = sorted(range(lead), key=lambda d: perm[d])
+    return out.reshape(targets_p.shape).permute(*inverse)
