@@ -177,3 +177,43 @@ def load_llada2_from_hf(model: torch.nn.Module, hf_dir: Path, cfg: LLaDA2Config,
                                       f"expects {tuple(target.shape)}")
             target.copy_(value.to(target.dtype))
     reader.close()
+
+
+def verify_llada2_against_hf(hf_dir: Path, pgs: ProcessGroupCollection, seq_len: int = 16, batch_size: int = 2,
+                             seed: int = 0, trust_remote_code: bool = True) -> float:
+    """Max |logit difference| between the megatron teacher and the checkpoint's own HF modeling code.
+
+    Released LLaDA2 checkpoints carry their modeling code (config.json ``auto_map``), so the HF side is
+    loaded with ``trust_remote_code``. fp32 on both sides; the last sequence is key-padded. Run it on
+    a layout with pp=1 (every rank of the TP group gets the same answer).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from tide_megatron.models.llada2.model import build_llada2_model, forward_llada2
+
+    hf_dir = Path(hf_dir)
+    cfg = LLaDA2Config.from_pretrained(hf_dir)
+    if dist.get_world_size(pgs.pp) != 1:
+        raise ValueError("verify runs the megatron model without a pipeline: use a layout with pp=1")
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=trust_remote_code,
+                                                  dtype=torch.float32).eval()
+    except ValueError as err:
+        raise CheckpointError(f"{hf_dir}: transformers could not load the checkpoint ({err}); LLaDA2 needs its "
+                              "own modeling code: pass trust_remote_code") from err
+    model = build_llada2_model(cfg, pgs, torch.float32)
+    load_llada2_from_hf(model, hf_dir, cfg, pgs)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[-1, seq_len - seq_len // 4:] = 0
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).logits.float()
+        local = forward_llada2(model, ids, mask).float()
+    tp = dist.get_world_size(pgs.tp)
+    if tp > 1:
+        parts = [torch.empty_like(local) for _ in range(tp)]
+        dist.all_gather(parts, local.contiguous(), group=pgs.tp)
+        local = torch.cat(parts, -1)
+    real = mask.bool()
+    return (local - ref)[real].abs().max().item()
