@@ -106,3 +106,16 @@ def test_logit_rows_shared_vocab_and_topk(name, checkpoint, batch, reference_log
     assert torch.equal(top.indices, ref_idx)
     assert (top.logprobs - ref_vals).abs().max().item() < TOL
     assert (top.tail_mass - (1 - ref_vals.exp().sum(-1))).abs().max().item() < TOL
+
+
+def test_tide_convert_llada2_ep2_then_verify_tp2_with_remote_code(checkpoint, tmp_path_factory):
+    """hf-to-mcore at EP=2, then `verify` reshards to TP=2 and compares with the checkpoint's own
+    modeling code loaded through trust_remote_code."""
+    from tide_megatron.cli.convert import run
+
+    holder = [str(tmp_path_factory.mktemp("mcore") / "llada2") if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    run(["hf-to-mcore", "--arch", "llada2", "--hf-dir", str(checkpoint), "--mcore-dir", holder[0],
+         "--ep", "2", "--dtype", "float32"])
+    diffs = run(["verify", "--arch", "llada2", "--hf-dir", str(checkpoint), "--mcore-dir", holder[0]])
+    assert diffs["bidirectional"] < TOL

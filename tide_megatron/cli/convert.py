@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-ARCHITECTURES = ("qwen3",)
+ARCHITECTURES = ("qwen3", "llada2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     to_mcore.add_argument("--mcore-dir", required=True, help="output directory (must not exist)")
     to_mcore.add_argument("--tp", type=int, default=1)
     to_mcore.add_argument("--pp", type=int, default=1)
+    to_mcore.add_argument("--ep", type=int, default=1, help="expert parallel size (--arch llada2)")
     to_mcore.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     to_hf = sub.add_parser("mcore-to-hf", help="megatron dist checkpoint -> HF safetensors directory")
     to_hf.add_argument("--mcore-dir", required=True)
@@ -50,6 +51,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     init_distributed()
     if cpu_compat.is_applied():
         cpu_compat.use_fork_checkpoint_manager()
+    if args.arch == "llada2":
+        return _run_llada2(args)
     from tide_megatron.models.qwen3 import convert
 
     if args.command == "hf-to-mcore":
@@ -64,6 +67,19 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         return convert.verify(args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
                               block_size=args.block_size, seed=args.seed, log=_rank0_print)
     return None
+
+
+def _run_llada2(args) -> Optional[dict]:
+    """LLaDA2-MoE teacher: HF -> mcore (TP x PP x EP) and verify against the checkpoint's own modeling code."""
+    from tide_megatron.models.llada2 import convert
+
+    if args.command == "hf-to-mcore":
+        convert.hf_to_mcore(args.hf_dir, args.mcore_dir, tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype)
+        return None
+    if args.command == "verify":
+        return convert.verify(args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
+                              seed=args.seed, log=_rank0_print)
+    raise ValueError("--arch llada2: mcore-to-hf is not supported (the teacher is never trained)")
 
 
 def _rank0_print(msg: str) -> None:

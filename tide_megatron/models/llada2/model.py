@@ -21,10 +21,17 @@ from tide_megatron.models.llada2.config import LLaDA2Config
 from tide_megatron.models.llada2.spec import decoder_block_spec
 
 
-def ensure_megatron_buffers() -> None:
-    """megatron's local core attention uses a global scratch buffer that only initialize_model_parallel sets."""
+def ensure_megatron_runtime(pgs: ProcessGroupCollection, seed: int = 1234) -> None:
+    """Global bits megatron reads even when process groups are passed in: the scratch buffer and the
+    model-parallel RNG tracker (forked by the embedding under sequence parallelism). Seeded only if unset."""
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    from tide_megatron.distributed.init import seed_model_parallel_rng
+
     if getattr(parallel_state, "_GLOBAL_MEMORY_BUFFER", None) is None:
         parallel_state._set_global_memory_buffer()
+    if "model-parallel-rng" not in get_cuda_rng_tracker().get_states():
+        seed_model_parallel_rng(seed, dist.get_rank(pgs.tp), dist.get_rank(pgs.ep), dist.get_rank(pgs.expt_tp))
 
 
 def layout_of(pgs: ProcessGroupCollection) -> ParallelLayout:
@@ -36,7 +43,7 @@ def layout_of(pgs: ProcessGroupCollection) -> ParallelLayout:
 def build_llada2_model(cfg: LLaDA2Config, pgs: ProcessGroupCollection, params_dtype: torch.dtype = torch.bfloat16,
                        backend: Optional[str] = None) -> ExplicitMaskGPTModel:
     """This rank's stage of the teacher: embeddings on the first stage, the output layer on the last."""
-    ensure_megatron_buffers()
+    ensure_megatron_runtime(pgs)
     layout = layout_of(pgs)
     tconfig = cfg.to_transformer_config(layout, params_dtype=params_dtype)
     pp_rank, pp_size = dist.get_rank(pgs.pp), layout.pp
