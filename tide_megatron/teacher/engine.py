@@ -62,7 +62,7 @@ class TeacherEngine:
     """Teacher forward + payload extraction for one model stage on the teacher grid."""
 
     def __init__(self, model: torch.nn.Module, pgs: ProcessGroupCollection, pad_token_id: int = 0,
-                 micro_batch_size: Optional[int] = None, chunk_tokens: int = payloads.DEFAULT_CHUNK_TOKENS):
+                 micro_batch_size: Optional[int] = None, chunk_tokens: Optional[int] = None):
         self.model = model.eval()
         self.model.requires_grad_(False)
         self.pgs = pgs
