@@ -89,10 +89,10 @@ def test_token_logprobs_equal_full_logit_computation(name, checkpoint, batch, re
     assert (got - full)[real].abs().max().item() < TOL
 
 
-@pytest.mark.parametrize("name", ["tp1", "tp2_sp"])
+@pytest.mark.parametrize("name", ["tp1", "tp2_sp", "pp2"])
 def test_logit_rows_shared_vocab_and_topk(name, checkpoint, batch, reference_logits):
-    layout, _ = LAYOUTS[name]
-    engine = _engine(checkpoint, layout)
+    layout, mbs = LAYOUTS[name]
+    engine = _engine(checkpoint, layout, mbs)
     ids, mask = batch
     rows = torch.tensor([[0, 0], [0, 7], [1, 2], [1, 8]])
     limit, k = 100, 5  # a shared-vocabulary cut that falls inside TP rank 1's half
