@@ -76,3 +76,10 @@ def test_unexpressible_router_setting_in_checkpoint(pgs, tmp_path):
     write_tiny_llada2(tmp_path, config_overrides={"topk_group": 1})
     with pytest.raises(LLaDA2ConfigError, match="top-2"):
         load_llada2_teacher(tmp_path, pgs, torch.float32)
+
+
+def test_verify_without_the_modeling_code_is_a_clear_error(pgs, tmp_path):
+    write_tiny_llada2(tmp_path)
+    (tmp_path / "modeling_llada2_moe.py").unlink()
+    with pytest.raises(CheckpointError, match="own modeling code"):
+        verify_llada2_against_hf(tmp_path, pgs)

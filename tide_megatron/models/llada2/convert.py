@@ -179,44 +179,51 @@ def load_llada2_from_hf(model: torch.nn.Module, hf_dir: Path, cfg: LLaDA2Config,
     reader.close()
 
 
-def verify_llada2_against_hf(hf_dir: Path, pgs: ProcessGroupCollection, seq_len: int = 16, batch_size: int = 2,
-                             seed: int = 0, trust_remote_code: bool = True) -> float:
-    """Max |logit difference| between the megatron teacher and the checkpoint's own HF modeling code.
+def compare_with_remote_code(model: torch.nn.Module, cfg: LLaDA2Config, hf_dir: Path, pgs: ProcessGroupCollection,
+                             seq_len: int = 16, batch_size: int = 2, seed: int = 0,
+                             trust_remote_code: bool = True) -> float:
+    """Max |logit difference| between a built megatron teacher (pp=1) and the checkpoint's own HF modeling.
 
     Released LLaDA2 checkpoints carry their modeling code (config.json ``auto_map``), so the HF side is
-    loaded with ``trust_remote_code``. fp32 on both sides; the last sequence is key-padded. Run it on
-    a layout with pp=1 (every rank of the TP group gets the same answer).
+    loaded with ``trust_remote_code``. fp32 on both sides; bidirectional attention with the last
+    sequence key-padded (§2.1). Collective over ``pgs.tp``.
     """
     from transformers import AutoModelForCausalLM
 
-    from tide_megatron.models.llada2.model import build_llada2_model, forward_llada2
+    from tide_megatron.models.llada2.model import forward_llada2
 
-    hf_dir = Path(hf_dir)
-    cfg = LLaDA2Config.from_pretrained(hf_dir)
     if dist.get_world_size(pgs.pp) != 1:
         raise ValueError("verify runs the megatron model without a pipeline: use a layout with pp=1")
     try:
         hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=trust_remote_code,
                                                   dtype=torch.float32).eval()
-    except ValueError as err:
-        raise CheckpointError(f"{hf_dir}: transformers could not load the checkpoint ({err}); LLaDA2 needs its "
-                              "own modeling code: pass trust_remote_code") from err
-    model = build_llada2_model(cfg, pgs, torch.float32)
-    load_llada2_from_hf(model, hf_dir, cfg, pgs)
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{hf_dir}: transformers could not load the checkpoint's own modeling code "
+                              f"(trust_remote_code={trust_remote_code}): {err}") from err
+    tp = dist.get_world_size(pgs.tp)
+    seq_len += (-seq_len) % tp  # sequence parallelism needs L % tp == 0
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), generator=gen)
     mask = torch.ones_like(ids)
-    mask[-1, seq_len - seq_len // 4:] = 0
+    mask[-1, seq_len - max(1, seq_len // 4):] = 0
     with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask).logits.float()
-        local = forward_llada2(model, ids, mask).float()
-    tp = dist.get_world_size(pgs.tp)
+        theirs = hf(input_ids=ids, attention_mask=mask).logits.float()
+        ours = forward_llada2(model, ids, mask).float()
     if tp > 1:
-        parts = [torch.empty_like(local) for _ in range(tp)]
-        dist.all_gather(parts, local.contiguous(), group=pgs.tp)
-        local = torch.cat(parts, -1)
-    real = mask.bool()
-    return (local - ref)[real].abs().max().item()
+        parts = [torch.empty_like(ours) for _ in range(tp)]
+        dist.all_gather(parts, ours.contiguous(), group=pgs.tp)
+        ours = torch.cat(parts, -1)
+    return (ours - theirs)[mask.bool()].abs().max().item()
+
+
+def verify_llada2_against_hf(hf_dir: Path, pgs: ProcessGroupCollection, **kwargs) -> float:
+    """Load the HF checkpoint straight into megatron (no dist checkpoint) and `compare_with_remote_code`."""
+    from tide_megatron.models.llada2.model import build_llada2_model
+
+    cfg = LLaDA2Config.from_pretrained(hf_dir)
+    model = build_llada2_model(cfg, pgs, torch.float32)
+    load_llada2_from_hf(model, Path(hf_dir), cfg, pgs)
+    return compare_with_remote_code(model, cfg, Path(hf_dir), pgs, **kwargs)
 
 
 # ---- tide-convert: HF directory <-> megatron dist checkpoint -------------------------------------------
@@ -290,13 +297,10 @@ def verify(hf_dir: str, mcore_dir: str, seq_len: int = 16, batch: int = 2, seed:
            log=print, trust_remote_code: bool = True) -> dict[str, float]:
     """Logits of the converted megatron teacher vs the HF checkpoint's own modeling code (trust_remote_code).
 
-    Fully bidirectional attention with key padding on the last sequence (§2.1). Collective; megatron runs
-    with every rank in one TP group (world = tp) when the heads allow it, else TP=1.
+    Collective; the dist checkpoint is resharded to one TP group spanning the world when the heads
+    allow it, else TP=1.
     """
-    from transformers import AutoModelForCausalLM
-
     from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
-    from tide_megatron.models.llada2.model import forward_llada2
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     cfg = LLaDA2Config.from_pretrained(Path(mcore_dir) / HF_ASSETS)
@@ -307,24 +311,7 @@ def verify(hf_dir: str, mcore_dir: str, seq_len: int = 16, batch: int = 2, seed:
         layout = ParallelLayout()
     grid = build_model_grid(layout, "verify")
     model, cfg = load_llada2_mcore(mcore_dir, grid.pgs, torch.float32)
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=trust_remote_code,
-                                                  dtype=torch.float32).eval()
-    except (ValueError, OSError) as err:
-        raise CheckpointError(f"{hf_dir}: transformers could not load the checkpoint's own modeling code "
-                              f"(trust_remote_code): {err}") from err
-    gen = torch.Generator().manual_seed(seed)
-    seq_len += (-seq_len) % layout.tp  # sequence parallelism needs L % tp == 0
-    ids = torch.randint(0, cfg.vocab_size, (batch, seq_len), generator=gen)
-    mask = torch.ones_like(ids)
-    mask[-1, seq_len - max(1, seq_len // 4):] = 0
-    with torch.no_grad():
-        theirs = hf(input_ids=ids, attention_mask=mask).logits.float()
-        ours = forward_llada2(model, ids, mask).float()
-    if layout.tp > 1:
-        parts = [torch.empty_like(ours) for _ in range(layout.tp)]
-        dist.all_gather(parts, ours.contiguous(), group=grid.pgs.tp)
-        ours = torch.cat(parts, -1)
-    diff = (ours - theirs)[mask.bool()].abs().max().item()
+    diff = compare_with_remote_code(model, cfg, Path(hf_dir), grid.pgs, seq_len=seq_len, batch_size=batch,
+                                    seed=seed, trust_remote_code=trust_remote_code)
     log(f"bidirectional+key_padding: max abs logit difference = {diff:.3e}")
     return {"bidirectional": diff}
