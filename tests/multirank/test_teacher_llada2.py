@@ -119,3 +119,16 @@ def test_tide_convert_llada2_ep2_then_verify_tp2_with_remote_code(checkpoint, tm
          "--ep", "2", "--dtype", "float32"])
     diffs = run(["verify", "--arch", "llada2", "--hf-dir", str(checkpoint), "--mcore-dir", holder[0]])
     assert diffs["bidirectional"] < TOL
+
+
+def test_odd_length_is_padded_for_sequence_parallel(checkpoint, batch):
+    """L=11 at TP=2 with sequence parallelism: the engine pads to 12 with unseen pad tokens and crops."""
+    engine = _engine(checkpoint, LAYOUTS["tp2_sp"][0])
+    ids, mask = batch[0][:, :11], batch[1][:, :11]
+    targets = torch.roll(ids, 1, 1)
+    got = engine.token_logprobs(ids, targets, attention_mask=mask)
+    with torch.no_grad():
+        full = build_random_reference(0)(ids, attention_mask=mask).logits.log_softmax(-1)
+    want = full.gather(-1, targets[..., None]).squeeze(-1)
+    assert got.shape == (2, 11)
+    assert (got - want)[mask.bool()].abs().max().item() < TOL
