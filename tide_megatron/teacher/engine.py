@@ -59,7 +59,11 @@ def allowed_attention_mask(attention_mask: Optional[torch.Tensor], b: int, L: in
 
 
 class TeacherEngine:
-    """Teacher forward + payload extraction for one model stage on the teacher grid."""
+    """Teacher forward + payload extraction for one model stage on the teacher grid.
+
+    The engine takes the model over: on the last stage its output layer is replaced by
+    `_HiddenStatesHead` (the LM-head weight is kept for the payloads), so load weights first.
+    """
 
     def __init__(self, model: torch.nn.Module, pgs: ProcessGroupCollection, pad_token_id: int = 0,
                  micro_batch_size: Optional[int] = None, chunk_tokens: Optional[int] = None):
