@@ -113,7 +113,7 @@ class _RowDistill(torch.autograd.Function):
         if grad is None:
             raise RuntimeError("distillation loss: backward called twice (the gradient buffer is consumed once)")
         ctx.grad = None
-        grad.mul_(grad_out.to(grad.dtype))
+        grad.mul_(grad_out)  # a 0-dim fp32 factor: applied in fp32 opmath, stored in the input dtype
         return grad, None, None, None, None, None, None, None, None
 
 
