@@ -131,3 +131,34 @@ def bits_per_byte(full_forward: FullForward, windows: Sequence[Window], mask_id:
                      masked_bpb=masked_nats / math.log(2) / max(1, masked_bytes), windows=len(windows),
                      tokens=len(windows) * seq_len, bytes=total_bytes, draws_per_window=draws,
                      masked_tokens=masked_tokens)
+
+
+def read_heldout_text(paths: Sequence[str], max_bytes: Optional[int] = None,
+                      suffixes: tuple[str, ...] = (".py", ".rst", ".txt", ".md")) -> list[str]:
+    """Documents from files and directories (recursively, sorted, by suffix), up to ``max_bytes``."""
+    import os
+
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                files += [os.path.join(root, n) for n in sorted(names) if n.endswith(suffixes)]
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"--heldout: no such file or directory: {path}")
+    docs, used = [], 0
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+        if max_bytes is not None and used + len(text.encode("utf-8")) > max_bytes:
+            text = text.encode("utf-8")[: max_bytes - used].decode("utf-8", errors="ignore")
+        if text:
+            docs.append(text)
+            used += len(text.encode("utf-8"))
+        if max_bytes is not None and used >= max_bytes:
+            break
+    if not docs:
+        raise ValueError(f"--heldout: no text found in {list(paths)} (looked for {', '.join(suffixes)})")
+    return docs
