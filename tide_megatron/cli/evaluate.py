@@ -4,6 +4,10 @@ Examples::
 
     tide-eval --hf-dir runs/student_hf --heldout held_out/ --tasks bpb,throughput --output eval.json
     tide-eval --hf-dir runs/student_hf --tasks humaneval --chat-template --max-new-tokens 256
+    tide-eval --mcore-dir runs/student_mcore --heldout held_out/ --tasks bpb
+
+An HF directory runs through transformers with a real prefix KV cache; a megatron-core directory
+(written by tide-convert) runs the megatron student itself, re-encoding the prefix at every step.
 
 The sampler settings default to the paper's evaluation (§7.2): block 32, steps = max_new_tokens,
 greedy. Results go to one JSON file (``--output``) and a printed table.
@@ -23,8 +27,10 @@ TASKS = ("bpb", "throughput", "humaneval")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tide-eval", description=__doc__.split("\n\n")[0])
     src = p.add_argument_group("model")
-    src.add_argument("--hf-dir", help="HF checkpoint directory (config.json + safetensors)")
-    src.add_argument("--tokenizer", help="tokenizer directory (default: --hf-dir)")
+    which = src.add_mutually_exclusive_group()
+    which.add_argument("--hf-dir", help="HF checkpoint directory (config.json + safetensors)")
+    which.add_argument("--mcore-dir", help="megatron-core student directory written by tide-convert hf-to-mcore")
+    src.add_argument("--tokenizer", help="tokenizer directory (default: --hf-dir, or MCORE_DIR/hf)")
     src.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                      help="auto = bfloat16 on GPU, float32 on CPU")
     src.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -65,16 +71,20 @@ def _parse_tasks(text: str) -> list[str]:
 
 
 def load_hf_model(hf_dir: str, dtype: str, device: str):
-    """transformers model + tokenizer from a checkpoint directory, in eval mode."""
+    """transformers' own model class for a checkpoint directory, in eval mode.
+
+    Loaded through ``load_hf_reference`` (from_config + safetensors) rather than ``from_pretrained``,
+    which in transformers 5 leaves the model wrong once torch.distributed is initialised.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from tide_megatron.models.qwen3.convert import load_hf_reference
 
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
         raise SystemExit(f"tide-eval: --hf-dir {hf_dir}: no config.json there")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         dtype, torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch_dtype).to(device).eval()
-    return model
+    return load_hf_reference(hf_dir).to(device=device, dtype=torch_dtype).eval()
 
 
 def _special_ids(args, tokenizer) -> tuple[int, int, int]:
@@ -107,24 +117,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tide_megatron.diffusion.sampler import SamplerConfig
     from tide_megatron.eval.generation import SamplerCompletionModel, measure_generation, peak_memory
     from tide_megatron.eval.humaneval import load_problems, run_humaneval
-    from tide_megatron.eval.models import HFDenoiser, count_parameters
+    from tide_megatron.eval.models import HFDenoiser, count_parameters, load_mcore_student
     from tide_megatron.eval.nll import bits_per_byte, read_heldout_text, split_windows, tokenize_with_bytes
 
     tasks = _parse_tasks(args.tasks)
-    if not args.hf_dir:
-        raise SystemExit("tide-eval: --hf-dir is required (export a trained student to HF format first)")
+    if not (args.hf_dir or args.mcore_dir):
+        raise SystemExit("tide-eval: give the student with --hf-dir DIR or --mcore-dir DIR")
     if "bpb" in tasks and not args.heldout:
         raise SystemExit("tide-eval: --tasks bpb needs --heldout FILE_OR_DIR ...")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    model = load_hf_model(args.hf_dir, args.dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.hf_dir)
+    if args.hf_dir:
+        model = load_hf_model(args.hf_dir, args.dtype, device)
+        hf_model = HFDenoiser(model)
+        denoiser, full_forward = hf_model, hf_model.full_forward
+        tokenizer_dir = args.tokenizer or args.hf_dir
+    else:
+        if not os.path.isdir(args.mcore_dir):
+            raise SystemExit(f"tide-eval: --mcore-dir {args.mcore_dir}: no such directory")
+        student = load_mcore_student(args.mcore_dir, None if args.dtype == "auto" else args.dtype)
+        model, denoiser, full_forward = student.model, student.denoiser(), student.full_forward
+        tokenizer_dir = args.tokenizer or os.path.join(args.mcore_dir, "hf")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     mask_id, eos_id, pad_id = _special_ids(args, tokenizer)
-    denoiser = HFDenoiser(model)
     cfg = SamplerConfig(mask_id=mask_id, pad_id=pad_id, eos_id=eos_id, block_size=args.block_size,
                         max_new_tokens=args.max_new_tokens, steps=args.steps or args.max_new_tokens,
                         temperature=args.temperature)
-    results: dict[str, Any] = {"model": args.hf_dir, "parameters": count_parameters(model), "device": device,
+    results: dict[str, Any] = {"model": args.hf_dir or args.mcore_dir,
+                               "backend": "transformers" if args.hf_dir else "megatron-core", "parameters": count_parameters(model), "device": device,
                                "sampler": {"block_size": cfg.block_size, "max_new_tokens": cfg.max_new_tokens,
                                            "steps": cfg.steps, "temperature": cfg.temperature,
                                            "batch_size": args.batch_size},
@@ -133,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         windows = [w for doc in read_heldout_text(args.heldout, args.heldout_max_bytes)
                    for w in split_windows(tokenize_with_bytes(tokenizer, doc), args.seq_len)]
-        rep = bits_per_byte(denoiser.full_forward, windows, mask_id, args.block_size, draws=args.draws,
+        rep = bits_per_byte(full_forward, windows, mask_id, args.block_size, draws=args.draws,
                             batch_size=max(1, args.batch_size), seed=args.seed)
         results["tasks"]["bpb"] = {**vars(rep), "bytes_per_token": rep.bytes_per_token,
                                    "seconds": time.perf_counter() - start}

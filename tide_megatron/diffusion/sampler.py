@@ -20,6 +20,8 @@ from typing import Any, Optional, Protocol, Sequence
 
 import torch
 
+from tide_megatron.diffusion.masks import block_causal_mask
+
 
 class BlockDenoiser(Protocol):
     """What the sampler needs from a model. Masks are bool ``[b, q, k]``, True = may attend.
@@ -116,9 +118,7 @@ def prefix_block_causal_mask(valid: torch.Tensor, block_size: int) -> torch.Tens
     keys are hidden from every real query).
     """
     width = valid.shape[1]
-    blk = torch.arange(width) // block_size
-    causal = blk[None, :] <= blk[:, None]
-    mask = causal[None] & valid[:, None, :]
+    mask = block_causal_mask(width, block_size)[None] & valid[:, None, :]
     eye = torch.eye(width, dtype=torch.bool)[None]
     return mask | (eye & ~valid[:, :, None])
 

@@ -6,11 +6,17 @@ Every adapter offers ``full_forward(ids, position_ids, mask) -> logits [b, s, V]
 - :class:`HFDenoiser` for a transformers causal-LM class used as a diffusion LM (Qwen3ForCausalLM):
   a real prefix KV cache (``DynamicCache``; block steps are cropped off again);
 - :class:`RecomputeDenoiser` for any ``full_forward`` callable: it keeps the prefix ids and re-runs
-  them with each block (exact, no cache; the fallback for models without an inference cache).
+  them with each block (exact, no cache; the fallback for models without an inference cache);
+- :class:`MegatronStudent` for the megatron-core Qwen3 student (``tide_megatron.models.qwen3``):
+  a full forward that computes logits only at the rows asked for, driven through
+  :class:`RecomputeDenoiser` (megatron-core's static inference KV cache re-applies RoPE by physical
+  slot and, on the Transformer Engine path, drops the explicit mask after the prefill, so it cannot
+  express left padding with logical positions; see ``load_mcore_student``).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -38,11 +44,15 @@ class HFDenoiser:
         self.base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
+        # transformers 5.x renamed the decoder's `past_key_values` argument to `cache`
+        params = inspect.signature(self.base.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def _run(self, ids, position_ids, mask, cache):
+        cache_kw = {self._cache_arg: cache} if cache is not None else {}
         return self.base(input_ids=ids.to(self.device), position_ids=position_ids.to(self.device),
                          attention_mask=additive_mask(mask, self.dtype).to(self.device),
-                         past_key_values=cache, use_cache=cache is not None)
+                         use_cache=cache is not None, **cache_kw)
 
     @torch.no_grad()
     def full_forward(self, ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -79,8 +89,9 @@ class RecomputeDenoiser:
     forward per denoising step instead of one per block.
     """
 
-    def __init__(self, full_forward: FullForward):
+    def __init__(self, full_forward: FullForward, rows_forward: Optional[Callable[..., torch.Tensor]] = None):
         self.full_forward = full_forward
+        self.rows_forward = rows_forward  # (ids, pos, mask, rows: slice) -> logits at those rows only
 
     def encode_prefix(self, ids, position_ids, mask, cache: Optional[_Prefix] = None) -> _Prefix:
         if cache is None:
@@ -92,8 +103,11 @@ class RecomputeDenoiser:
     def forward_block(self, block_ids, position_ids, mask, cache: _Prefix) -> torch.Tensor:
         ids = torch.cat([cache.ids, block_ids], 1)
         pos = torch.cat([cache.position_ids, position_ids], 1)
-        logits = self.full_forward(ids, pos, _join_masks(cache.mask, mask))
-        return logits[:, -block_ids.shape[1]:]
+        mask = _join_masks(cache.mask, mask)
+        rows = slice(cache.ids.shape[1], ids.shape[1])
+        if self.rows_forward is not None:
+            return self.rows_forward(ids, pos, mask, rows)
+        return self.full_forward(ids, pos, mask)[:, rows]
 
 
 def _join_masks(prefix_mask: torch.Tensor, block_mask: torch.Tensor) -> torch.Tensor:
@@ -102,6 +116,46 @@ def _join_masks(prefix_mask: torch.Tensor, block_mask: torch.Tensor) -> torch.Te
     q = block_mask.shape[1]
     top = torch.cat([prefix_mask, torch.zeros((b, k, q), dtype=torch.bool)], dim=2)
     return torch.cat([top, block_mask], dim=1)
+
+
+class MegatronStudent:
+    """The megatron-core student (``ExplicitMaskGPTModel``, full-vocabulary logits) for evaluation.
+
+    ``full_forward`` for bits per byte; ``denoiser()`` for the sampler (prefix recomputed per step,
+    with the LM head applied only to the block's rows).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def rows_forward(self, ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
+                     rows: Optional[slice] = None) -> torch.Tensor:
+        d = self.device
+        return self.model(ids.to(d), position_ids.to(d), mask.to(d), logits_rows=rows)
+
+    def full_forward(self, ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.rows_forward(ids, position_ids, mask)
+
+    def denoiser(self) -> RecomputeDenoiser:
+        return RecomputeDenoiser(self.full_forward, self.rows_forward)
+
+
+def load_mcore_student(mcore_dir: str, dtype: Optional[str] = None) -> MegatronStudent:
+    """Build the Qwen3 student at TP=PP=1 on this process and load a ``tide-convert`` directory.
+
+    Starts a world of one (gloo on CPU, NCCL on GPU) when torch.distributed is not running yet.
+    """
+    from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed
+    from tide_megatron.models.qwen3.convert import build_model_for, load_mcore_checkpoint, qwen3_args_from_mcore
+
+    init_distributed()
+    args = qwen3_args_from_mcore(mcore_dir, tp=1, pp=1, dtype=dtype, perform_initialization=False)
+    grid = build_model_grid(ParallelLayout(), name="eval")
+    model = build_model_for(args, grid.pgs, parallel_output=False)
+    load_mcore_checkpoint(model, mcore_dir)
+    return MegatronStudent(model)
 
 
 def count_parameters(model: Any) -> int:

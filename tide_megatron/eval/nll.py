@@ -27,6 +27,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from tide_megatron.diffusion.masks import block_diffusion_mask
+
 FullForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 T_EPS = 1e-3  # time_epsilon of §1.3
 
@@ -77,18 +79,6 @@ def split_windows(doc: Window, seq_len: int) -> list[Window]:
             for s in range(0, len(doc.ids) - seq_len + 1, seq_len)]
 
 
-def bd3lm_attention_mask(seq_len: int, block_size: int) -> torch.Tensor:
-    """Bool ``[2L, 2L]`` block-diffusion mask for ``[xt ; x0]`` (§1.4; True = may attend)."""
-    idx = torch.arange(2 * seq_len)
-    is_x0 = idx >= seq_len
-    blk = (idx % seq_len) // block_size
-    same_seg = is_x0[:, None] == is_x0[None, :]
-    bd = same_seg & (blk[:, None] == blk[None, :])
-    obc = ~is_x0[:, None] & is_x0[None, :] & (blk[None, :] < blk[:, None])
-    bc = is_x0[:, None] & is_x0[None, :] & (blk[None, :] <= blk[:, None])
-    return bd | obc | bc
-
-
 @torch.no_grad()
 def bits_per_byte(full_forward: FullForward, windows: Sequence[Window], mask_id: int, block_size: int,
                   draws: int = 4, batch_size: int = 4, seed: int = 0,
@@ -104,7 +94,7 @@ def bits_per_byte(full_forward: FullForward, windows: Sequence[Window], mask_id:
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
     gen = generator or torch.Generator().manual_seed(seed)
-    attn = bd3lm_attention_mask(seq_len, block_size)
+    attn = block_diffusion_mask(seq_len, block_size, "xt_x0")
     positions = torch.arange(seq_len).repeat(2)
     nelbo_nats = masked_nats = 0.0
     masked_bytes = masked_tokens = 0

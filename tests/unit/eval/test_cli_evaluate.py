@@ -66,3 +66,24 @@ def test_bad_flags_are_named(tiny_checkpoint, tmp_path):
         main(["--hf-dir", str(ckpt), "--tasks", "bpb"])
     with pytest.raises(SystemExit, match="config.json"):
         main(["--hf-dir", str(tmp_path), "--tasks", "throughput"])
+    with pytest.raises(SystemExit, match="--hf-dir DIR or --mcore-dir DIR"):
+        main(["--tasks", "throughput"])
+    with pytest.raises(SystemExit, match="no such directory"):
+        main(["--mcore-dir", str(tmp_path / "missing"), "--tasks", "throughput"])
+
+
+def test_tide_eval_on_the_megatron_student_matches_the_hf_run(tiny_checkpoint, tmp_path):
+    from tide_megatron.cli.convert import main as tide_convert
+
+    ckpt, heldout = tiny_checkpoint
+    mcore = tmp_path / "mcore"
+    assert tide_convert(["hf-to-mcore", "--hf-dir", str(ckpt), "--mcore-dir", str(mcore)]) == 0
+    common = ["--tasks", "bpb,throughput", "--heldout", str(heldout), "--heldout-max-bytes", "3000", "--seq-len", "32",
+              "--block-size", "8", "--draws", "2", "--max-new-tokens", "16", "--steps", "4", "--throughput-prompts", "1"]
+    assert main(["--mcore-dir", str(mcore), *common, "--output", str(tmp_path / "mc.json")]) == 0
+    assert main(["--hf-dir", str(ckpt), *common, "--output", str(tmp_path / "hf.json")]) == 0
+    mc, hf = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("mc", "hf"))
+    assert mc["backend"] == "megatron-core" and hf["backend"] == "transformers"
+    assert mc["parameters"] == hf["parameters"]
+    assert mc["tasks"]["bpb"]["elbo_bpb"] == pytest.approx(hf["tasks"]["bpb"]["elbo_bpb"], rel=1e-5)
+    assert mc["tasks"]["throughput"]["decoded_tokens"] == hf["tasks"]["throughput"]["decoded_tokens"]
