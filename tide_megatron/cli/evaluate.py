@@ -6,8 +6,10 @@ Examples::
     tide-eval --hf-dir runs/student_hf --tasks humaneval --chat-template --max-new-tokens 256
     tide-eval --mcore-dir runs/student_mcore --heldout held_out/ --tasks bpb
 
-An HF directory runs through transformers with a real prefix KV cache; a megatron-core directory
-(written by tide-convert) runs the megatron student itself, re-encoding the prefix at every step.
+An HF directory runs through transformers with its prefix KV cache; a megatron-core directory
+(written by tide-convert) runs the megatron student itself with megatron-core's static KV cache
+(local/SDPA backend; with Transformer Engine attention, or --kv-cache-slots 0, the prefix is
+re-encoded at every step instead).
 
 The sampler settings default to the paper's evaluation (§7.2): block 32, steps = max_new_tokens,
 greedy. Results go to one JSON file (``--output``) and a printed table.
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                      help="auto = bfloat16 on GPU, float32 on CPU")
     src.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    src.add_argument("--kv-cache-slots", type=int, default=4096,
+                     help="--mcore-dir: megatron-core static KV cache length (prompt + new tokens); 0 = "
+                          "re-encode the prefix every step instead")
     src.add_argument("--mask-id", type=int, help="default: the tokenizer's mask token")
     src.add_argument("--eos-id", type=int, help="default: the tokenizer's eos token")
     src.add_argument("--pad-id", type=int, help="default: the tokenizer's pad token (else eos)")
@@ -136,7 +141,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not os.path.isdir(args.mcore_dir):
             raise SystemExit(f"tide-eval: --mcore-dir {args.mcore_dir}: no such directory")
         student = load_mcore_student(args.mcore_dir, None if args.dtype == "auto" else args.dtype)
-        model, denoiser, full_forward = student.model, student.denoiser(), student.full_forward
+        model, full_forward = student.model, student.full_forward
+        denoiser = student.denoiser(args.kv_cache_slots or None)
         tokenizer_dir = args.tokenizer or os.path.join(args.mcore_dir, "hf")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     mask_id, eos_id, pad_id = _special_ids(args, tokenizer)
@@ -144,7 +150,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         max_new_tokens=args.max_new_tokens, steps=args.steps or args.max_new_tokens,
                         temperature=args.temperature)
     results: dict[str, Any] = {"model": args.hf_dir or args.mcore_dir,
-                               "backend": "transformers" if args.hf_dir else "megatron-core", "parameters": count_parameters(model), "device": device,
+                               "backend": "transformers" if args.hf_dir else "megatron-core",
+                               "kv_cache": type(denoiser).__name__, "parameters": count_parameters(model),
+                               "device": device,
                                "sampler": {"block_size": cfg.block_size, "max_new_tokens": cfg.max_new_tokens,
                                            "steps": cfg.steps, "temperature": cfg.temperature,
                                            "batch_size": args.batch_size},

@@ -138,8 +138,71 @@ class MegatronStudent:
     def full_forward(self, ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.rows_forward(ids, position_ids, mask)
 
-    def denoiser(self) -> RecomputeDenoiser:
+    def supports_kv_cache(self) -> bool:
+        """megatron-core's static KV cache keeps our explicit mask only with the SDPA core attention:
+        after the prefill it switches the mask type to ``no_mask``, which TE attention obeys."""
+        from tide_megatron.models.attention import SDPACoreAttention
+
+        return all(isinstance(m.core_attention, SDPACoreAttention)
+                   for m in self.model.modules() if hasattr(m, "core_attention"))
+
+    def denoiser(self, max_sequence_length: Optional[int] = None):
+        """A sampler model: megatron-core's KV cache when usable and a length is given, else recompute."""
+        if max_sequence_length is not None and self.supports_kv_cache():
+            return MegatronCachedDenoiser(self, max_sequence_length)
         return RecomputeDenoiser(self.full_forward, self.rows_forward)
+
+
+@dataclass
+class _StaticCache:
+    context: Any  # megatron.core.inference.contexts.StaticInferenceContext
+    position_ids: torch.Tensor  # [b, K]: logical positions of the cached slots
+
+
+class MegatronCachedDenoiser:
+    """Prefix KV cache through megatron-core's ``StaticInferenceContext`` (one slot per token).
+
+    megatron caches keys before RoPE and re-applies RoPE to slot k with the k-th row of the rotary
+    table, so we hand it the positions of every cached slot plus the new ones (logical positions,
+    left padding included). A block step writes its keys after the prefix without advancing the
+    offset (the next step overwrites them); encoding a finished block advances it.
+    """
+
+    def __init__(self, student: MegatronStudent, max_sequence_length: int):
+        self.student, self.max_sequence_length = student, max_sequence_length
+
+    def _forward(self, ids, position_ids, mask, cache: _StaticCache, rows: Optional[slice]) -> torch.Tensor:
+        from megatron.core.models.gpt.gpt_model import GPTModel
+
+        model, d = self.student.model, self.student.device
+        ctx = cache.context
+        if ctx.sequence_len_offset + ids.shape[1] > self.max_sequence_length:
+            raise ValueError(f"KV cache of {self.max_sequence_length} slots is too short for "
+                             f"{ctx.sequence_len_offset + ids.shape[1]} tokens")
+        all_pos = torch.cat([cache.position_ids, position_ids], 1).to(d)
+        model._logits_rows = rows
+        try:  # GPTModel.forward: the explicit-mask wrapper only takes square masks
+            return GPTModel.forward(model, ids.to(d), all_pos, ~mask[:, None].to(d), inference_context=ctx,
+                                    runtime_gather_output=True)
+        finally:
+            model._logits_rows = None
+
+    @torch.no_grad()
+    def encode_prefix(self, ids, position_ids, mask, cache: Optional[_StaticCache] = None) -> _StaticCache:
+        from megatron.core.inference.contexts import StaticInferenceContext
+
+        if cache is None:
+            ctx = StaticInferenceContext(ids.shape[0], self.max_sequence_length)
+            ctx.materialize_only_last_token_logits = False
+            cache = _StaticCache(ctx, torch.zeros((ids.shape[0], 0), dtype=torch.long))
+        self._forward(ids, position_ids, mask, cache, rows=slice(0, 0))
+        cache.context.sequence_len_offset += ids.shape[1]
+        cache.position_ids = torch.cat([cache.position_ids, position_ids], 1)
+        return cache
+
+    @torch.no_grad()
+    def forward_block(self, block_ids, position_ids, mask, cache: _StaticCache) -> torch.Tensor:
+        return self._forward(block_ids, position_ids, mask, cache, rows=None)
 
 
 def load_mcore_student(mcore_dir: str, dtype: Optional[str] = None) -> MegatronStudent:

@@ -79,11 +79,13 @@ def test_tide_eval_on_the_megatron_student_matches_the_hf_run(tiny_checkpoint, t
     mcore = tmp_path / "mcore"
     assert tide_convert(["hf-to-mcore", "--hf-dir", str(ckpt), "--mcore-dir", str(mcore)]) == 0
     common = ["--tasks", "bpb,throughput", "--heldout", str(heldout), "--heldout-max-bytes", "3000", "--seq-len", "32",
-              "--block-size", "8", "--draws", "2", "--max-new-tokens", "16", "--steps", "4", "--throughput-prompts", "1"]
+              "--block-size", "8", "--draws", "2", "--max-new-tokens", "16", "--steps", "4",
+              "--throughput-prompts", "1"]
     assert main(["--mcore-dir", str(mcore), *common, "--output", str(tmp_path / "mc.json")]) == 0
     assert main(["--hf-dir", str(ckpt), *common, "--output", str(tmp_path / "hf.json")]) == 0
     mc, hf = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("mc", "hf"))
     assert mc["backend"] == "megatron-core" and hf["backend"] == "transformers"
+    assert (mc["kv_cache"], hf["kv_cache"]) == ("MegatronCachedDenoiser", "HFDenoiser")
     assert mc["parameters"] == hf["parameters"]
     assert mc["tasks"]["bpb"]["elbo_bpb"] == pytest.approx(hf["tasks"]["bpb"]["elbo_bpb"], rel=1e-5)
     assert mc["tasks"]["throughput"]["decoded_tokens"] == hf["tasks"]["throughput"]["decoded_tokens"]

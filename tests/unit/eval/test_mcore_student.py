@@ -43,3 +43,24 @@ def test_megatron_sampler_and_bits_per_byte_match_transformers(both_students):
     a = bits_per_byte(mc.full_forward, windows, MASK, 4, draws=2, seed=5)
     b = bits_per_byte(hf.full_forward, windows, MASK, 4, draws=2, seed=5)
     assert a.elbo_bpb == pytest.approx(b.elbo_bpb, rel=1e-5) and a.masked_bpb == pytest.approx(b.masked_bpb, rel=1e-5)
+
+
+def test_megatron_static_kv_cache_equals_prefix_recompute(both_students):
+    mc, hf = both_students
+    cached, recompute = mc.denoiser(max_sequence_length=64), mc.denoiser()
+    assert type(cached).__name__ == "MegatronCachedDenoiser" and type(recompute).__name__ == "RecomputeDenoiser"
+    cfg = SamplerConfig(mask_id=MASK, pad_id=PAD, eos_id=EOS, block_size=4, max_new_tokens=12, steps=6)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10]]
+    out_c = bd3lm_generate(cached, prompts, cfg)
+    out_r = bd3lm_generate(recompute, prompts, cfg)
+    assert torch.equal(out_c.tokens, out_r.tokens) and torch.equal(out_c.commit_step, out_r.commit_step)
+    assert torch.equal(out_c.tokens, bd3lm_generate(hf, prompts, cfg).tokens)
+    ids, pos = torch.tensor([[1, 2, 3, 4]]), torch.arange(4)[None]
+    mask = torch.ones(1, 4, 4, dtype=torch.bool).tril()
+    block, bpos = torch.tensor([[MASK, 5, MASK, 6]]), torch.arange(4, 8)[None]
+    bmask = torch.ones(1, 4, 8, dtype=torch.bool)
+    torch.testing.assert_close(cached.forward_block(block, bpos, bmask, cached.encode_prefix(ids, pos, mask)),
+                               recompute.forward_block(block, bpos, bmask, recompute.encode_prefix(ids, pos, mask)),
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="KV cache of 8 slots"):
+        bd3lm_generate(mc.denoiser(max_sequence_length=8), prompts, cfg)

@@ -38,7 +38,8 @@ FAKE_SRUN = RECORD + textwrap.dedent("""
     record("srun", argv)
     n_opts = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
     opts, cmd = argv[:n_opts], argv[n_opts:]   # our srun calls use --flag=value forms only
-    ntasks = int(next((a.split("=", 1)[1] for a in opts if a.startswith("--ntasks=")), os.environ.get("SLURM_NTASKS", "1")))
+    given = [a.split("=", 1)[1] for a in opts if a.startswith("--ntasks=")]
+    ntasks = int(given[0] if given else os.environ.get("SLURM_NTASKS", "1"))
     per_node = int(os.environ.get("SLURM_NTASKS_PER_NODE", ntasks))
     if os.environ.get("FAKE_SRUN_HANG"):   # a long training step: wait for a forwarded signal
         def on_signal(sig, frame):
