@@ -14,7 +14,7 @@ transformers model and the megatron-core student (``tide_megatron.eval.models``)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Optional, Protocol, Sequence
 
@@ -90,7 +90,6 @@ class SampleOutput:
     num_blocks: int
     forward_calls: int
     prefix_tokens_encoded: int
-    extra: dict = field(default_factory=dict)
 
 
 def left_pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, block_size: int
@@ -139,8 +138,9 @@ def bd3lm_generate(model: BlockDenoiser, prompts: Sequence[Sequence[int]], cfg: 
     """Decode ``cfg.max_new_tokens`` tokens after each prompt with the BD3LM sampler (§7.3).
 
     Confidence is the softmax probability (fp32) of the chosen token at still-masked positions; the
-    ``k_j`` most confident are committed at step j. The mask id itself is never chosen. Decoding stops
-    after the first block in which every sequence has produced eos (in this or an earlier block).
+    ``k_j`` most confident are committed at step j. Decoding stops after the first block in which every
+    sequence has produced eos (in this or an earlier block). One deliberate difference from the
+    reference: the mask id's logit is set to -inf, so a committed token is never the mask itself.
     """
     ids, valid, position_ids = left_pad_prompts(prompts, cfg.pad_id, cfg.block_size)
     batch = ids.shape[0]
