@@ -127,8 +127,9 @@ def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator: Optional
     """Gumbel-max sample from softmax(logits / temperature) (argmax when temperature is 0)."""
     if temperature == 0:
         return logits.argmax(-1)
-    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=logits.device)
-    gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+    noise_device = generator.device if generator is not None else logits.device
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=noise_device)
+    gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20)).to(logits.device)
     return (logits.double() / temperature + gumbel).argmax(-1)
 
 
@@ -162,11 +163,12 @@ def bd3lm_generate(model: BlockDenoiser, prompts: Sequence[Sequence[int]], cfg: 
         mask = torch.cat([key_valid[:, None, :].expand(batch, n, -1),
                           torch.ones((batch, n, n), dtype=torch.bool)], dim=2)
         for j, k_j in enumerate(transfer_schedule(n, steps_per_block)):
-            logits = model.forward_block(block, block_pos, mask, cache).float()
+            logits = model.forward_block(block, block_pos, mask, cache).float()  # on the model's device
             calls += 1
             logits[..., cfg.mask_id] = float("-inf")
-            x_hat = _gumbel_argmax(logits, cfg.temperature, generator).to(block.device)
+            x_hat = _gumbel_argmax(logits, cfg.temperature, generator)
             conf = torch.softmax(logits, dim=-1).gather(-1, x_hat[..., None]).squeeze(-1)
+            x_hat, conf = x_hat.cpu(), conf.cpu()  # the sampler's own state is small and stays on CPU
             conf = torch.where(masked, conf, torch.full_like(conf, float("-inf")))
             pick = conf.topk(k_j, dim=-1).indices
             block.scatter_(1, pick, x_hat.gather(1, pick))

@@ -13,6 +13,7 @@ against accidents, not a security boundary: run untrusted models' code inside a 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -48,6 +49,7 @@ write("\n" + nonce + "\n")
 flush()
 """
 
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 CODEX_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 INSTRUCT_STOP = ("```",) + CODEX_STOP
 
@@ -95,7 +97,8 @@ def load_problems(path: Optional[str] = None, limit: Optional[int] = None) -> li
 
 
 def truncate_completion(text: str, stop: Iterable[str] = CODEX_STOP) -> str:
-    """Cut ``text`` at the earliest stop string (what the model wrote after the function body)."""
+    """Drop ``<think>...</think>`` spans (§7.2), then cut ``text`` at the earliest stop string."""
+    text = _THINK.sub("", text)
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
     return text[:cut]
 

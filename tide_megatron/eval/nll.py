@@ -110,7 +110,8 @@ def bits_per_byte(full_forward: FullForward, windows: Sequence[Window], mask_id:
             xt = torch.where(m, torch.full_like(x0, mask_id), x0)
             logits = full_forward(torch.cat([xt, x0], 1), positions.expand(b, -1),
                                   attn.expand(b, -1, -1))[:, :seq_len]
-            logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, x0[..., None]).squeeze(-1).double()
+            target = x0.to(logits.device)[..., None]
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target).squeeze(-1).double().cpu()
             nll = torch.where(m, -logp, torch.zeros_like(logp))
             nelbo_nats += float((nll.sum(1) / t).sum()) / draws
             masked_nats += float(nll.sum())

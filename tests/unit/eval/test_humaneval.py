@@ -46,6 +46,7 @@ def test_sandbox_catches_early_exit_timeouts_memory_and_destructive_calls():
 def test_truncation_and_instruct_prompt():
     assert truncate_completion("    return x\n\ndef other():\n    pass") == "    return x\n"
     assert truncate_completion("    return x\n```\nMore text", ("```",)) == "    return x\n"
+    assert truncate_completion("<think>\nplan\n</think>    return x\n") == "    return x\n"
     prob = load_problems(limit=1)[0]
     prompt = instruct_prompt(prob, chat=lambda user: f"<user>{user}</user><assistant>")
     assert prompt.startswith("<user>") and prompt.endswith(prob["prompt"])
