@@ -226,6 +226,14 @@ def test_convert_and_eval_jobs(fake_slurm):
     assert argv[-2:] == ["--humaneval-limit", "4"] and ev["env"]["RANK"] == "0"
     proc, _ = fake_slurm.run("eval.sbatch", "ckpt/student_hf", SLURM_NTASKS=1)
     assert proc.returncode == 2 and "TIDE_HELDOUT" in proc.stderr
+    mcore = fake_slurm.root / "ckpt" / "student_mcore"
+    mcore.mkdir(parents=True)
+    (mcore / "tide_model.json").write_text("{}")
+    proc, calls = fake_slurm.run("eval.sbatch", str(mcore), SLURM_NTASKS=1, SLURM_NTASKS_PER_NODE=1,
+                                 TIDE_EVAL_TASKS="throughput")
+    assert proc.returncode == 0, proc.stderr
+    assert [c["argv"][:4] for c in calls if c["prog"] == "tide-eval"] == [
+        ["--mcore-dir", str(mcore), "--tasks", "throughput"]]
 
 
 def test_usr1_before_the_time_limit_checkpoints_and_requeues(fake_slurm, tmp_path):
