@@ -60,7 +60,7 @@ def test_tide_eval_writes_json_and_prints_a_table(tiny_checkpoint, tmp_path, cap
     assert not list((tmp_path / "eval").glob(".tmp-*"))
 
 
-def test_bad_flags_are_named(tiny_checkpoint, tmp_path):
+def test_bad_flags_are_named(tiny_checkpoint, tmp_path, capsys):
     ckpt, _ = tiny_checkpoint
     with pytest.raises(SystemExit, match="--tasks"):
         main(["--hf-dir", str(ckpt), "--tasks", "bleu"])
@@ -72,6 +72,10 @@ def test_bad_flags_are_named(tiny_checkpoint, tmp_path):
         main(["--tasks", "throughput"])
     with pytest.raises(SystemExit, match="no such directory"):
         main(["--mcore-dir", str(tmp_path / "missing"), "--tasks", "throughput"])
+    short = tmp_path / "short.txt"
+    short.write_text("x = 1\n")
+    assert main(["--hf-dir", str(ckpt), "--tasks", "bpb", "--heldout", str(short), "--seq-len", "64"]) == 2
+    assert "no held-out window" in capsys.readouterr().err
 
 
 def test_tide_eval_on_the_megatron_student_matches_the_hf_run(tiny_checkpoint, tmp_path):
