@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-ARCHITECTURES = ("qwen3",)
+from tide_megatron.models.registry import ARCHITECTURES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--batch-size", type=int, default=2)
     verify.add_argument("--seed", type=int, default=0)
     for p in (to_mcore, to_hf, verify):
-        p.add_argument("--arch", default="qwen3", choices=ARCHITECTURES)
+        p.add_argument("--arch", default=None, choices=sorted(ARCHITECTURES),
+                       help="model family (default: qwen3; mcore-to-hf reads it from the checkpoint)")
     return parser
 
 
@@ -50,20 +51,23 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     init_distributed()
     if cpu_compat.is_applied():
         cpu_compat.use_fork_checkpoint_manager()
-    from tide_megatron.models.qwen3 import convert
+    from tide_megatron.models import converter
+    from tide_megatron.models.registry import get_architecture
 
     if args.command == "hf-to-mcore":
-        convert.hf_to_mcore(args.hf_dir, args.mcore_dir, tp=args.tp, pp=args.pp, dtype=args.dtype)
-    elif args.command == "mcore-to-hf":
-        convert.mcore_to_hf(args.mcore_dir, args.hf_dir, dtype=args.dtype,
-                            max_shard_bytes=args.max_shard_mb * 1024**2)
-    else:
-        from tide_megatron.diffusion.masks import check_block_multiple
+        converter.hf_to_mcore(get_architecture(args.arch or "qwen3"), args.hf_dir, args.mcore_dir, tp=args.tp,
+                              pp=args.pp, dtype=args.dtype)
+        return None
+    arch = get_architecture(args.arch or converter.read_mcore_meta(args.mcore_dir).get("architecture", "qwen3"))
+    if args.command == "mcore-to-hf":
+        converter.mcore_to_hf(arch, args.mcore_dir, args.hf_dir, dtype=args.dtype,
+                              max_shard_bytes=args.max_shard_mb * 1024**2)
+        return None
+    from tide_megatron.diffusion.masks import check_block_multiple
 
-        check_block_multiple(args.seq_length, args.block_size)
-        return convert.verify(args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
-                              block_size=args.block_size, seed=args.seed, log=_rank0_print)
-    return None
+    check_block_multiple(args.seq_length, args.block_size)
+    return converter.verify(arch, args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
+                            block_size=args.block_size, seed=args.seed, log=_rank0_print)
 
 
 def _rank0_print(msg: str) -> None:

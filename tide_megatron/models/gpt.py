@@ -12,10 +12,20 @@ from typing import Optional, Union
 import torch
 from megatron.core import tensor_parallel
 from megatron.core.models.gpt.gpt_model import GPTModel
+from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
 
 from tide_megatron.models.rotary import ExplicitPositionRotaryEmbedding
 
 RowSelector = Union[slice, torch.Tensor, None]
+
+
+def ensure_global_memory_buffer() -> None:
+    """Sequence-parallel gathers use megatron's global scratch buffer, which only
+    `initialize_model_parallel` creates; models built on explicit process groups need it too."""
+    from megatron.core import parallel_state
+
+    if parallel_state._GLOBAL_MEMORY_BUFFER is None:
+        parallel_state._set_global_memory_buffer()
 
 
 def to_core_attention_mask(allowed: Optional[torch.Tensor], seq_len: int, device: torch.device) -> torch.Tensor:
@@ -43,6 +53,22 @@ class ExplicitMaskGPTModel(GPTModel):
         self.explicit_rotary = ExplicitPositionRotaryEmbedding(
             self.config.kv_channels, rotary_base, rotary_percent, self.config.rotary_interleaved)
         self._logits_rows: RowSelector = None
+
+    def tie_embeddings_and_output_weights_state_dict(self, sharded_state_dict, output_layer_weight_key: str,
+                                                     first_stage_word_emb_key: str, metadata: dict = {}) -> None:
+        """As megatron-core's, but the replica id uses this model's dp_cp group, not the global one.
+
+        mcore 0.16.1 reads `parallel_state.get_data_parallel_rank` here (the tied output layer of a last
+        pipeline stage), which fails for models built on their own process groups.
+        """
+        if not self.post_process or self.pre_process or getattr(self, "mtp_process", False):
+            return super().tie_embeddings_and_output_weights_state_dict(
+                sharded_state_dict, output_layer_weight_key, first_stage_word_emb_key, metadata)
+        dp_cp = metadata["dp_cp_group"]
+        del sharded_state_dict[output_layer_weight_key]
+        sharded_state_dict[output_layer_weight_key] = make_tp_sharded_tensor_for_checkpoint(
+            tensor=self.shared_embedding_or_output_weight(), key=first_stage_word_emb_key,
+            replica_id=(1, 0, dp_cp.rank()), allow_shape_mismatch=True, tp_group=self.tp_group, dp_cp_group=dp_cp)
 
     def _preprocess(self, input_ids, position_ids, *args, **kwargs):
         out = list(super()._preprocess(input_ids, position_ids, *args, **kwargs))
