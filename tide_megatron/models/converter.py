@@ -56,7 +56,8 @@ class Architecture:
       -> an object with `.config` (TransformerConfig) and `.vocab_size`;
     mapping(args) -> WeightMapping; build_model(args, pgs, backend=, parallel_output=) -> megatron module
     taking (ids, position_ids, attention_mask[bool, True = may attend]); check_hf(args, reader, hf_dir)
-    validates a source directory before anything is written; hf_reference(hf_dir) -> transformers model.
+    validates a source directory before anything is written; hf_reference(hf_dir) -> transformers model;
+    expert_offset(args, grid) -> global index of this rank's first local expert (MoE under EP).
     """
 
     name: str
@@ -65,6 +66,7 @@ class Architecture:
     build_model: Callable[..., torch.nn.Module]
     check_hf: Callable[[Any, HFCheckpointReader, str], None] = lambda args, reader, hf_dir: None
     hf_reference: Callable[[str], torch.nn.Module] = load_hf_reference
+    expert_offset: Callable[[Any, Any], int] = lambda args, grid: 0
 
 
 def _grid(tp: int, pp: int):
@@ -112,7 +114,9 @@ def hf_to_mcore(arch: Architecture, hf_dir: str, out_dir: str, tp: int = 1, pp: 
         raise ValueError(f"--tp {tp} x --pp {pp} does not divide the number of ranks ({world})")
     grid = _grid(tp, pp)
     model = arch.build_model(args, grid.pgs)
-    load_hf_into_model(model, reader, arch.mapping(args), grid.tp_rank, tp, _layer_offset(args.config, grid.pp_rank))
+    load_hf_into_model(model, reader, arch.mapping(args), grid.tp_rank, tp,
+                       layer_offset=_layer_offset(args.config, grid.pp_rank),
+                       expert_offset=arch.expert_offset(args, grid))
     reader.close()
     with atomic_output_dir(out_dir, "--mcore-dir", is_writer=_is_rank0(), barrier=_barrier) as tmp:
         dist_checkpointing.save(sharded_state_dict(model), tmp)
