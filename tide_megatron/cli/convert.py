@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     to_mcore.add_argument("--mcore-dir", required=True, help="output directory (must not exist)")
     to_mcore.add_argument("--tp", type=int, default=1)
     to_mcore.add_argument("--pp", type=int, default=1)
+    to_mcore.add_argument("--ep", type=int, default=1, help="expert parallelism (MoE architectures)")
     to_mcore.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     to_hf = sub.add_parser("mcore-to-hf", help="megatron dist checkpoint -> HF safetensors directory")
     to_hf.add_argument("--mcore-dir", required=True)
@@ -56,7 +57,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
 
     if args.command == "hf-to-mcore":
         converter.hf_to_mcore(get_architecture(args.arch or "qwen3"), args.hf_dir, args.mcore_dir, tp=args.tp,
-                              pp=args.pp, dtype=args.dtype)
+                              pp=args.pp, ep=args.ep, dtype=args.dtype)
         return None
     arch = get_architecture(args.arch or converter.read_mcore_meta(args.mcore_dir).get("architecture", "qwen3"))
     if args.command == "mcore-to-hf":

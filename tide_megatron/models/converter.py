@@ -69,10 +69,10 @@ class Architecture:
     expert_offset: Callable[[Any, Any], int] = lambda args, grid: 0
 
 
-def _grid(tp: int, pp: int):
+def _grid(tp: int, pp: int, ep: int = 1):
     from tide_megatron.distributed import ParallelLayout, build_model_grid
 
-    return build_model_grid(ParallelLayout(tp=tp, pp=pp), name="convert")
+    return build_model_grid(ParallelLayout(tp=tp, pp=pp, ep=ep), name="convert")
 
 
 def _barrier() -> None:
@@ -96,7 +96,7 @@ def sharded_state_dict(model: torch.nn.Module) -> dict:
 
 
 def hf_to_mcore(arch: Architecture, hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1,
-                dtype: str = "float32", backend: Optional[str] = None) -> None:
+                dtype: str = "float32", backend: Optional[str] = None, ep: int = 1) -> None:
     """Convert an HF directory into a megatron dist checkpoint written by a TP x PP layout.
 
     Collective over the world (tp*pp must divide it); reads one megatron parameter's HF tensors at a
@@ -106,14 +106,16 @@ def hf_to_mcore(arch: Architecture, hf_dir: str, out_dir: str, tp: int = 1, pp: 
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    args = arch.args_from_hf(hf_dir, tp=tp, pp=pp, params_dtype=DTYPES[dtype], perform_initialization=False)
+    overrides = {"expert_model_parallel_size": ep} if ep > 1 else {}
+    args = arch.args_from_hf(hf_dir, tp=tp, pp=pp, params_dtype=DTYPES[dtype], perform_initialization=False,
+                             **overrides)
     reader = HFCheckpointReader(hf_dir)
     arch.check_hf(args, reader, hf_dir)
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world % (tp * pp):
         raise ValueError(f"--tp {tp} x --pp {pp} does not divide the number of ranks ({world})")
-    grid = _grid(tp, pp)
-    model = arch.build_model(args, grid.pgs)
+    grid = _grid(tp, pp, ep)
+    model = arch.build_model(args, grid.pgs, backend=backend)
     load_hf_into_model(model, reader, arch.mapping(args), grid.tp_rank, tp,
                        layer_offset=_layer_offset(args.config, grid.pp_rank),
                        expert_offset=arch.expert_offset(args, grid))
@@ -123,7 +125,7 @@ def hf_to_mcore(arch: Architecture, hf_dir: str, out_dir: str, tp: int = 1, pp: 
         if _is_rank0():
             copy_hf_assets(hf_dir, os.path.join(tmp, HF_ASSETS))
             with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as fh:
-                json.dump({"architecture": arch.name, "tp": tp, "pp": pp, "dtype": dtype}, fh, indent=2)
+                json.dump({"architecture": arch.name, "tp": tp, "pp": pp, "ep": ep, "dtype": dtype}, fh, indent=2)
 
 
 def read_mcore_meta(mcore_dir: str) -> dict:
