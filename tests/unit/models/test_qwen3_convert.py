@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from tide_megatron.cli.convert import main as tide_convert
 from tide_megatron.models.conversion import HFCheckpointReader
