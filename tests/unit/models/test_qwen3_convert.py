@@ -31,13 +31,15 @@ def converted(request, tmp_path_factory):
     return hf, mcore, root
 
 
-def test_megatron_logits_equal_transformers_under_both_masks(converted):
+def test_megatron_logits_equal_transformers_under_both_masks(converted, capsys):
     from tide_megatron.cli.convert import run
 
     hf, mcore, _ = converted
     diffs = run(["verify", "--hf-dir", hf, "--mcore-dir", mcore, "--seq-length", "16", "--block-size", "4"])
     assert set(diffs) == {"causal", "block_diffusion"}
     assert max(diffs.values()) <= 1e-4, diffs
+    printed = capsys.readouterr().out
+    assert "causal: max abs logit difference" in printed and "block_diffusion: max abs logit difference" in printed
 
 
 def test_megatron_to_hf_reproduces_every_tensor_exactly(converted):
