@@ -1,10 +1,10 @@
 """tide-convert: HF <-> megatron-core dist checkpoints, and a logits parity check.
 
-  tide-convert hf-to-mcore --hf-dir D --mcore-dir M [--tp N --pp N --dtype bfloat16]
+  tide-convert hf-to-mcore --hf-dir D --mcore-dir M [--arch qwen3|llada2 --tp N --pp N --ep N --dtype bfloat16]
   tide-convert mcore-to-hf --mcore-dir M --hf-dir D [--dtype bfloat16]
   tide-convert verify      --hf-dir D --mcore-dir M [--seq-length 16 --block-size 4]
 
-Run under torchrun for TP/PP > 1 (world = tp*pp); a plain process is a world of one.
+Run under torchrun for TP/PP/EP > 1 (world = tp*pp*dp); a plain process is a world of one.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import sys
 from typing import Optional, Sequence
 
 from tide_megatron.models.registry import ARCHITECTURES
+
+# The LLaDA2 teacher has its own converter module (one-way: the teacher is never trained).
+CLI_ARCHITECTURES = sorted(set(ARCHITECTURES) | {"llada2"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--batch-size", type=int, default=2)
     verify.add_argument("--seed", type=int, default=0)
     for p in (to_mcore, to_hf, verify):
-        p.add_argument("--arch", default=None, choices=sorted(ARCHITECTURES),
-                       help="model family (default: qwen3; mcore-to-hf reads it from the checkpoint)")
+        p.add_argument("--arch", default=None, choices=CLI_ARCHITECTURES,
+                       help="model family (default: qwen3; later commands read it from the checkpoint)")
     return parser
 
 
@@ -52,6 +55,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     init_distributed()
     if cpu_compat.is_applied():
         cpu_compat.use_fork_checkpoint_manager()
+    if args.arch == "llada2":
+        return _run_llada2(args)
     from tide_megatron.models import converter
     from tide_megatron.models.registry import get_architecture
 
@@ -69,6 +74,19 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     check_block_multiple(args.seq_length, args.block_size)
     return converter.verify(arch, args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
                             block_size=args.block_size, seed=args.seed, log=_rank0_print)
+
+
+def _run_llada2(args) -> Optional[dict]:
+    """LLaDA2-MoE teacher: HF -> mcore (TP x PP x EP) and verify against the checkpoint's own modeling code."""
+    from tide_megatron.models.llada2 import convert
+
+    if args.command == "hf-to-mcore":
+        convert.hf_to_mcore(args.hf_dir, args.mcore_dir, tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype)
+        return None
+    if args.command == "verify":
+        return convert.verify(args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
+                              seed=args.seed, log=_rank0_print)
+    raise ValueError("--arch llada2: mcore-to-hf is not supported (the teacher is never trained)")
 
 
 def _rank0_print(msg: str) -> None:
