@@ -194,7 +194,7 @@ def iter_hf_tensors(model: torch.nn.Module, mapping: WeightMapping) -> Iterator[
     for name, param in model.named_parameters():
         rule, index = mapping.rule_for(name)
         for hf_name, tensor in zip(mapping.hf_names(rule, index), mapping.split(rule, param.detach())):
-            yield hf_name, tensor.clone()
+            yield hf_name, tensor.to("cpu", copy=True)
 
 
 def write_hf_safetensors(out_dir: str, tensors: Iterator[tuple[str, torch.Tensor]],

@@ -28,11 +28,15 @@ def ensure_global_memory_buffer() -> None:
         parallel_state._set_global_memory_buffer()
 
 
-def to_core_attention_mask(allowed: Optional[torch.Tensor], seq_len: int, device: torch.device) -> torch.Tensor:
-    """Public mask (bool, True = may attend, [s, s] / [b, s, s] / [b, 1, s, s]) -> megatron's (True = blocked)."""
+def to_core_attention_mask(allowed: Optional[torch.Tensor], seq_len: int, device: torch.device,
+                           batch: int = 1) -> torch.Tensor:
+    """Public mask (bool, True = may attend, [s, s] / [b, s, s] / [b, 1, s, s]) -> megatron's (True = blocked).
+
+    The result is a [b, 1, s, s] view (TE's arbitrary-mask attention wants the batch dimension).
+    """
     if allowed is None:
-        return torch.zeros(1, 1, seq_len, seq_len, dtype=torch.bool, device=device)
-    if allowed.dtype != torch.bool:
+        allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device)
+    elif allowed.dtype != torch.bool:
         raise ValueError(f"attention_mask must be bool (True = may attend), got {allowed.dtype}")
     if allowed.dim() == 2:
         allowed = allowed[None, None]
@@ -41,7 +45,7 @@ def to_core_attention_mask(allowed: Optional[torch.Tensor], seq_len: int, device
     if allowed.dim() != 4 or allowed.shape[-2:] != (seq_len, seq_len):
         raise ValueError(f"attention_mask must broadcast to [b, 1, {seq_len}, {seq_len}], "
                          f"got {tuple(allowed.shape)}")
-    return ~allowed.to(device)
+    return (~allowed.to(device)).expand(batch, 1, seq_len, seq_len)
 
 
 class ExplicitMaskGPTModel(GPTModel):
@@ -101,7 +105,7 @@ class ExplicitMaskGPTModel(GPTModel):
         """
         if position_ids is None:
             raise ValueError("position_ids are required (RoPE uses explicit positions, spec §1.4)")
-        mask = to_core_attention_mask(attention_mask, input_ids.shape[1], input_ids.device)
+        mask = to_core_attention_mask(attention_mask, input_ids.shape[1], input_ids.device, input_ids.shape[0])
         self._logits_rows = logits_rows
         try:
             return super().forward(input_ids, position_ids, mask, **kwargs)
