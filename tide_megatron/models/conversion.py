@@ -70,7 +70,7 @@ class WeightMapping:
             m = pattern.match(mcore_name)
             if m:
                 return rule, {k: int(v) for k, v in m.groupdict().items()}
-        raise KeyError(f"no conversion rule for megatron parameter {mcore_name!r}")
+        raise ValueError(f"no conversion rule for megatron parameter {mcore_name!r}")
 
     def hf_names(self, rule: ParamRule, index: dict[str, int]) -> list[str]:
         return [n.format(**index) for n in rule.hf]
@@ -148,7 +148,7 @@ class HFCheckpointReader:
     def get(self, key: str) -> torch.Tensor:
         """One tensor, read from its (memory-mapped) shard."""
         if key not in self.key_to_file:
-            raise KeyError(f"{self.hf_dir}: tensor {key!r} not found in the checkpoint")
+            raise ValueError(f"{self.hf_dir}: tensor {key!r} not found in the checkpoint")
         file = self.key_to_file[key]
         if file not in self._handles:
             self._handles[file] = safe_open(os.path.join(self.hf_dir, file), framework="pt")
@@ -161,7 +161,7 @@ class HFCheckpointReader:
 
     def get_slice_handle(self, key: str) -> None:
         if key not in self.key_to_file:
-            raise KeyError(f"{self.hf_dir}: tensor {key!r} not found in the checkpoint")
+            raise ValueError(f"{self.hf_dir}: tensor {key!r} not found in the checkpoint")
         file = self.key_to_file[key]
         if file not in self._handles:
             self._handles[file] = safe_open(os.path.join(self.hf_dir, file), framework="pt")
