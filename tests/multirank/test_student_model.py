@@ -1,4 +1,5 @@
-"""Student on 2 gloo ranks: TP=2 conversion parity with transformers, TP=2 == TP=1, DP=2 DDP gradients."""
+"""Student on 2 gloo ranks: conversion written at TP=2 or PP=2, loaded at TP=2 (parity with transformers,
+exact way back to HF), TP=2 (and TP=2+SP) logits == TP=1, DP=2 megatron-DDP gradients == one rank."""
 
 import os
 import shutil
@@ -28,7 +29,7 @@ def _shared_tmpdir() -> str:
 
 
 @pytest.fixture(scope="module", params=["tp", "pp"])
-def tp2_converted(request):
+def two_rank_checkpoint(request):
     """A tiny HF checkpoint converted by 2 ranks at TP=2 or at PP=2."""
     root = _shared_tmpdir()
     hf = os.path.join(root, "hf")
@@ -43,15 +44,15 @@ def tp2_converted(request):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_tp2_megatron_logits_equal_transformers(tp2_converted):
-    hf, mcore, _ = tp2_converted
+def test_tp2_megatron_logits_equal_transformers(two_rank_checkpoint):
+    hf, mcore, _ = two_rank_checkpoint
     diffs = tide_convert_run(["verify", "--hf-dir", hf, "--mcore-dir", mcore, "--seq-length", "16",
                               "--block-size", "4"])
     assert max(diffs.values()) <= 1e-4, diffs
 
 
-def test_tp2_checkpoint_back_to_hf_is_exact(tp2_converted):
-    hf, mcore, root = tp2_converted
+def test_two_rank_checkpoint_back_to_hf_is_exact(two_rank_checkpoint):
+    hf, mcore, root = two_rank_checkpoint
     back = os.path.join(root, "hf_back")
     assert tide_convert(["mcore-to-hf", "--mcore-dir", mcore, "--hf-dir", back]) == 0
     original, restored = HFCheckpointReader(hf), HFCheckpointReader(back)
@@ -69,8 +70,8 @@ def _model(mcore, tp, sequence_parallel=False):
     return model.eval()
 
 
-def test_tp2_logits_equal_tp1(tp2_converted):
-    _, mcore, _ = tp2_converted
+def test_tp2_logits_equal_tp1(two_rank_checkpoint):
+    _, mcore, _ = two_rank_checkpoint
     L = 16
     g = torch.Generator().manual_seed(5)
     x0 = torch.randint(0, 128, (2, L), generator=g)
