@@ -85,9 +85,10 @@ def test_other_architecture_is_refused(hf_copy, tmp_path, capsys):
 
 def test_missing_shard_is_refused(hf_copy, tmp_path, capsys):
     index = os.path.join(hf_copy, "model.safetensors.index.json")
-    if not os.path.isfile(index):
-        pytest.skip("single-file checkpoint")
-    shard = sorted(set(json.load(open(index))["weight_map"].values()))[-1]
+    if os.path.isfile(index):
+        shard = sorted(set(json.load(open(index))["weight_map"].values()))[-1]
+    else:
+        shard = "model.safetensors"  # the single-file checkpoint's only weights file
     os.remove(os.path.join(hf_copy, shard))
     out = str(tmp_path / "out")
     _assert_clean_failure(capsys, ["hf-to-mcore", "--hf-dir", hf_copy, "--mcore-dir", out], out, shard)
