@@ -1,12 +1,15 @@
-"""Qwen3 conversion: the HF <-> megatron weight mapping and input checks, as an `Architecture`."""
+"""Qwen3 conversion: the HF <-> megatron weight mapping and input checks, as an `Architecture`,
+plus Qwen3-bound shortcuts to the generic operations of `tide_megatron.models.converter`."""
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
+from tide_megatron.models import converter
 from tide_megatron.models.conversion import HFCheckpointReader, ParamRule, WeightMapping
-from tide_megatron.models.converter import Architecture
+from tide_megatron.models.converter import (Architecture, hf_additive_mask, load_hf_reference,  # noqa: F401
+                                            load_mcore_checkpoint, read_mcore_meta)
 from tide_megatron.models.qwen3.config import Qwen3Args, qwen3_args_from_hf
 
 
@@ -52,11 +55,34 @@ def check_vocab(args: Qwen3Args, reader: HFCheckpointReader, hf_dir: str) -> Non
                              f"{args.vocab_size} (expected vocab_size >= tokenizer size)")
 
 
-def _build(args: Qwen3Args, pgs, backend: Optional[str] = None, parallel_output: bool = True):
+def build_model_for(args: Qwen3Args, pgs, backend: Optional[str] = None, parallel_output: bool = True):
+    """`build_qwen3_model` with the builder signature an `Architecture` expects."""
     from tide_megatron.models.qwen3.model import build_qwen3_model
 
     return build_qwen3_model(args, pgs, backend=backend, parallel_output=parallel_output)
 
 
-QWEN3 = Architecture(name="qwen3", args_from_hf=qwen3_args_from_hf, mapping=qwen3_mapping, build_model=_build,
-                     check_hf=check_vocab)
+QWEN3 = Architecture(name="qwen3", args_from_hf=qwen3_args_from_hf, mapping=qwen3_mapping,
+                     build_model=build_model_for, check_hf=check_vocab)
+
+
+def qwen3_args_from_mcore(mcore_dir: str, tp: int = 1, pp: int = 1, dtype: Optional[str] = None,
+                          **overrides: Any) -> Qwen3Args:
+    """Model arguments to load a converted Qwen3 directory at any TP/PP."""
+    return converter.args_from_mcore(QWEN3, mcore_dir, tp=tp, pp=pp, dtype=dtype, **overrides)
+
+
+def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, dtype: str = "float32",
+                backend: Optional[str] = None) -> None:
+    """HF Qwen3 directory -> megatron dist checkpoint (see `converter.hf_to_mcore`)."""
+    converter.hf_to_mcore(QWEN3, hf_dir, out_dir, tp=tp, pp=pp, dtype=dtype, backend=backend)
+
+
+def mcore_to_hf(mcore_dir: str, out_dir: str, dtype: Optional[str] = None, max_shard_bytes: int = 2 * 1024**3) -> None:
+    """Megatron dist checkpoint -> HF Qwen3 directory (see `converter.mcore_to_hf`)."""
+    converter.mcore_to_hf(QWEN3, mcore_dir, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+
+def verify(hf_dir: str, mcore_dir: str, **kwargs: Any) -> dict[str, float]:
+    """Max |logit difference| against transformers under causal and block-diffusion masks."""
+    return converter.verify(QWEN3, hf_dir, mcore_dir, **kwargs)
