@@ -166,3 +166,14 @@ def test_upper_clamp_is_applied_in_fp32_on_bf16_inputs():
     loss = calm_loss(leaf, torch.tensor([[-0.5]]), torch.ones(1, 1, dtype=torch.bool), 1.0, reverse=False)
     loss.backward()
     assert torch.isfinite(loss) and leaf.grad.item() != 0.0
+
+
+def test_lone_masked_token_at_the_smallest_t_keeps_its_weight_of_about_1000():
+    """§9.10: t = 1e-3 gives w = 1/(t + 1e-6) = 999.000999, unclipped; the CE divides by the 4 maskable tokens."""
+    from tide_megatron.losses import bd3lm_ce
+
+    logits = torch.zeros(1, 4, 8)  # uniform: NLL = ln 8 at every position
+    x0 = torch.zeros(1, 4, dtype=torch.long)
+    masked = torch.tensor([[False, True, False, False]])
+    loss = bd3lm_ce(logits, x0, masked, torch.ones(1, 4, dtype=torch.bool), torch.tensor([1e-3]))
+    assert loss.item() == pytest.approx(999.000999 * math.log(8) / 4, rel=1e-6)
