@@ -21,16 +21,21 @@ class Chunk(NamedTuple):
     s_end: int
 
 
-def _leading_spaces(first: str) -> int:
-    return len(first) - len(first.lstrip(SPACE))
+def _leading_spaces(text: str) -> int:
+    return len(text) - len(text.lstrip(SPACE))
 
 
 def leading_space_fix(teacher: Sequence[str], student: Sequence[str]) -> tuple[list[str], list[str]]:
-    """§5.2 step 2: prepend "Ġ" to the first token of the side with fewer leading spaces until counts match."""
+    """§5.2 step 2: prepend "Ġ" to the first token of the side with fewer leading spaces until counts match.
+
+    Leading spaces are counted over each side's whole string, not its first token only: indentation split as
+    ["Ġ", "Ġ", "Ġx"] vs ["ĠĠ", "Ġx"] needs no fix, while a dummy-prefix space (SentencePiece "▁Hello" vs
+    "Hello") does. Counting the first token alone would shift every chunk of indented code and drop them all.
+    """
     t, s = list(teacher), list(student)
     if not t or not s:
         return t, s
-    nt, ns = _leading_spaces(t[0]), _leading_spaces(s[0])
+    nt, ns = _leading_spaces("".join(t)), _leading_spaces("".join(s))
     if nt < ns:
         t[0] = SPACE * (ns - nt) + t[0]
     elif ns < nt:

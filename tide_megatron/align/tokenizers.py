@@ -327,27 +327,50 @@ def _wordpiece_from_gguf(path: Path):
     )
 
 
-def _load_sentencepiece(path: Path):
-    """SentencePiece BPE `.model` -> fast HF tokenizer (Llama-style conversion), cached as tokenizer.json."""
-    import sentencepiece as spm
-    from transformers import AutoTokenizer, LlamaTokenizer
+def _sentencepiece_bpe_to_fast(path: Path):
+    """Build a fast tokenizer equal to sentencepiece's BPE: merges ranked by the merged piece's score.
 
-    cached = _converted_dir(path)
-    if (cached / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(str(cached))
-    proc = spm.SentencePieceProcessor(model_file=str(path))
+    transformers' LlamaTokenizer conversion ranks merges differently and splits runs of spaces unlike
+    sentencepiece (e.g. indentation before a quote), which would change ids on most code snippets.
+    """
     from sentencepiece import sentencepiece_model_pb2 as pb
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+    from transformers.tokenization_utils_base import generate_merges
 
     proto = pb.ModelProto()
     proto.ParseFromString(path.read_bytes())
     if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
         raise TokenizerLoadError(f"{path}: only SentencePiece BPE models are supported (got model_type "
                                  f"{pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)})")
-    del proc
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "tokenizer.model").write_bytes(path.read_bytes())
-        tok = LlamaTokenizer.from_pretrained(tmp)
-    _save_atomically(tok, cached)
+    pieces = list(proto.pieces)
+    vocab = {p.piece: i for i, p in enumerate(pieces)}
+    normal = {p.piece: p.score for p in pieces if p.type == pb.ModelProto.SentencePiece.NORMAL}
+    merges = generate_merges(vocab, normal)
+    unk = pieces[proto.trainer_spec.unk_id].piece
+    backend = Tokenizer(BPE(vocab, merges, unk_token=unk, fuse_unk=True,
+                            byte_fallback=proto.trainer_spec.byte_fallback))
+    prefix = [normalizers.Prepend("▁")] if proto.normalizer_spec.add_dummy_prefix else []
+    backend.normalizer = normalizers.Sequence(prefix + [normalizers.Replace(" ", "▁")])
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1 if prefix else 0, 0)])
+    control = [p.piece for p in pieces if p.type == pb.ModelProto.SentencePiece.CONTROL]
+    backend.add_special_tokens([AddedToken(c, special=True, normalized=False) for c in control])
+    def piece(i: int) -> str | None:
+        return pieces[i].piece if 0 <= i < len(pieces) else None
+
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=unk, bos_token=piece(proto.trainer_spec.bos_id),
+                                   eos_token=piece(proto.trainer_spec.eos_id), pad_token=piece(proto.trainer_spec.pad_id))
+
+
+def _load_sentencepiece(path: Path):
+    """SentencePiece BPE `.model` -> fast HF tokenizer, cached as tokenizer.json."""
+    from transformers import AutoTokenizer
+
+    cached = _converted_dir(path)
+    if not (cached / "tokenizer.json").exists():
+        _save_atomically(_sentencepiece_bpe_to_fast(path), cached)
     return AutoTokenizer.from_pretrained(str(cached))
 
 
