@@ -175,19 +175,23 @@ class TideTokenizer:
         self._piece_cache[token_id] = out
         return out
 
-    def byte_strings(self, ids: Sequence[int], offsets: Sequence[tuple[int, int]], text: str, start: int) -> list[str]:
+    def byte_strings(self, ids: Sequence[int], offsets: Sequence[tuple[int, int]], text: str, start: int,
+                     end: int | None = None) -> list[str]:
         """Byte-level strings of consecutive tokens of `text` whose span begins at character `start`.
 
         Vocabulary-based for byte-level BPE and SentencePiece; offset-based for WordPiece, where token k gets
-        text[end_{k-1}:end_k] (leading whitespace joins the token, like "Ġ" in byte-level BPE).
+        text[end_{k-1}:end_k] (leading whitespace joins the token, like "Ġ" in byte-level BPE) and the last
+        token extends to `end` when given (trailing whitespace that has no token of its own).
         """
         if self.kind != "wordpiece":
             return [self.piece_bytes(i) for i in ids]
         out = []
         prev = start
-        for _, end in offsets:
-            out.append(to_byte_level(text[prev:end].encode("utf-8")) if end > prev else "")
-            prev = max(prev, end)
+        for k, (_, stop) in enumerate(offsets):
+            if end is not None and k == len(offsets) - 1:
+                stop = max(stop, end)
+            out.append(to_byte_level(text[prev:stop].encode("utf-8")) if stop > prev else "")
+            prev = max(prev, stop)
         return out
 
     # ---------------------------------------------------------------- chat template
