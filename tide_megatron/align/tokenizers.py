@@ -378,8 +378,26 @@ def _load_sentencepiece(path: Path):
     return AutoTokenizer.from_pretrained(str(cached))
 
 
-def load_tokenizer(spec: str | os.PathLike, eos_token: str | None = None, pad_token: str | None = None) -> TideTokenizer:
-    """Load a tokenizer from a short name, a GGUF file, a SentencePiece `.model` or a HF tokenizer directory."""
+_LOADED: dict[tuple, TideTokenizer] = {}
+
+
+def load_tokenizer(spec: str | os.PathLike, eos_token: str | None = None, pad_token: str | None = None,
+                   cache: bool = True) -> TideTokenizer:
+    """Load a tokenizer from a short name, a GGUF file, a SentencePiece `.model` or a HF tokenizer directory.
+
+    Loaded tokenizers are kept per process (`cache=True`), so forked preprocessing workers and repeated loads
+    share one instance; treat the returned object as read-only.
+    """
+    key = (str(spec), eos_token, pad_token)
+    if cache and key in _LOADED:
+        return _LOADED[key]
+    tokenizer = _load_uncached(spec, eos_token, pad_token)
+    if cache:
+        _LOADED[key] = tokenizer
+    return tokenizer
+
+
+def _load_uncached(spec: str | os.PathLike, eos_token: str | None, pad_token: str | None) -> TideTokenizer:
     from transformers import AutoTokenizer
 
     text = str(spec)
