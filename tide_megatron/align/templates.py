@@ -51,6 +51,8 @@ WEDLM_TEMPLATE = (
 )
 
 BUILTIN_TEMPLATES = {"qwen3": QWEN3_TEMPLATE, "llada2": LLADA2_TEMPLATE, "wedlm": WEDLM_TEMPLATE}
+# The eos a built-in template implies when it is one token of the vocabulary: Qwen3's eos is <|im_end|> (§1.1).
+TEMPLATE_EOS = {"qwen3": "<|im_end|>"}
 
 
 class SampleError(ValueError):

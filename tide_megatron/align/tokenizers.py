@@ -129,6 +129,14 @@ class TideTokenizer:
     def __len__(self) -> int:
         return len(self.hf)
 
+    def with_eos(self, token: str) -> "TideTokenizer":
+        """A shallow copy whose eos is `token` (e.g. Qwen3's `<|im_end|>`, §1.1); the HF tokenizer is shared."""
+        import copy
+
+        other = copy.copy(self)
+        other.eos_id = self._id_of(token, "eos")
+        return other
+
     @property
     def vocab_size(self) -> int:
         """Number of ids including added tokens (the embedding rows the model needs at least)."""

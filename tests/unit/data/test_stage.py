@@ -37,6 +37,8 @@ def pair_ds(tok, tmp_path_factory):
 
 def test_student_collation_spec_1_2(chunk_ds):
     cfg = StageConfig.from_meta(chunk_ds.meta)
+    # §1.1: with the qwen3 template, eos = <|im_end|> (151645) and pad = <|endoftext|> (151643)
+    assert (cfg.student_eos_id, cfg.student_pad_id) == (151645, 151643)
     samples = [chunk_ds[i] for i in range(4)]
     batch = collate_samples(samples, cfg)
     assert batch["input_ids"].shape == (4, 256) and batch["labels"].shape == (4, 256)
