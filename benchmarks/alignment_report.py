@@ -21,7 +21,7 @@ from tide_megatron.align.templates import render_conversation, resolve_template
 from tide_megatron.align.tokenizers import load_tokenizer
 from tide_megatron.data.preprocess import preprocess
 from tide_megatron.data.samples import SampleConfig
-from tide_megatron.data.stdlib_corpus import stdlib_conversations
+from tide_megatron.data.stdlib_snippets import stdlib_snippets
 
 DEFAULT_PAIRS = ["qwen2:llama-spm", "mistral-v1:gpt-2", "qwen2:bert-bge", "llama-bpe:qwen2"]
 
@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    conversations = stdlib_conversations(args.samples, seed=args.seed)
+    conversations = stdlib_snippets(args.samples, seed=args.seed)
     kinds = Counter(c["kind"] for c in conversations)
     print(f"{len(conversations)} stdlib conversations ({kinds['code']} code, {kinds['prose']} prose)")
     with tempfile.TemporaryDirectory() as tmp:
