@@ -168,12 +168,13 @@ class AlignmentStage:
             plan = compdemo.plan_token_level(units, batch["pair_student"], batch["pair_teacher"], batch["pair_valid"],
                                              batch["teacher_ids"].shape[1], cfg.compdemo_ratio, u=u)
         t_ids = batch["teacher_ids"]
-        pass1 = plan.passes[0]
-        pass2 = plan.passes[1] if plan.two_pass else torch.zeros_like(pass1)
+        pass1 = plan.passes[0]  # teacher(M_B), or teacher(M) in the single-pass fallback
+        pass2 = plan.passes[1] if plan.two_pass else torch.zeros_like(pass1)  # teacher(M_A)
         return {"demo_two_pass": torch.tensor(plan.two_pass),
+                "demo_teacher_mask_a": pass2, "demo_teacher_mask_b": pass1,
                 "demo_pass1_ids": torch.where(pass1, cfg.teacher_mask_id, t_ids),
                 "demo_pass2_ids": torch.where(pass2, cfg.teacher_mask_id, t_ids),
-                "demo_take_pass2": plan.take_pass2 if plan.two_pass else torch.zeros_like(pass1)}
+                "demo_take_pass2": pass2}
 
 
 class TideCollator:

@@ -111,6 +111,7 @@ def test_compdemo_passes_partition_the_teacher_mask(which, request):
     assert not (masked1 & masked2).any() and torch.equal(masked1 | masked2, batch["teacher_mask"])
     assert masked1.any() and masked2.any()
     assert torch.equal(batch["demo_take_pass2"], masked2)  # merged logits take pass 2 exactly on A
+    assert torch.equal(batch["demo_teacher_mask_a"], masked2) and torch.equal(batch["demo_teacher_mask_b"], masked1)
     if which == "chunk_ds":  # chunk-level split: a chunk's teacher tokens all land in the same pass
         tc = batch["teacher_chunk"]
         for k in range(tc.shape[0]):
