@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from tide_megatron.align.masking import IGNORE_INDEX, chunk_consistent_masking, project_mask_through_pairs
+from tide_megatron.align.masking import chunk_consistent_masking, project_mask_through_pairs
 from tide_megatron.diffusion.collate import collate_student
 from tide_megatron.diffusion.noise import mask_tokens, sample_t
 from tide_megatron.losses import compdemo
