@@ -68,6 +68,18 @@ def test_labels_mask_the_prompt_and_content_spans(tok):
     assert conv.text[a - len("assistant\n"):a] == "assistant\n"
 
 
+def test_short_content_is_not_found_inside_template_text(tok):
+    t = tok("gpt-2")
+    msgs = [{"role": "user", "content": "Pick A or B."}, {"role": "assistant", "content": "A"}]
+    conv = render_conversation(t, resolve_template("llada2", t, "llada2"), msgs)
+    a, b = conv.content_spans[1]
+    # a plain search from the previous match would stop in "<role>ASSISTANT</role>"
+    assert conv.text[a - len("</role>"):b] == "</role>A" and conv.text[b:] == "<|role_end|>"
+    msgs = [{"role": "user", "content": "user"}, {"role": "assistant", "content": "assistant"}]
+    conv = render_conversation(t, resolve_template("qwen3", t, "qwen3"), msgs)
+    assert [conv.text[a - 1:b + 10] for a, b in conv.content_spans] == ["\nuser<|im_end|>", "\nassistant<|im_end|>"]
+
+
 def test_content_not_found_in_template(tok):
     t = tok("gpt-2")
     shouting = "{%- for m in messages -%}{{ m['content'] | upper }}{%- endfor -%}"
