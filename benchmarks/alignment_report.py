@@ -1,8 +1,9 @@
 """Alignment coverage and preprocessing throughput on real stdlib snippets for real tokenizer pairs.
 
 Prints, per (student, teacher) pair: the fraction of content bytes inside kept chunks (all messages and the
-assistant response alone), the chunk-shape histogram (teacher tokens : student tokens), and tide-preprocess
-throughput in samples/s per worker for 1 worker (baseline) and N workers, measured in the same run.
+assistant response alone), the chunk-shape histogram (teacher tokens : student tokens), the train-time stage's
+time per batch (with CompDemo against without), and tide-preprocess throughput in samples/s per worker for
+1 worker (baseline) and N workers, measured in the same run.
 
     python benchmarks/alignment_report.py --samples 200 --workers 2
 """
@@ -19,8 +20,10 @@ from pathlib import Path
 from tide_megatron.align.alignment import align_chunks
 from tide_megatron.align.templates import render_conversation, resolve_template
 from tide_megatron.align.tokenizers import load_tokenizer
+from tide_megatron.data.indexed import TideAlignedDataset
 from tide_megatron.data.preprocess import preprocess
 from tide_megatron.data.samples import SampleConfig
+from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.data.stdlib_snippets import stdlib_snippets
 
 DEFAULT_PAIRS = ["qwen2:llama-spm", "mistral-v1:gpt-2", "qwen2:bert-bge", "llama-bpe:qwen2"]
@@ -75,12 +78,34 @@ def throughput(student: str, teacher: str, src: Path, n: int, workers: int) -> f
     return n / elapsed
 
 
+def stage_time(student: str, teacher: str, src: Path, batch_size: int = 8) -> tuple[float, float]:
+    """Seconds per batch of the train-time collator (collation, noising, chunk masking), with and without CompDemo."""
+    config = SampleConfig(student_tokenizer=student, teacher_tokenizer=teacher, student_template="qwen3",
+                          teacher_template="llada2")
+    with tempfile.TemporaryDirectory() as tmp:
+        preprocess([src], Path(tmp) / "ds", config, workers=1, progress=False)
+        ds = TideAlignedDataset(Path(tmp) / "ds")
+        items = [ds[i] for i in range(len(ds))]
+        out = []
+        for ratio in (None, 0.5):
+            collate = TideCollator(StageConfig.from_meta(ds.meta, compdemo_ratio=ratio), seed=0)
+            start = time.perf_counter()
+            n = 0
+            for i in range(0, len(items) - batch_size + 1, batch_size):
+                collate(items[i : i + batch_size])
+                n += 1
+            out.append((time.perf_counter() - start) / n)
+    return out[0], out[1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--pairs", nargs="+", default=DEFAULT_PAIRS, help="student:teacher tokenizer specs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=5,
+                   help="throughput input = the snippets repeated this many times (pool start-up amortized)")
     args = p.parse_args()
 
     conversations = stdlib_snippets(args.samples, seed=args.seed)
@@ -89,11 +114,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "corpus.jsonl"
         src.write_text("\n".join(json.dumps({"messages": c["messages"]}) for c in conversations))
+        big = Path(tmp) / "repeated.jsonl"
+        big.write_text("\n".join([src.read_text()] * args.repeat))
+        n_big = len(conversations) * args.repeat
         for pair in args.pairs:
             student, teacher = pair.split(":")
             cov = coverage(student, teacher, conversations)
-            base = throughput(student, teacher, src, len(conversations), 1)
-            par = throughput(student, teacher, src, len(conversations), args.workers) if args.workers > 1 else base
+            base = throughput(student, teacher, big, n_big, 1)
+            par = throughput(student, teacher, big, n_big, args.workers) if args.workers > 1 else base
             print(f"\n== student {student} / teacher {teacher}")
             print(f"  coverage: {cov['coverage']:.4f} of content bytes in kept chunks "
                   f"({cov['response_coverage']:.4f} of assistant-response bytes), {cov['chunks']} chunks")
@@ -101,7 +129,10 @@ def main() -> None:
                   + ", ".join(f"{k} {v / cov['chunks']:.3f}" for k, v in cov["shapes"].items()))
             print("  bytes per chunk (16 = 16+): "
                   + ", ".join(f"{k}:{v}" for k, v in cov["bytes_per_chunk"].items()))
-            print(f"  throughput: 1 worker {base:.1f} samples/s; {args.workers} workers {par:.1f} samples/s = "
+            plain, demo = stage_time(student, teacher, src)
+            print(f"  train-time stage (batch 8, student 512, teacher <= 1024): {plain * 1e3:.1f} ms/batch, "
+                  f"with CompDemo passes {demo * 1e3:.1f} ms/batch ({demo / plain:.2f}x)")
+            print(f"  preprocessing {n_big} samples: 1 worker {base:.1f} samples/s; {args.workers} workers {par:.1f} samples/s = "
                   f"{par / args.workers:.1f} samples/s per worker ({par / base:.2f}x the 1-worker baseline)")
 
 

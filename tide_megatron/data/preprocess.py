@@ -114,6 +114,8 @@ def preprocess(
     fields = ("student_ids", "student_labels", "teacher_ids", config.align)
     with DatasetWriter(out_dir, fields=fields, overwrite=overwrite) as writer:
         if workers > 1:
+            # single-string encodes gain nothing from Rust-side threads; this also keeps fork() safe
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(config,))
             results = pool.imap(_process, records, chunksize=chunksize)
         else:
