@@ -1,6 +1,6 @@
 """Chunk-consistent masking and active chunks (§5.5, §11.10), pair projection and CompDemo projections (§2.4, §4)."""
-import pytest
 
+import pytest
 import torch
 
 from tide_megatron.align.masking import (
