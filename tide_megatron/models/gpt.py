@@ -1,0 +1,83 @@
+"""megatron-core GPTModel with explicit-position RoPE, explicit attention masks and row-sliced logits.
+
+Shared by the Qwen3 student and the teachers: no built-in causal mask, no logit shift (§9.3), RoPE
+gathered per position id (§1.4), and `logits_rows` to materialise logits only where a loss reads
+them (§9.21; e.g. the xt half of [xt ; x0]).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.models.gpt.gpt_model import GPTModel
+
+from tide_megatron.models.rotary import ExplicitPositionRotaryEmbedding
+
+RowSelector = Union[slice, torch.Tensor, None]
+
+
+def to_core_attention_mask(allowed: Optional[torch.Tensor], seq_len: int, device: torch.device) -> torch.Tensor:
+    """Public mask (bool, True = may attend, [s, s] / [b, s, s] / [b, 1, s, s]) -> megatron's (True = blocked)."""
+    if allowed is None:
+        return torch.zeros(1, 1, seq_len, seq_len, dtype=torch.bool, device=device)
+    if allowed.dtype != torch.bool:
+        raise ValueError(f"attention_mask must be bool (True = may attend), got {allowed.dtype}")
+    if allowed.dim() == 2:
+        allowed = allowed[None, None]
+    elif allowed.dim() == 3:
+        allowed = allowed[:, None]
+    if allowed.dim() != 4 or allowed.shape[-2:] != (seq_len, seq_len):
+        raise ValueError(f"attention_mask must broadcast to [b, 1, {seq_len}, {seq_len}], "
+                         f"got {tuple(allowed.shape)}")
+    return ~allowed.to(device)
+
+
+class ExplicitMaskGPTModel(GPTModel):
+    """GPTModel whose RoPE follows `position_ids` and whose attention follows the caller's mask only."""
+
+    def __init__(self, *args, rotary_base: float = 10000.0, rotary_percent: float = 1.0, **kwargs):
+        kwargs["position_embedding_type"] = "none"  # RoPE is ours; no learned absolute positions
+        super().__init__(*args, **kwargs)
+        self.explicit_rotary = ExplicitPositionRotaryEmbedding(
+            self.config.kv_channels, rotary_base, rotary_percent, self.config.rotary_interleaved)
+        self._logits_rows: RowSelector = None
+
+    def _preprocess(self, input_ids, position_ids, *args, **kwargs):
+        out = list(super()._preprocess(input_ids, position_ids, *args, **kwargs))
+        out[1] = self.explicit_rotary(position_ids)  # slot 1 is rotary_pos_emb
+        return tuple(out)
+
+    def _postprocess(self, hidden_states, **kwargs):
+        rows = self._logits_rows
+        if rows is None or not self.post_process or kwargs.get("labels") is not None:
+            return super()._postprocess(hidden_states, **kwargs)
+        output_weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights else None
+        sp = self.output_layer.sequence_parallel
+        if sp:  # gather the full sequence before picking rows
+            hidden_states = tensor_parallel.gather_from_sequence_parallel_region(hidden_states,
+                                                                                 group=self.pg_collection.tp)
+            self.output_layer.sequence_parallel = False
+        try:
+            logits, _ = self.output_layer(hidden_states[rows], weight=output_weight,
+                                          runtime_gather_output=kwargs.get("runtime_gather_output"))
+        finally:
+            self.output_layer.sequence_parallel = sp
+        return logits.transpose(0, 1).contiguous()
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                attention_mask: Optional[torch.Tensor] = None, logits_rows: RowSelector = None,
+                **kwargs) -> torch.Tensor:
+        """ids/position_ids [b, s]; attention_mask bool True = may attend -> logits [b, rows, V(/tp)].
+
+        `logits_rows` (a slice or index tensor over the sequence) limits the output layer to those rows.
+        """
+        if position_ids is None:
+            raise ValueError("position_ids are required (RoPE uses explicit positions, spec §1.4)")
+        mask = to_core_attention_mask(attention_mask, input_ids.shape[1], input_ids.device)
+        self._logits_rows = logits_rows
+        try:
+            return super().forward(input_ids, position_ids, mask, **kwargs)
+        finally:
+            self._logits_rows = None
