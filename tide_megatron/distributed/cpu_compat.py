@@ -76,13 +76,13 @@ def _cpu_factory(fn: Callable) -> Callable:
 
 
 class _InertStream:
-    """Stands in for torch.cuda.Stream/Event: every method is a no-op."""
+    """Stands in for torch.cuda.Stream/Event: every method is a no-op returning another inert object."""
 
     def __init__(self, *args, **kwargs):
         pass
 
     def __getattr__(self, name):
-        return lambda *a, **k: None
+        return lambda *a, **k: self  # e.g. stream.record_event() must yield an object with .synchronize()
 
     def __eq__(self, other):
         return isinstance(other, _InertStream)

@@ -1,0 +1,153 @@
+"""Loss-sized teacher payloads from vocab-parallel LM-head inputs (§2, §9 pitfall 21).
+
+Both payloads start from the final hidden states and this TP rank's LM-head rows W_r ([V/tp, h],
+rows [r*V/tp, (r+1)*V/tp)), and compute logits a chunk of positions at a time in fp32, so neither
+the full-vocabulary logits nor even this rank's [b, L, V/tp] slice is ever materialised whole:
+
+(a) `token_logprobs`: log p(target) = z[target] - logsumexp(z), with the max, the sum of exps and the
+    target logit each reduced across the TP group (Reverse CALM / CALM).
+(b) `logit_rows`: logits at requested positions only, cut to the first `vocab_limit` ids (the shared
+    vocabulary, §9 pitfall 1), optionally reduced to top-k plus the tail mass (KL / TIDAL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_CHUNK_TOKENS = 1024
+
+
+def _tp(group: Optional[dist.ProcessGroup]) -> tuple[int, int]:
+    if group is None or not dist.is_initialized():
+        return 1, 0
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
+    if _tp(group)[0] > 1:
+        dist.all_reduce(t, op=op, group=group)
+    return t
+
+
+def vocab_parallel_logsumexp_and_target(logits: torch.Tensor, targets: torch.Tensor,
+                                        tp_group: Optional[dist.ProcessGroup] = None,
+                                        vocab_start: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For vocab-parallel fp32 logits [n, V/tp] and global target ids [n]: (logsumexp [n], target logit [n])."""
+    size, rank = _tp(tp_group)
+    v_local = logits.shape[-1]
+    start = rank * v_local if vocab_start is None else vocab_start
+    row_max = logits.max(dim=-1).values
+    _all_reduce(row_max, dist.ReduceOp.MAX, tp_group)
+    sum_exp = (logits - row_max[:, None]).exp().sum(-1)
+    _all_reduce(sum_exp, dist.ReduceOp.SUM, tp_group)
+    local_t = targets - start
+    here = (local_t >= 0) & (local_t < v_local)
+    picked = logits.gather(1, local_t.clamp(0, v_local - 1)[:, None]).squeeze(1) * here
+    _all_reduce(picked, dist.ReduceOp.SUM, tp_group)
+    return sum_exp.log() + row_max, picked
+
+
+def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor,
+                   tp_group: Optional[dist.ProcessGroup] = None,
+                   chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+    """Payload (a): fp32 [b, L] log p(targets) from hidden [b, L, h] and this rank's LM-head rows.
+
+    Targets < 0 (ignored positions) give 0. Collective over ``tp_group``: every rank passes the same
+    hidden states and targets.
+    """
+    if targets.shape != hidden.shape[:2]:
+        raise ValueError(f"targets shape {tuple(targets.shape)} must equal hidden states' [b, L] "
+                         f"{tuple(hidden.shape[:2])}")
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    flat_t = targets.reshape(-1)
+    out = torch.zeros(flat_t.shape, dtype=torch.float32, device=hidden.device)
+    w = lm_head_weight
+    for s in range(0, flat_h.shape[0], chunk_tokens):
+        logits = (flat_h[s:s + chunk_tokens] @ w.t()).float()
+        lse, picked = vocab_parallel_logsumexp_and_target(logits, flat_t[s:s + chunk_tokens], tp_group)
+        del logits
+        out[s:s + chunk_tokens] = picked - lse
+    return out.masked_fill(flat_t < 0, 0.0).view(targets.shape)
+
+
+@dataclass
+class TopKRows:
+    """Top-k of the shared-vocabulary distribution at each requested row, plus what is left over.
+
+    ``logprobs``/``indices`` [n, k] are log-softmax values over ids [0, vocab_limit) (fp32);
+    ``tail_mass`` [n] = 1 - sum(exp(logprobs)), the probability of all other shared ids.
+    """
+
+    logprobs: torch.Tensor
+    indices: torch.Tensor
+    tail_mass: torch.Tensor
+
+
+def _local_vocab_window(v_local: int, rank: int, vocab_limit: int) -> tuple[int, int]:
+    """Columns [0, n_keep) of this rank's slice that fall below the shared-vocabulary limit."""
+    start = rank * v_local
+    return start, max(0, min(v_local, vocab_limit - start))
+
+
+def logit_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_limit: int,
+               tp_group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """Payload (b): fp32 [n, vocab_limit] logits at the given hidden rows [n, h] (gathered over TP).
+
+    Only the n requested rows are computed, and only ids below ``vocab_limit`` travel.
+    """
+    size, rank = _tp(tp_group)
+    v_local = lm_head_weight.shape[0]
+    if not 0 < vocab_limit <= v_local * size:
+        raise ValueError(f"vocab_limit={vocab_limit} must lie in (0, {v_local * size}] (the teacher vocabulary)")
+    start, keep = _local_vocab_window(v_local, rank, vocab_limit)
+    local = (hidden_rows @ lm_head_weight[:keep].t()).float() if keep else hidden_rows.new_zeros(
+        hidden_rows.shape[0], 0, dtype=torch.float32)
+    if size == 1:
+        return local
+    padded = torch.zeros(hidden_rows.shape[0], v_local, dtype=torch.float32, device=hidden_rows.device)
+    padded[:, :keep] = local
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded, group=tp_group)
+    return torch.cat(parts, dim=1)[:, :vocab_limit].contiguous()
+
+
+def topk_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_limit: int, k: int,
+              tp_group: Optional[dist.ProcessGroup] = None) -> TopKRows:
+    """Payload (b), compressed: top-k log-probs over the shared vocabulary plus the tail mass.
+
+    Each TP rank contributes its local top-k candidates and its share of the logsumexp; only
+    [n, k * tp] candidates and [n] scalars cross the TP group.
+    """
+    size, rank = _tp(tp_group)
+    v_local = lm_head_weight.shape[0]
+    if not 0 < vocab_limit <= v_local * size:
+        raise ValueError(f"vocab_limit={vocab_limit} must lie in (0, {v_local * size}] (the teacher vocabulary)")
+    if not 0 < k <= vocab_limit:
+        raise ValueError(f"top-k k={k} must lie in (0, vocab_limit={vocab_limit}]")
+    n = hidden_rows.shape[0]
+    start, keep = _local_vocab_window(v_local, rank, vocab_limit)
+    local = torch.full((n, v_local), float("-inf"), dtype=torch.float32, device=hidden_rows.device)
+    if keep:
+        local[:, :keep] = (hidden_rows @ lm_head_weight[:keep].t()).float()
+    row_max = local.max(-1).values
+    _all_reduce(row_max, dist.ReduceOp.MAX, tp_group)
+    sum_exp = (local - row_max[:, None]).exp().sum(-1)
+    _all_reduce(sum_exp, dist.ReduceOp.SUM, tp_group)
+    lse = sum_exp.log() + row_max
+    kk = min(k, v_local)
+    vals, idx = local.topk(kk, dim=-1)
+    idx = idx + start
+    if size > 1:
+        all_vals = [torch.empty_like(vals) for _ in range(size)]
+        all_idx = [torch.empty_like(idx) for _ in range(size)]
+        dist.all_gather(all_vals, vals, group=tp_group)
+        dist.all_gather(all_idx, idx, group=tp_group)
+        vals, idx = torch.cat(all_vals, 1), torch.cat(all_idx, 1)
+    best, order = vals.topk(k, dim=-1)
+    logprobs = best - lse[:, None]
+    tail = (1.0 - logprobs.exp().sum(-1)).clamp_min(0.0)
+    return TopKRows(logprobs=logprobs, indices=idx.gather(1, order), tail_mass=tail)
