@@ -96,6 +96,8 @@ class ObjectiveConfig:
     compdemo: bool = False  # complementary demonstration teacher passes (§4)
     demo_ratio: float = 0.5
     time_epsilon: float = 1e-3  # t = eps + (1 - eps) u (§1.3)
+    shared_vocab: int = 151646  # token modes compare ids [0, shared_vocab) on both sides (§2.2, §9.1)
+    chunk_rows: int = 0  # rows per fp32 chunk in KL/TIDAL (0 = automatic)
 
     def __post_init__(self) -> None:
         parts = mode_components(self.mode)
@@ -116,6 +118,8 @@ class ObjectiveConfig:
         _require(self.alm_temperature > 0, "objective.alm_temperature", "> 0", self.alm_temperature)
         _require(0.0 <= self.lambda_init <= 1.0 and 0.0 <= self.lambda_max <= 1.0, "objective.lambda_init/max",
                  "values in [0, 1]", (self.lambda_init, self.lambda_max))
+        _require(self.shared_vocab >= 1, "objective.shared_vocab", "an integer >= 1", self.shared_vocab)
+        _require(self.chunk_rows >= 0, "objective.chunk_rows", "an integer >= 0", self.chunk_rows)
         _require(0.0 < self.time_epsilon < 1.0, "objective.time_epsilon", "a value in (0, 1)", self.time_epsilon)
         if self.compdemo and self.mode == CE_ONLY_MODE:
             raise ConfigError("objective.compdemo: CompDemo needs a teacher term; mode 'ce' has none")
@@ -361,7 +365,6 @@ class TrainConfig:
                      f"a checkpoint path (objective.mode={self.objective.mode!r} needs a teacher)", "")
         if _CHECK_PATHS.get():
             _require(bool(self.student.checkpoint), "student.checkpoint", "a checkpoint path", "")
-            _require(bool(self.data.train), "data.train", "a dataset path prefix", "")
         self._check_mode_against_tokenizers()
         self._check_tokenizers_against_dataset()
 

@@ -122,3 +122,34 @@ def vocab_shards_to_own_rows(local_shard: torch.Tensor, counts: list[int],
                            input_split_sizes=counts, group=group)
     # recv holds my rows' vocab slice from each tp rank, stacked by rank: [tp, n_me, V/tp] -> [n_me, V].
     return recv.view(size, counts[me], v_local).permute(1, 0, 2).reshape(counts[me], size * v_local)
+
+
+def common_length(length: int, group: Optional[dist.ProcessGroup]) -> int:
+    """The longest teacher length in the group, so every rank pads its teacher inputs to one shape."""
+    if _group_size(group) == 1:
+        return length
+    t = torch.tensor([length], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t.item())
+
+
+def gather_rows(rows: torch.Tensor, info: GatherInfo, group: Optional[dist.ProcessGroup]) -> tuple[torch.Tensor, list[int]]:
+    """Requested ``(sequence, position)`` rows ``[n_r, 2]`` of every rank, re-indexed into the gathered batch.
+
+    Returns the concatenated rows and each rank's count (for `own_rows`). Collective over ``group``.
+    """
+    counts = row_counts(int(rows.shape[0]), group)
+    if _group_size(group) == 1:
+        return rows, counts
+    size = len(counts)
+    padded = rows.new_zeros((max(max(counts), 1), 2))
+    padded[: rows.shape[0]] = rows
+    bufs = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(bufs, padded, group=group)
+    offsets = [sum(info.batch_sizes[:r]) for r in range(size)]
+    out = []
+    for r in range(size):
+        part = bufs[r][: counts[r]].clone()
+        part[:, 0] += offsets[r]
+        out.append(part)
+    return torch.cat(out, 0), counts
