@@ -111,10 +111,42 @@ def _chunks(s_pieces: list[list[int]], t_pieces: list[list[int]]) -> tuple[list[
     return s_chunk, t_chunk
 
 
+def _spans(s_chunk: list[int], t_chunk: list[int]) -> torch.Tensor:
+    """Per-token chunk ids -> ``[n, 4]`` rows (t_start, t_end, s_start, s_end), the dataset's chunk format."""
+    rows = []
+    for c in range(max(s_chunk + [-1]) + 1):
+        s_pos = [i for i, x in enumerate(s_chunk) if x == c]
+        t_pos = [i for i, x in enumerate(t_chunk) if x == c]
+        rows.append([t_pos[0], t_pos[-1] + 1, s_pos[0], s_pos[-1] + 1])
+    return torch.tensor(rows, dtype=torch.int64).view(-1, 4)
+
+
+def dataset_meta(pipeline: str, seq_length: int, teacher_max_len: int = 1024) -> dict:
+    """``meta.json`` of a tide-preprocess dataset for these tiny tokenisations."""
+    dense = pipeline == "B"
+    teacher = (dict(vocab_size=STUDENT_VOCAB, mask_id=DENSE_TEACHER_IDS["mask_token_id"],
+                    eos_id=DENSE_TEACHER_IDS["eos_token_id"], pad_id=DENSE_TEACHER_IDS["pad_token_id"]) if dense else
+               dict(vocab_size=MOE_TEACHER["vocab_size"], mask_id=MOE_TEACHER["mask_token_id"],
+                    eos_id=MOE_TEACHER["eos_token_id"], pad_id=MOE_TEACHER["pad_token_id"]))
+    return {"format": "tide-aligned-v1",
+            "config": {"align": "pairs" if dense else "chunks", "student_max_len": seq_length,
+                       "teacher_max_len": teacher_max_len, "student_tokenizer": "tiny-student",
+                       "teacher_tokenizer": "tiny-student" if dense else "tiny-teacher"},
+            "student": dict(vocab_size=STUDENT_VOCAB, mask_id=STUDENT_IDS["student_mask"],
+                            eos_id=STUDENT_IDS["student_eos"], pad_id=STUDENT_IDS["student_pad"]),
+            "teacher": teacher}
+
+
+def make_dataset(n: int, pipeline: str, seq_length: int = 48, seed: int = 0, **kw):
+    from tide_megatron.training.data import ListDataset
+
+    return ListDataset(make_samples(n, pipeline, seed, **kw), dataset_meta(pipeline, seq_length))
+
+
 def make_samples(n: int, pipeline: str, seed: int = 0, prompt_chars: int = 6, content_chars: int = 40,
                  student_vocab: int = STUDENT_VOCAB - 8, teacher_vocab: int = MOE_TEACHER["vocab_size"] - 8,
                  teacher_template: int = 3) -> list[dict]:
-    """``n`` samples for pipeline "A" (chunks) or "B" (pairs), in the format of ``training/batch.py``."""
+    """``n`` samples for pipeline "A" (chunks) or "B" (pairs), in ``TideAlignedDataset``'s item format."""
     chain = random.Random(1234)
     nxt = {c: [chain.randrange(ALPHABET) for _ in range(2)] for c in range(ALPHABET)}
     rng = random.Random(seed)
@@ -134,10 +166,13 @@ def make_samples(n: int, pipeline: str, seed: int = 0, prompt_chars: int = 6, co
             t_ids = [teacher_vocab + 1] * teacher_template + t_ids  # template tokens: in no chunk
             sc, tc = _chunks(s_prompt + s_content, t_prompt + t_content)
             tc = [-1] * teacher_template + tc
-            samples.append(dict(student_ids=s_ids, student_labels=labels, teacher_ids=t_ids, student_chunk=sc,
-                                teacher_chunk=tc))
+            samples.append(dict(student_ids=torch.tensor(s_ids), student_labels=torch.tensor(labels),
+                                teacher_ids=torch.tensor(t_ids), chunks=_spans(sc, tc),
+                                pairs=torch.zeros(0, 2, dtype=torch.int64)))
         else:
             t_ids = [student_vocab + 1] * teacher_template + s_ids  # same tokeniser, other template
             pairs = [(k, k + teacher_template) for k in range(len(s_prompt), len(s_ids))]  # assistant content only
-            samples.append(dict(student_ids=s_ids, student_labels=labels, teacher_ids=t_ids, pairs=pairs))
+            samples.append(dict(student_ids=torch.tensor(s_ids), student_labels=torch.tensor(labels),
+                                teacher_ids=torch.tensor(t_ids), chunks=torch.zeros(0, 4, dtype=torch.int64),
+                                pairs=torch.tensor(pairs, dtype=torch.int64).view(-1, 2)))
     return samples

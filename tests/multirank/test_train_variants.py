@@ -13,9 +13,7 @@ import torch
 import torch.distributed as dist
 
 from tide_megatron.config import config_from_dict
-from tide_megatron.training.batch import TokenIds
 from tide_megatron.training.checkpoint import list_checkpoints, validate_checkpoint_dir
-from tide_megatron.training.data import ListDataset
 from tide_megatron.training.trainer import DistillTrainer
 from tests.helpers import tiny_distill as td
 
@@ -43,10 +41,6 @@ def artifacts():
     return root
 
 
-def _token_ids() -> TokenIds:
-    return TokenIds(**td.STUDENT_IDS, teacher_mask=-1, teacher_pad=-1, teacher_eos=-1)
-
-
 def _config(artifacts: Path, variant: str, out: Path, **sections):
     pipe = "A" if variant.startswith("a_") else "B"
     raw = {"preset": variant, "output_dir": str(out),
@@ -65,8 +59,8 @@ def _config(artifacts: Path, variant: str, out: Path, **sections):
 
 
 def _trainer(cfg, pipe, n_train=16, n_valid=0):
-    valid = ListDataset(td.make_samples(n_valid, pipe, seed=99)) if n_valid else None
-    return DistillTrainer(cfg, ListDataset(td.make_samples(n_train, pipe)), _token_ids(), valid_data=valid)
+    valid = td.make_dataset(n_valid, pipe, seed=99) if n_valid else None
+    return DistillTrainer(cfg, td.make_dataset(n_train, pipe), valid_data=valid)
 
 
 @pytest.mark.parametrize("variant", sorted(EXPECTED_TERMS))

@@ -1,36 +1,38 @@
-"""Resumable, data-parallel batching over a map-style dataset of TIDE samples.
+"""Resumable, data-parallel batching over a ``tide-preprocess`` dataset, with the alignment stage in workers.
 
 Each epoch is a seeded permutation of the dataset, cut into global batches of ``dp x micro_batch``
 samples; data-parallel rank r takes slot r of each. The data position saved in a checkpoint is the
-number of micro-batches this rank has consumed, so a resumed run continues with exactly the batch it
-would have seen next, and every batch carries its own noise seed (``training/batch.py``).
+number of micro-batches this rank has consumed; the stage's noise is seeded by (seed, epoch, sample
+index), so a resumed run sees exactly the batches, and the masks, it would have seen.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tide_megatron.training.batch import DistillBatch, DistillCollator
+from tide_megatron.data.stage import TideCollator
+from tide_megatron.training.batch import DistillBatch
 
 
 class ListDataset(Dataset):
-    """Samples held in memory (held-out sets, tests, small corpora)."""
+    """Samples held in memory, in ``TideAlignedDataset``'s item format, with the same ``meta``."""
 
-    def __init__(self, samples: Sequence[dict]) -> None:
+    def __init__(self, samples: Sequence[dict], meta: dict) -> None:
         self.samples = list(samples)
+        self.meta = meta
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
-        return self.samples[index]
+        return {**self.samples[index], "index": torch.tensor(index, dtype=torch.int64)}
 
 
 class ResumableBatches:
-    """The micro-batches of one data-parallel rank, as (batch_seed, sample indices), from any position."""
+    """The micro-batches (lists of sample indices) of one data-parallel rank, from any position."""
 
     def __init__(self, num_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
                  shuffle: bool = True) -> None:
@@ -50,48 +52,35 @@ class ResumableBatches:
             return torch.arange(self.n)
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
 
-    def batch_at(self, position: int) -> tuple[int, list[int]]:
-        """The ``position``-th micro-batch of this rank (0-based, across epochs)."""
+    def epoch_of(self, position: int) -> int:
+        return position // self.per_epoch
+
+    def batch_at(self, position: int, order: Optional[torch.Tensor] = None) -> list[int]:
+        """The ``position``-th micro-batch of this rank (0-based, counted across epochs)."""
         epoch, k = divmod(position, self.per_epoch)
-        order = self._order(epoch)
+        order = self._order(epoch) if order is None else order
         start = (k * self.dp + self.rank) * self.mbs
-        batch_seed = (self.seed * 7919 + epoch * 104729 + k * self.dp + self.rank) % (2**63 - 1)
-        return batch_seed, order[start: start + self.mbs].tolist()
+        return order[start: start + self.mbs].tolist()
 
-    def iterate(self, start: int, stop: int) -> Iterator[tuple[int, list[int]]]:
-        for position in range(start, stop):
-            yield self.batch_at(position)
-
-
-class _SeededItems(Dataset):
-    """Maps a (batch_seed, indices) request to the list of (seed, sample) pairs the collator takes."""
-
-    def __init__(self, dataset: Dataset, requests: list[tuple[int, list[int]]]) -> None:
-        self.dataset, self.requests = dataset, requests
-
-    def __len__(self) -> int:
-        return len(self.requests)
-
-    def __getitem__(self, i: int) -> list[tuple[int, dict]]:
-        seed, indices = self.requests[i]
-        return [(seed, self.dataset[j]) for j in indices]
+    def segments(self, start: int, stop: int) -> Iterator[tuple[int, list[list[int]]]]:
+        """``(epoch, micro-batches)`` for positions ``start .. stop-1``, one segment per epoch."""
+        position = start
+        while position < stop:
+            epoch = self.epoch_of(position)
+            end = min(stop, (epoch + 1) * self.per_epoch)
+            order = self._order(epoch)
+            yield epoch, [self.batch_at(p, order) for p in range(position, end)]
+            position = end
 
 
-
-class _Collate:
-    def __init__(self, collator: DistillCollator) -> None:
-        self.collator = collator
-
-    def __call__(self, batch: list[list[tuple[int, dict]]]) -> DistillBatch:
-        return self.collator(batch[0])
-
-
-def micro_batch_loader(dataset: Dataset, batches: ResumableBatches, collator: DistillCollator, start: int,
-                       stop: int, num_workers: int = 0, prefetch_factor: int = 2) -> DataLoader:
-    """A DataLoader yielding this rank's micro-batches ``start .. stop-1``; collation + noising in workers."""
-    requests = list(batches.iterate(start, stop))
-    kwargs = {"num_workers": num_workers}
-    if num_workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
-    return DataLoader(_SeededItems(dataset, requests), batch_size=1, shuffle=False,
-                      collate_fn=_Collate(collator), **kwargs)
+def micro_batches(dataset: Dataset, batches: ResumableBatches, collator: TideCollator, start: int, stop: int,
+                  num_workers: int = 0, prefetch_factor: int = 2) -> Iterator[DistillBatch]:
+    """This rank's micro-batches ``start .. stop-1``; collation, noising and alignment run in the workers."""
+    for epoch, index_lists in batches.segments(start, stop):
+        collator.set_epoch(epoch)
+        kwargs = {"num_workers": num_workers}
+        if num_workers > 0:
+            kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
+        loader = DataLoader(dataset, batch_sampler=index_lists, collate_fn=collator, **kwargs)
+        for out in loader:
+            yield DistillBatch.from_stage(out)

@@ -72,24 +72,21 @@ def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGri
 class TeacherBundle:
     engine: TeacherEngine
     vocab_size: int
-    mask_id: int
+    mask_id: Optional[int]  # from config.json / teacher.mask_id; the dataset's tokenizer must agree
     pad_id: int
     eos_id: int
 
 
-def _teacher_special_ids(cfg: TeacherConfig, hf: dict) -> tuple[int, int, int]:
+def _teacher_special_ids(cfg: TeacherConfig, hf: dict) -> tuple[Optional[int], int, int]:
     """(mask, pad, eos) teacher ids: config override, else the checkpoint's config.json (§2.1, §2.2)."""
     mask = cfg.mask_id if cfg.mask_id is not None else hf.get("mask_token_id")
-    if mask is None:
-        raise ValueError(f"teacher.mask_id: {os.path.join(cfg.checkpoint, 'config.json')} has no mask_token_id; "
-                         f"set teacher.mask_id (LLaDA2: 156895, WeDLM: 151665)")
     pad = hf.get("pad_token_id")
     eos = hf.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) else eos
     pad = eos if pad is None else pad
     if pad is None:
         raise ValueError(f"teacher.checkpoint: {cfg.checkpoint}/config.json has neither pad_token_id nor eos_token_id")
-    return int(mask), int(pad), int(eos if eos is not None else pad)
+    return (None if mask is None else int(mask)), int(pad), int(eos if eos is not None else pad)
 
 
 def build_teacher(cfg: TeacherConfig, grid: ModelGrid, backend: Optional[str] = None) -> TeacherBundle:

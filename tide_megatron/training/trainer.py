@@ -32,14 +32,13 @@ from tide_megatron.distributed import cpu_compat
 from tide_megatron.distributed import payload_exchange as px
 from tide_megatron.losses import LossInputs, aligned_rows, bd3lm_ce, build_objective, compdemo
 from tide_megatron.losses import ObjectiveConfig as LossObjectiveConfig
-from tide_megatron.training.batch import DistillBatch, DistillCollator, TokenIds
+from tide_megatron.data.stage import StageConfig, TideCollator
+from tide_megatron.training.batch import DistillBatch
 from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
-from tide_megatron.training.data import ResumableBatches, micro_batch_loader
+from tide_megatron.training.data import ResumableBatches, micro_batches
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
-
-TEACHER_BLOCK = 32  # the WeDLM teacher's block-diffusion mask counts blocks of 32 teacher positions (§2.2)
 
 
 @dataclass
@@ -78,8 +77,8 @@ class PreemptionFlag:
 class DistillTrainer:
     """Owns the student (DDP + distributed optimizer), the teacher engine, the data and the loop."""
 
-    def __init__(self, cfg: TrainConfig, train_data: Dataset, token_ids: TokenIds,
-                 valid_data: Optional[Dataset] = None, stream: TextIO = sys.stdout, backend: Optional[str] = None):
+    def __init__(self, cfg: TrainConfig, train_data: Dataset, valid_data: Optional[Dataset] = None,
+                 stream: TextIO = sys.stdout, backend: Optional[str] = None):
         self.cfg, self.train_data, self.valid_data, self.stream = cfg, train_data, valid_data, stream
         init_distributed()
         if cpu_compat.is_applied():
@@ -104,10 +103,8 @@ class DistillTrainer:
 
         # Teacher: frozen, behind the payload engine, on its own grid.
         self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if self.needs_teacher else None
-        if self.teacher is not None:
-            token_ids.teacher_mask, token_ids.teacher_pad = self.teacher.mask_id, self.teacher.pad_id
-            token_ids.teacher_eos = self.teacher.eos_id
-        self.token_ids = token_ids
+        self.meta = check_dataset_against_models(train_data.meta, cfg, self.student_vocab, self.teacher)
+        self.teacher_mask_id, self.teacher_pad_id = self.meta["teacher"]["mask_id"], self.meta["teacher"]["pad_id"]
         self.teacher_group = self.teacher_grid.pgs.mp  # ranks that must feed one teacher identical inputs
 
         # Objective (spec §6).
@@ -122,11 +119,9 @@ class DistillTrainer:
                 chunk_rows=o.chunk_rows or None))
 
         # Data: this rank's micro-batches; collation + noising + teacher projection run in workers.
-        level = "none" if not self.needs_teacher else ("chunk" if self.chunk_level else "pair")
-        self.collator = DistillCollator(
-            token_ids, cfg.student.seq_length, cfg.student.block_size, level, o.compdemo, o.demo_ratio,
-            o.time_epsilon, cfg.teacher.max_length,
-            teacher_block_multiple=TEACHER_BLOCK if cfg.teacher.arch == "wedlm" and self.needs_teacher else 1)
+        self.collator = TideCollator(StageConfig.from_meta(
+            self.meta, student_len=cfg.student.seq_length, block_size=cfg.student.block_size,
+            time_epsilon=o.time_epsilon, compdemo_ratio=o.demo_ratio if o.compdemo else None), seed=cfg.optim.seed)
         dp_rank = self.student_grid.dp_rank
         self.batches = ResumableBatches(len(train_data), cfg.data.micro_batch_size, dp_rank, self.student_dp,
                                         cfg.optim.seed, cfg.data.shuffle)
@@ -195,10 +190,12 @@ class DistillTrainer:
     def _padded_teacher(self, batch: DistillBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Teacher ids, attention and pass masks padded to the group's common length (one gathered shape)."""
         Lt = px.common_length(int(batch.teacher_ids.shape[1]), self.teacher_group)
+        if not self.chunk_level:  # the x0-first block mask needs whole blocks of teacher positions (§2.2)
+            Lt += -Lt % self.cfg.student.block_size
         extra = Lt - batch.teacher_ids.shape[1]
         ids, att, passes = batch.teacher_ids, batch.teacher_attention, batch.teacher_pass_masks
         if extra:
-            ids = torch.nn.functional.pad(ids, (0, extra), value=self.token_ids.teacher_pad)
+            ids = torch.nn.functional.pad(ids, (0, extra), value=self.teacher_pad_id)
             att = torch.nn.functional.pad(att, (0, extra), value=False)
             passes = torch.nn.functional.pad(passes, (0, extra), value=False)
         return ids, att, passes
@@ -206,11 +203,11 @@ class DistillTrainer:
     def _teacher_token_logprobs(self, batch: DistillBatch) -> torch.Tensor:
         ids, att, passes = self._padded_teacher(batch)
         P, b, Lt = passes.shape
-        pass_ids = torch.where(passes, self.token_ids.teacher_mask, ids[None]).reshape(P * b, Lt)
+        pass_ids = torch.where(passes, self.teacher_mask_id, ids[None]).reshape(P * b, Lt)
         targets = torch.where(att, ids, -1)[None].expand(P, b, Lt).reshape(P * b, Lt)
         gathered, info = px.gather_teacher_inputs(
             {"ids": pass_ids, "targets": targets, "att": att[None].expand(P, b, Lt).reshape(P * b, Lt)},
-            {"ids": self.token_ids.teacher_pad, "targets": -1, "att": False}, self.teacher_group)
+            {"ids": self.teacher_pad_id, "targets": -1, "att": False}, self.teacher_group)
         logp = self.teacher.engine.token_logprobs(gathered["ids"], gathered["targets"], gathered["att"].long())
         mine = px.own_sequences(logp, info).reshape(P, b, Lt)[..., : batch.teacher_ids.shape[1]]
         if P == 1:
@@ -221,7 +218,7 @@ class DistillTrainer:
         """WeDLM-style teacher: ``[x0 ; xt]`` with the x0-first block mask (§2.2); rows of the xt half."""
         ids, att, passes = self._padded_teacher(batch)
         P, b, Lt = passes.shape
-        xt = torch.where(passes, self.token_ids.teacher_mask, ids[None]).reshape(P * b, Lt)
+        xt = torch.where(passes, self.teacher_mask_id, ids[None]).reshape(P * b, Lt)
         x0 = ids[None].expand(P, b, Lt).reshape(P * b, Lt)
         seq, pos = bd3lm_inputs(xt, x0, order="x0_xt")
         key_pad = att[None].expand(P, b, Lt).reshape(P * b, Lt).repeat(1, 2)
@@ -231,10 +228,10 @@ class DistillTrainer:
             pass_of_row = batch.take_pass2[rows.batch, rows.teacher_pos].long()
         req = torch.stack([pass_of_row * b + rows.batch, Lt + rows.teacher_pos], dim=1)
         gathered, info = px.gather_teacher_inputs({"ids": seq, "pos": pos, "att": key_pad},
-                                                  {"ids": self.token_ids.teacher_pad, "pos": 0, "att": False},
+                                                  {"ids": self.teacher_pad_id, "pos": 0, "att": False},
                                                   self.teacher_group)
         all_rows, counts = px.gather_rows(req, info, self.teacher_group)
-        mask = block_diffusion_mask(Lt, TEACHER_BLOCK, "x0_xt")[None] & gathered["att"][:, None, :]
+        mask = block_diffusion_mask(Lt, self.cfg.student.block_size, "x0_xt")[None] & gathered["att"][:, None, :]
         out = self.teacher.engine.logit_rows(gathered["ids"], all_rows, self.cfg.objective.shared_vocab,
                                              attention_mask=mask, position_ids=gathered["pos"])
         return px.own_rows(out, counts, self.teacher_group)
@@ -286,8 +283,8 @@ class DistillTrainer:
         accum = cfg.optim.grad_accum
         last = self.state.total_steps if stop_after is None else min(self.state.total_steps,
                                                                       self.state.step + stop_after)
-        loader = micro_batch_loader(self.train_data, self.batches, self.collator, self.state.step * accum,
-                                    last * accum, cfg.data.num_workers, cfg.data.prefetch_factor)
+        loader = micro_batches(self.train_data, self.batches, self.collator, self.state.step * accum, last * accum,
+                               cfg.data.num_workers, cfg.data.prefetch_factor)
         if cfg.checkpoint.save_on_signal:
             self.preemption.install()
         preempted = False
@@ -335,7 +332,7 @@ class DistillTrainer:
         batches = ResumableBatches(len(self.valid_data), self.cfg.data.micro_batch_size, self.student_grid.dp_rank,
                                    self.student_dp, seed=self.cfg.optim.seed + 1, shuffle=False)
         n = min(self.cfg.logging.eval_batches, batches.per_epoch)
-        loader = micro_batch_loader(self.valid_data, batches, self.collator, 0, n, 0)
+        loader = micro_batches(self.valid_data, batches, self.collator, 0, n, 0)
         sums: dict[str, float] = {}
         for batch in loader:
             payload = self.teacher_payload(batch)
@@ -360,6 +357,30 @@ class DistillTrainer:
 
     def close(self) -> None:
         self.logger.close()
+
+
+def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: int, teacher) -> dict:
+    """The dataset's tokenizers and alignment must fit the models and the mode; one clear error otherwise."""
+    where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
+    align = meta["config"]["align"]
+    wanted = "chunks" if is_chunk_mode(cfg.objective.mode) else "pairs"
+    if cfg.objective.needs_teacher and align != wanted:
+        raise ValueError(f"{where}: the dataset was preprocessed with --align {align}, but objective.mode="
+                         f"{cfg.objective.mode!r} needs {wanted} (re-run tide-preprocess with --align {wanted})")
+    if meta["config"]["student_max_len"] != cfg.student.seq_length:
+        raise ValueError(f"student.seq_length={cfg.student.seq_length} differs from the dataset's student_max_len="
+                         f"{meta['config']['student_max_len']} ({where})")
+    if meta["student"]["vocab_size"] > student_vocab:
+        raise ValueError(f"student.checkpoint: {student_vocab} embedding rows, but the dataset's student tokenizer "
+                         f"has {meta['student']['vocab_size']} ids ({where})")
+    if teacher is not None and meta["teacher"]["vocab_size"] > teacher.vocab_size:
+        raise ValueError(f"teacher.checkpoint: {teacher.vocab_size} embedding rows, but the dataset's teacher "
+                         f"tokenizer has {meta['teacher']['vocab_size']} ids ({where})")
+    if teacher is not None and teacher.mask_id is not None and teacher.mask_id != meta["teacher"]["mask_id"]:
+        raise ValueError(f"teacher.mask_id: the teacher uses mask id {teacher.mask_id} (teacher.mask_id or its "
+                         f"config.json) but the dataset's teacher tokenizer has {meta['teacher']['mask_id']} ({where}); "
+                         f"a wrong mask id silently ruins every teacher pass (spec §9.1)")
+    return meta
 
 
 def _no_teacher_layout():
