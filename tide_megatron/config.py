@@ -388,24 +388,33 @@ class TrainConfig:
                     f"teacher.tokenizer {t_tok!r} differ; use a chunk mode ({', '.join(CHUNK_LEVEL_MODES)})")
 
     def _check_tokenizers_against_dataset(self) -> None:
-        """The dataset records which tokenizers wrote it; they must be the configured ones."""
+        """The dataset (tide-preprocess meta.json) must have been written for these tokenizers, this mode and L."""
         if not (_CHECK_PATHS.get() and self.data.train):
             return
         meta = read_dataset_meta(self.data.train)
         if meta is None:
             return
-        for side, cfg in (("student", self.student), ("teacher", self.teacher)):
-            if side == "teacher" and not self.objective.needs_teacher:
-                continue
-            recorded = meta.get(f"{side}_tokenizer_fingerprint")
-            configured = tokenizer_fingerprint(cfg.tokenizer_path) if cfg.tokenizer_path else None
-            if recorded and configured and recorded != configured:
-                raise ConfigError(
-                    f"{side}.tokenizer: {cfg.tokenizer_path!r} is not the tokenizer that wrote data.train "
-                    f"{self.data.train!r} (dataset records {meta.get(f'{side}_tokenizer', recorded)!r})")
-            if side == "student" and meta.get("seq_length") and meta["seq_length"] != self.student.seq_length:
-                raise ConfigError(f"student.seq_length: {self.student.seq_length} differs from the dataset's "
-                                  f"{meta['seq_length']} ({self.data.train!r})")
+        where = f"data.train {self.data.train!r}"
+        dcfg = meta.get("config", {})
+        if self.objective.needs_teacher and dcfg.get("align"):
+            wanted = "chunks" if is_chunk_mode(self.objective.mode) else "pairs"
+            if dcfg["align"] != wanted:
+                raise ConfigError(f"objective.mode: {self.objective.mode!r} needs a dataset aligned by {wanted}, but "
+                                  f"{where} was preprocessed with --align {dcfg['align']}")
+        if dcfg.get("student_max_len") not in (None, self.student.seq_length):
+            raise ConfigError(f"student.seq_length: {self.student.seq_length} differs from the dataset's "
+                              f"student_max_len {dcfg['student_max_len']} ({where})")
+        sides = [("student", self.student)] + ([("teacher", self.teacher)] if self.objective.needs_teacher else [])
+        for side, cfg in sides:
+            recorded = dcfg.get(f"{side}_tokenizer")
+            if recorded and cfg.tokenizer_path and not same_tokenizer(recorded, cfg.tokenizer_path):
+                raise ConfigError(f"{side}.tokenizer: {cfg.tokenizer_path!r} is not the tokenizer that wrote {where} "
+                                  f"(the dataset records {recorded!r})")
+        if self.objective.needs_teacher and not is_chunk_mode(self.objective.mode):
+            s_tok, t_tok = dcfg.get("student_tokenizer"), dcfg.get("teacher_tokenizer")
+            if s_tok and t_tok and not same_tokenizer(s_tok, t_tok):
+                raise ConfigError(f"objective.mode: {self.objective.mode!r} is token-level, but {where} pairs two "
+                                  f"different tokenizers ({s_tok!r}, {t_tok!r}); use a chunk mode")
 
     def check_world_size(self, world_size: int) -> tuple[int, int]:
         """Teacher and student data-parallel sizes; a clear error when a layout does not divide the world."""
@@ -450,9 +459,19 @@ def tokenizer_fingerprint(path: str) -> Optional[str]:
     return digest.hexdigest()[:16]
 
 
+def same_tokenizer(a: str, b: str) -> bool:
+    """Two tokenizer references name one tokenizer: equal strings, or files with equal content."""
+    if a == b or os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b)):
+        return True
+    fa, fb = tokenizer_fingerprint(a), tokenizer_fingerprint(b)
+    if fa is None or fb is None:
+        return True  # a registry name on one side: nothing to compare here (tide-preprocess resolved it)
+    return fa == fb
+
+
 def read_dataset_meta(prefix: str) -> Optional[dict]:
     """The JSON metadata that ``tide-preprocess`` writes beside a dataset, or None if there is none."""
-    for candidate in (Path(prefix + ".meta.json"), Path(prefix) / "meta.json", Path(prefix + ".json")):
+    for candidate in (Path(prefix) / "meta.json", Path(prefix + ".meta.json")):
         if candidate.is_file():
             try:
                 return json.loads(candidate.read_text())

@@ -19,8 +19,7 @@ def files(tmp_path):
         (tmp_path / d / "config.json").write_text("{}")
     (tmp_path / "student" / "tokenizer.json").write_text('{"vocab": "student"}')
     (tmp_path / "teacher" / "tokenizer.json").write_text('{"vocab": "teacher"}')
-    (tmp_path / "train.bin").write_bytes(b"")
-    (tmp_path / "train.idx").write_bytes(b"")
+    (tmp_path / "train").mkdir()
     return tmp_path
 
 
@@ -109,13 +108,28 @@ def test_token_level_mode_with_different_tokenizers_is_refused(files):
     assert config_from_dict(_raw(files, preset="b_tide_shared")).objective.mode == "taid_aligned"
 
 
-def test_dataset_written_by_another_tokenizer_is_refused(files):
-    from tide_megatron.config import tokenizer_fingerprint
+def _write_meta(files, **config):
+    meta = {"config": {"align": "chunks", "student_max_len": 512, "student_tokenizer": str(files / "student"),
+                       "teacher_tokenizer": str(files / "teacher"), **config}}
+    (files / "train" / "meta.json").write_text(json.dumps(meta))
 
-    meta = {"student_tokenizer": "other", "student_tokenizer_fingerprint": "0123456789abcdef",
-            "teacher_tokenizer_fingerprint": tokenizer_fingerprint(str(files / "teacher"))}
-    (files / "train.meta.json").write_text(json.dumps(meta))
+
+def test_dataset_written_by_another_tokenizer_is_refused(files):
+    (files / "other").mkdir()
+    (files / "other" / "tokenizer.json").write_text('{"vocab": "other"}')
+    _write_meta(files)
+    assert config_from_dict(_raw(files, preset="a_tide_cross")).data.train == str(files / "train")
+    _write_meta(files, student_tokenizer=str(files / "other"))
     with pytest.raises(ConfigError, match="student.tokenizer: .* is not the tokenizer that wrote data.train"):
+        config_from_dict(_raw(files, preset="a_tide_cross"))
+
+
+def test_dataset_alignment_and_length_must_fit_the_mode(files):
+    _write_meta(files, align="chunks")
+    with pytest.raises(ConfigError, match="objective.mode: 'kl_aligned' needs a dataset aligned by pairs"):
+        config_from_dict(_raw(files, preset="b_kl", teacher={"checkpoint": str(files / "student")}))
+    _write_meta(files, student_max_len=256)
+    with pytest.raises(ConfigError, match="student.seq_length: 512 differs from the dataset's student_max_len 256"):
         config_from_dict(_raw(files, preset="a_tide_cross"))
 
 
