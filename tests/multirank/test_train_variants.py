@@ -151,3 +151,20 @@ def test_sigterm_mid_run_leaves_a_checkpoint_that_loads(artifacts):
         assert torch.equal(p_saved, p_loaded)
     resumed.run(stop_after=1)
     assert resumed.state.step == 3
+
+
+@pytest.mark.parametrize("variant", ["a_tide_shared", "b_tide_cross"])
+def test_chunked_student_head_matches_full_logits_on_the_real_student(artifacts, variant):
+    """The trainer's sequence-chunked output layer + loss equals the loss on full [b, L, V] logits."""
+    from tide_megatron.training.data import micro_batches
+
+    cfg, pipe = _config(artifacts, variant, _shared_dir(f"chunked-{variant}"))
+    trainer = _trainer(cfg, pipe)
+    batch = next(iter(micro_batches(trainer.train_data, trainer.batches, trainer.collator, 0, 1)))
+    payload = trainer.teacher_payload(batch)
+    chunked = trainer.student_loss(batch, payload)
+    trainer.cfg.student.logits_chunk_seqs = 0
+    full = trainer.student_loss(batch, payload)
+    assert chunked.keys() == full.keys()
+    for key in full:
+        assert chunked[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key

@@ -39,6 +39,8 @@ from tide_megatron.training.data import ResumableBatches, micro_batches
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
+from tide_megatron.training.student_loss import (chunked_loss_backward, hidden_states_output, loss_chunk_rows,
+                                                  supports_chunked_head)
 
 
 @dataclass
@@ -116,7 +118,7 @@ class DistillTrainer:
                 taid_weight=o.distill_weight, alm_weight=o.distill_weight, taid_lambda_init=o.lambda_init,
                 taid_lambda_max=o.lambda_max, taid_decay=o.lambda_schedule, taid_axis_mode=o.axis_mode,
                 taid_timestep_weight=o.timestep_weight, shared_vocab=o.shared_vocab,
-                chunk_rows=o.chunk_rows or None))
+                chunk_rows=o.chunk_rows or loss_chunk_rows(self.student_vocab)))
 
         # Data: this rank's micro-batches; collation + noising + teacher projection run in workers.
         self.collator = TideCollator(StageConfig.from_meta(
@@ -154,8 +156,7 @@ class DistillTrainer:
             t0 = time.perf_counter()
             payload = self.teacher_payload(batch)  # no gradients; collective over the teacher group
             t1 = time.perf_counter()
-            loss, terms = self.student_loss(batch, payload)
-            (loss / len(micro_batches)).backward()
+            terms = self.student_loss(batch, payload, backward_scale=1.0 / len(micro_batches))
             student_s += time.perf_counter() - t1
             teacher_s += t1 - t0
             for key, value in terms.items():
@@ -239,31 +240,60 @@ class DistillTrainer:
     def student_forward(self, batch: DistillBatch) -> torch.Tensor:
         """Student logits of the xt half only ``[b, L, V]`` (§1.4: [xt ; x0], duplicated positions)."""
         ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
-        L = batch.x0.shape[1]
-        return self.model(ids, pos, self.block_mask, logits_rows=slice(0, L))
+        return self.model(ids, pos, self.block_mask, logits_rows=slice(0, batch.x0.shape[1]))
 
-    def student_loss(self, batch: DistillBatch, payload) -> tuple[torch.Tensor, dict[str, float]]:
-        """CE + the mode's TIDE term on this micro-batch (per-micro-batch normalisation, §9.9)."""
-        logits = self.student_forward(batch)
-        tp_group = self.student_grid.pgs.tp if self.student_grid.layout.tp > 1 else None
-        if self.objective is None:
-            ce = bd3lm_ce(logits, batch.x0, batch.masked, batch.maskable, batch.t, tp_group)
-            return ce, {"loss/total": float(ce.detach()), "loss/ce": float(ce.detach())}
+    def _loss_inputs(self, batch: DistillBatch, payload, logits: Optional[torch.Tensor]) -> LossInputs:
         inputs = LossInputs(student_logits=logits, x0=batch.x0, masked=batch.masked, maskable=batch.maskable,
                             t=batch.t)
+        if self.objective is None:
+            return inputs
         if self.chunk_level:
             inputs.student_chunk, inputs.teacher_chunk = batch.student_chunk, batch.teacher_chunk
             inputs.teacher_token_logp, inputs.active = payload, batch.active
         else:
             inputs.rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
             inputs.teacher_rows = payload
-        out = self.objective(inputs, step=self.state.step, total_steps=self.state.total_steps, tp_group=tp_group)
-        terms = {"loss/total": float(out.total.detach()), "loss/ce": float(out.ce.detach())}
-        terms.update({f"loss/{k}": float(v.detach()) for k, v in out.terms.items()})
-        lam = self._mean_lambda(batch)
-        if lam is not None:
-            terms["lambda"] = lam
-        return out.total, terms
+        return inputs
+
+    def student_loss(self, batch: DistillBatch, payload, backward_scale: Optional[float] = None) -> dict[str, float]:
+        """CE + the mode's TIDE term on this micro-batch (per-micro-batch normalisation, §9.9); with
+        ``backward_scale`` also backpropagates ``scale * loss``. Returns the loss terms (and λ)."""
+        backward = backward_scale is not None
+        module = self.model.module
+        chunk = self.cfg.student.logits_chunk_seqs
+        if chunk and supports_chunked_head(module):
+            ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
+            with torch.set_grad_enabled(backward), hidden_states_output(module) as weight:
+                hidden = self.model(ids, pos, self.block_mask, logits_rows=slice(0, batch.x0.shape[1]))
+            terms = chunked_loss_backward(hidden, weight, self._loss_inputs(batch, payload, None), self.objective,
+                                          self.state.step, self.state.total_steps, chunk, self._term_weights(),
+                                          backward_scale or 1.0, backward)
+        else:
+            tp_group = self.student_grid.pgs.tp if self.student_grid.layout.tp > 1 else None
+            with torch.set_grad_enabled(backward):
+                logits = self.student_forward(batch)
+                if self.objective is None:
+                    loss = bd3lm_ce(logits, batch.x0, batch.masked, batch.maskable, batch.t, tp_group)
+                    out_terms = {}
+                    ce = loss
+                else:
+                    out = self.objective(self._loss_inputs(batch, payload, logits), step=self.state.step,
+                                         total_steps=self.state.total_steps, tp_group=tp_group)
+                    loss, ce, out_terms = out.total, out.ce, out.terms
+            if backward:
+                (loss * backward_scale).backward()
+            terms = {"loss/total": float(loss.detach()), "loss/ce": float(ce.detach())}
+            terms.update({f"loss/{k}": float(v.detach()) for k, v in out_terms.items()})
+        if self.objective is not None:
+            lam = self._mean_lambda(batch)
+            if lam is not None:
+                terms["lambda"] = lam
+        return terms
+
+    def _term_weights(self) -> dict[str, float]:
+        if self.objective is None:
+            return {}
+        return {c.name: self.cfg.objective.distill_weight for c in self.objective.components}  # §9.20
 
     def _mean_lambda(self, batch: DistillBatch) -> Optional[float]:
         comps = self.objective.components
@@ -336,7 +366,7 @@ class DistillTrainer:
         sums: dict[str, float] = {}
         for batch in loader:
             payload = self.teacher_payload(batch)
-            _, terms = self.student_loss(batch, payload)
+            terms = self.student_loss(batch, payload)
             for key, value in terms.items():
                 if key.startswith("loss/"):
                     sums["eval/" + key[5:]] = sums.get("eval/" + key[5:], 0.0) + value / n
