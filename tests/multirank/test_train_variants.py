@@ -168,3 +168,22 @@ def test_chunked_student_head_matches_full_logits_on_the_real_student(artifacts,
     assert chunked.keys() == full.keys()
     for key in full:
         assert chunked[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
+
+
+def test_gradient_accumulation_counts_optimizer_steps(artifacts):
+    """grad_accum=2: two micro-batches per optimizer step; TIDAL progress and the data position count steps."""
+    cfg, pipe = _config(artifacts, "b_tide_shared", _shared_dir("accum"),
+                        optim={"train_steps": 3, "grad_accum": 2}, logging={"tensorboard": False})
+    trainer = _trainer(cfg, pipe, n_train=24)
+    seen = []
+    original = trainer.train_step
+
+    def record(batches):
+        seen.append((len(batches), trainer.state.step))
+        return original(batches)
+
+    trainer.train_step = record
+    trainer.run()
+    assert seen == [(2, 0), (2, 1), (2, 2)]
+    assert trainer.state.step == 3 and trainer.state.consumed_micro_batches == 6
+    assert trainer.batches.per_epoch == 6 and trainer.state.total_steps == 3

@@ -168,7 +168,7 @@ class DistillTrainer:
         student_s += time.perf_counter() - t2
         lr = self.optimizer.param_groups[0]["lr"]
         self.state.step += 1
-        self.state.consumed_samples += len(micro_batches)
+        self.state.consumed_micro_batches += len(micro_batches)
         tokens = sum(int(b.x0.numel()) for b in micro_batches)
         scalars = {**sums, "lr": lr, "grad_norm": float(grad_norm or 0.0), "tokens": tokens,
                    "time/teacher_s": teacher_s, "time/student_s": student_s,
