@@ -313,8 +313,9 @@ class DistillTrainer:
         accum = cfg.optim.grad_accum
         last = self.state.total_steps if stop_after is None else min(self.state.total_steps,
                                                                       self.state.step + stop_after)
-        loader = micro_batches(self.train_data, self.batches, self.collator, self.state.step * accum, last * accum,
-                               cfg.data.num_workers, cfg.data.prefetch_factor)
+        start = self.state.consumed_micro_batches  # the data position restored from the checkpoint
+        loader = micro_batches(self.train_data, self.batches, self.collator, start,
+                               start + (last - self.state.step) * accum, cfg.data.num_workers, cfg.data.prefetch_factor)
         if cfg.checkpoint.save_on_signal:
             self.preemption.install()
         preempted = False
