@@ -89,10 +89,10 @@ def test_token_logprobs_equal_full_logit_computation(name, checkpoint, batch, re
     assert (got - full)[real].abs().max().item() < TOL
 
 
-@pytest.mark.parametrize("name", ["tp1", "tp2_sp"])
+@pytest.mark.parametrize("name", ["tp1", "tp2_sp", "pp2"])
 def test_logit_rows_shared_vocab_and_topk(name, checkpoint, batch, reference_logits):
-    layout, _ = LAYOUTS[name]
-    engine = _engine(checkpoint, layout)
+    layout, mbs = LAYOUTS[name]
+    engine = _engine(checkpoint, layout, mbs)
     ids, mask = batch
     rows = torch.tensor([[0, 0], [0, 7], [1, 2], [1, 8]])
     limit, k = 100, 5  # a shared-vocabulary cut that falls inside TP rank 1's half
@@ -106,3 +106,29 @@ def test_logit_rows_shared_vocab_and_topk(name, checkpoint, batch, reference_log
     assert torch.equal(top.indices, ref_idx)
     assert (top.logprobs - ref_vals).abs().max().item() < TOL
     assert (top.tail_mass - (1 - ref_vals.exp().sum(-1))).abs().max().item() < TOL
+
+
+def test_tide_convert_llada2_ep2_then_verify_tp2_with_remote_code(checkpoint, tmp_path_factory):
+    """hf-to-mcore at EP=2, then `verify` reshards to TP=2 and compares with the checkpoint's own
+    modeling code loaded through trust_remote_code."""
+    from tide_megatron.cli.convert import run
+
+    holder = [str(tmp_path_factory.mktemp("mcore") / "llada2") if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    run(["hf-to-mcore", "--arch", "llada2", "--hf-dir", str(checkpoint), "--mcore-dir", holder[0],
+         "--ep", "2", "--dtype", "float32"])
+    diffs = run(["verify", "--arch", "llada2", "--hf-dir", str(checkpoint), "--mcore-dir", holder[0]])
+    assert diffs["bidirectional"] < TOL
+
+
+def test_odd_length_is_padded_for_sequence_parallel(checkpoint, batch):
+    """L=11 at TP=2 with sequence parallelism: the engine pads to 12 with unseen pad tokens and crops."""
+    engine = _engine(checkpoint, LAYOUTS["tp2_sp"][0])
+    ids, mask = batch[0][:, :11], batch[1][:, :11]
+    targets = torch.roll(ids, 1, 1)
+    got = engine.token_logprobs(ids, targets, attention_mask=mask)
+    with torch.no_grad():
+        full = build_random_reference(0)(ids, attention_mask=mask).logits.log_softmax(-1)
+    want = full.gather(-1, targets[..., None]).squeeze(-1)
+    assert got.shape == (2, 11)
+    assert (got - want)[mask.bool()].abs().max().item() < TOL

@@ -106,7 +106,7 @@ def plan_chunk_level(
     u: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> CompDemoPlan:
-    """Chunk-level CompDemo (Pipeline A): split the chunks containing a masked token ``[b, C]``; the student is unchanged."""
+    """Chunk-level CompDemo (Pipeline A): split the chunks holding a masked token ``[b, C]``; student unchanged."""
     c_a, c_b = split(has_masked, ratio, u, generator)
     return _plan(chunks_to_teacher(c_a, teacher_chunk), chunks_to_teacher(c_b, teacher_chunk),
                  bool(has_masked.any()))

@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 ProcessGroup = Optional[dist.ProcessGroup]
 
-# fp32 elements per row chunk: 2**24 elements = 64 MiB of fp32 per temporary.
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
+# fp32 elements per row chunk: 2**22 elements = 16 MiB of fp32 per temporary (27 rows at V = 151936).
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 
 def tp_size(group: ProcessGroup) -> int:
@@ -63,7 +63,7 @@ def local_vocab_limit(local_vocab: int, vocab_limit: Optional[int], group: Proce
 
 
 def default_chunk_rows(vocab: int, chunk_rows: Optional[int] = None) -> int:
-    """Rows per chunk: ``chunk_rows`` if given, else enough rows for about 2**24 fp32 elements."""
+    """Rows per chunk: ``chunk_rows`` if given, else enough rows for about 2**22 fp32 elements."""
     if chunk_rows is not None:
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -130,8 +130,11 @@ class _TokenLogprobs(torch.autograd.Function):
         m = logits.amax(dim=-1).float() if v_local else torch.full((n,), float("-inf"), device=logits.device)
         all_reduce(m, dist.ReduceOp.MAX, group)
         sumexp = torch.empty(n, dtype=torch.float32, device=logits.device)
+        work = torch.empty(min(rows, n), v_local, dtype=torch.float32, device=logits.device)
         for sl in row_chunks(n, rows):
-            sumexp[sl] = torch.exp(logits[sl].float() - m[sl].unsqueeze(1)).sum(dim=1)
+            x = work[: sl.stop - sl.start].copy_(logits[sl])
+            sumexp[sl] = x.sub_(m[sl].unsqueeze(1)).exp_().sum(dim=1)
+        del work
         stats = torch.stack([sumexp, picked])
         all_reduce(stats, dist.ReduceOp.SUM, group)
         lse = m + torch.log(stats[0])
@@ -144,12 +147,12 @@ class _TokenLogprobs(torch.autograd.Function):
         logits, safe_t, in_shard, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
         g = grad_out.float()
+        work = torch.empty(min(ctx.rows, logits.shape[0]), logits.shape[1], dtype=torch.float32, device=logits.device)
         for sl in row_chunks(logits.shape[0], ctx.rows):
-            p = torch.exp(logits[sl].float() - lse[sl].unsqueeze(1))
-            d = -p
+            d = work[: sl.stop - sl.start].copy_(logits[sl]).sub_(lse[sl].unsqueeze(1)).exp_().neg_()
             rows_idx = torch.arange(sl.start, sl.stop, device=logits.device) - sl.start
             d[rows_idx, safe_t[sl]] += in_shard[sl].float()
-            grad[sl] = (d * g[sl].unsqueeze(1)).to(grad.dtype)
+            grad[sl] = d.mul_(g[sl].unsqueeze(1))
         return grad, None, None, None
 
 
@@ -168,6 +171,12 @@ def token_logprobs(
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= v):
         raise ValueError(f"token_logprobs: targets must be vocabulary ids in [0, {v}), "
                          f"got range [{int(targets.min())}, {int(targets.max())}]")
-    flat = logits.reshape(-1, logits.shape[-1])
-    out = _TokenLogprobs.apply(flat, targets.reshape(-1).long(), tp_group, chunk_rows)
-    return out.reshape(targets.shape)
+    # Reorder the leading dims to memory order first, so a transposed view (megatron's [s, b, V] seen
+    # as [b, s, V]) is flattened without copying the logits.
+    lead = logits.dim() - 1
+    perm = sorted(range(lead), key=lambda d: -logits.stride(d))
+    logits_p, targets_p = logits.permute(*perm, lead), targets.permute(*perm)
+    flat = logits_p.reshape(-1, logits.shape[-1])
+    out = _TokenLogprobs.apply(flat, targets_p.reshape(-1).long(), tp_group, chunk_rows)
+    inverse = sorted(range(lead), key=lambda d: perm[d])
+    return out.reshape(targets_p.shape).permute(*inverse)

@@ -36,18 +36,18 @@ class _HiddenStatesHead(torch.nn.Module):
         return hidden, None
 
 
-def megatron_attention_mask(attention_mask: Optional[torch.Tensor], b: int, L: int) -> Optional[torch.Tensor]:
-    """Our masks → megatron's (True = masked).
+def allowed_attention_mask(attention_mask: Optional[torch.Tensor], b: int, L: int) -> Optional[torch.Tensor]:
+    """Our masks → bool [b, 1, L, L] "may attend" for `ExplicitMaskGPTModel` (None = attend everywhere).
 
-    [b, L] 0/1 key padding (1 = real token) → [b, 1, 1, L]; [b, L, L] or [b, 1, L, L] bool "may attend"
-    (e.g. the block-diffusion mask, §2.2) → [b, 1, L, L].
+    [b, L] 0/1 key padding (1 = real token; LLaDA2, §2.1) → every query sees every real key;
+    [b, L, L] or [b, 1, L, L] bool (e.g. the [x0 ; xt] block-diffusion mask of WeDLM, §2.2) as given.
     """
     if attention_mask is None:
         return None
     if attention_mask.dim() == 2:
         if attention_mask.shape != (b, L):
             raise ValueError(f"key-padding attention_mask must be [b, L] = {(b, L)}, got {tuple(attention_mask.shape)}")
-        return ~attention_mask.bool()[:, None, None, :]
+        return attention_mask.bool()[:, None, None, :].expand(b, 1, L, L)
     if attention_mask.dim() == 3:
         attention_mask = attention_mask[:, None]
     if attention_mask.dim() != 4 or attention_mask.shape[-2:] != (L, L) or attention_mask.shape[0] not in (1, b):
@@ -55,14 +55,18 @@ def megatron_attention_mask(attention_mask: Optional[torch.Tensor], b: int, L: i
                          f"got {tuple(attention_mask.shape)}")
     if attention_mask.dtype != torch.bool:
         raise ValueError("a 3-D/4-D attention_mask must be bool (True = may attend)")
-    return ~attention_mask
+    return attention_mask.expand(b, 1, L, L)
 
 
 class TeacherEngine:
-    """Teacher forward + payload extraction for one model stage on the teacher grid."""
+    """Teacher forward + payload extraction for one model stage on the teacher grid.
+
+    The engine takes the model over: on the last stage its output layer is replaced by
+    `_HiddenStatesHead` (the LM-head weight is kept for the payloads), so load weights first.
+    """
 
     def __init__(self, model: torch.nn.Module, pgs: ProcessGroupCollection, pad_token_id: int = 0,
-                 micro_batch_size: Optional[int] = None, chunk_tokens: int = payloads.DEFAULT_CHUNK_TOKENS):
+                 micro_batch_size: Optional[int] = None, chunk_tokens: Optional[int] = None):
         self.model = model.eval()
         self.model.requires_grad_(False)
         self.pgs = pgs
@@ -86,26 +90,19 @@ class TeacherEngine:
         return self.model.vocab_size
 
     # ---- forward ----------------------------------------------------------------------------------
-    def _pad_for_sequence_parallel(self, ids, mask, pos):
-        """Sequence parallelism needs L % tp == 0: pad with masked pad tokens (cropped afterwards)."""
-        L = ids.shape[1]
+    def _pad_for_sequence_parallel(self, ids, allowed, pos):
+        """Sequence parallelism needs L % tp == 0: pad with pad tokens no real query can see (cropped after)."""
+        b, L = ids.shape
         extra = (-L) % self.tp_size if self.config.sequence_parallel else 0
         if not extra:
-            return ids, mask, pos
-        b = ids.shape[0]
+            return ids, allowed, pos
         ids = torch.cat([ids, ids.new_full((b, extra), self.pad_token_id)], 1)
         pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, extra + 1, device=pos.device)], 1)
-        if mask is None:
-            mask = torch.zeros(b, 1, 1, L, dtype=torch.bool, device=ids.device)
-        if mask.shape[-2] == 1:  # key padding
-            mask = torch.cat([mask, mask.new_ones(*mask.shape[:-1], extra)], -1)
-        else:  # full mask: padded keys masked for everyone; padded queries see only themselves
-            full = mask.new_ones(mask.shape[0], 1, L + extra, L + extra)
-            full[..., :L, :L] = mask
-            idx = torch.arange(L, L + extra, device=ids.device)
-            full[..., idx, idx] = False
-            mask = full
-        return ids, mask, pos
+        full = torch.zeros(b, 1, L + extra, L + extra, dtype=torch.bool, device=ids.device)
+        full[..., :L, :L] = True if allowed is None else allowed
+        idx = torch.arange(L, L + extra, device=ids.device)
+        full[..., idx, idx] = True  # padded queries see only themselves
+        return ids, full, pos
 
     @torch.no_grad()
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -116,7 +113,7 @@ class TeacherEngine:
             position_ids = torch.arange(L, device=input_ids.device).expand(b, L)
         if position_ids.shape != (b, L):
             raise ValueError(f"position_ids must be [b, L] = {(b, L)}, got {tuple(position_ids.shape)}")
-        mask = megatron_attention_mask(attention_mask, b, L)
+        mask = allowed_attention_mask(attention_mask, b, L)
         ids, mask, pos = self._pad_for_sequence_parallel(input_ids, mask, position_ids)
         if self.pp_size == 1:
             out = self.model(ids, pos, mask)

@@ -18,7 +18,14 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-DEFAULT_CHUNK_TOKENS = 1024
+# fp32 logits computed at once per TP rank (rows x V/tp): 2^25 = 128 MiB, e.g. 213 positions of LLaDA2's
+# 157,184-id vocabulary at TP=1. Peak memory is a small multiple of this, independent of b x L.
+LOGIT_CHUNK_ELEMENTS = 2 ** 25
+
+
+def chunk_rows(v_local: int, chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> int:
+    """How many positions to push through the LM head at once so one chunk holds ~chunk_elements logits."""
+    return max(1, chunk_elements // max(1, v_local))
 
 
 def _tp(group: Optional[dist.ProcessGroup]) -> tuple[int, int]:
@@ -53,11 +60,12 @@ def vocab_parallel_logsumexp_and_target(logits: torch.Tensor, targets: torch.Ten
 
 def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor,
                    tp_group: Optional[dist.ProcessGroup] = None,
-                   chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+                   chunk_tokens: Optional[int] = None) -> torch.Tensor:
     """Payload (a): fp32 [b, L] log p(targets) from hidden [b, L, h] and this rank's LM-head rows.
 
     Targets < 0 (ignored positions) give 0. Collective over ``tp_group``: every rank passes the same
-    hidden states and targets.
+    hidden states and targets. ``chunk_tokens`` positions go through the LM head at a time (default:
+    `chunk_rows`, a fixed logits budget).
     """
     if targets.shape != hidden.shape[:2]:
         raise ValueError(f"targets shape {tuple(targets.shape)} must equal hidden states' [b, L] "
@@ -66,6 +74,7 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
     flat_t = targets.reshape(-1)
     out = torch.zeros(flat_t.shape, dtype=torch.float32, device=hidden.device)
     w = lm_head_weight
+    chunk_tokens = chunk_tokens or chunk_rows(w.shape[0])
     for s in range(0, flat_h.shape[0], chunk_tokens):
         logits = (flat_h[s:s + chunk_tokens] @ w.t()).float()
         lse, picked = vocab_parallel_logsumexp_and_target(logits, flat_t[s:s + chunk_tokens], tp_group)

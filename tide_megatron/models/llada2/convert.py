@@ -177,3 +177,141 @@ def load_llada2_from_hf(model: torch.nn.Module, hf_dir: Path, cfg: LLaDA2Config,
                                       f"expects {tuple(target.shape)}")
             target.copy_(value.to(target.dtype))
     reader.close()
+
+
+def compare_with_remote_code(model: torch.nn.Module, cfg: LLaDA2Config, hf_dir: Path, pgs: ProcessGroupCollection,
+                             seq_len: int = 16, batch_size: int = 2, seed: int = 0,
+                             trust_remote_code: bool = True) -> float:
+    """Max |logit difference| between a built megatron teacher (pp=1) and the checkpoint's own HF modeling.
+
+    Released LLaDA2 checkpoints carry their modeling code (config.json ``auto_map``), so the HF side is
+    loaded with ``trust_remote_code``. fp32 on both sides; bidirectional attention with the last
+    sequence key-padded (§2.1). Collective over ``pgs.tp``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from tide_megatron.models.llada2.model import forward_llada2
+
+    if dist.get_world_size(pgs.pp) != 1:
+        raise ValueError("verify runs the megatron model without a pipeline: use a layout with pp=1")
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=trust_remote_code,
+                                                  dtype=torch.float32).eval()
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{hf_dir}: transformers could not load the checkpoint's own modeling code "
+                              f"(trust_remote_code={trust_remote_code}): {err}") from err
+    tp = dist.get_world_size(pgs.tp)
+    seq_len += (-seq_len) % tp  # sequence parallelism needs L % tp == 0
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[-1, seq_len - max(1, seq_len // 4):] = 0
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask).logits.float()
+        ours = forward_llada2(model, ids, mask).float()
+    if tp > 1:
+        parts = [torch.empty_like(ours) for _ in range(tp)]
+        dist.all_gather(parts, ours.contiguous(), group=pgs.tp)
+        ours = torch.cat(parts, -1)
+    return (ours - theirs)[mask.bool()].abs().max().item()
+
+
+def verify_llada2_against_hf(hf_dir: Path, pgs: ProcessGroupCollection, **kwargs) -> float:
+    """Load the HF checkpoint straight into megatron (no dist checkpoint) and `compare_with_remote_code`."""
+    from tide_megatron.models.llada2.model import build_llada2_model
+
+    cfg = LLaDA2Config.from_pretrained(hf_dir)
+    model = build_llada2_model(cfg, pgs, torch.float32)
+    load_llada2_from_hf(model, Path(hf_dir), cfg, pgs)
+    return compare_with_remote_code(model, cfg, Path(hf_dir), pgs, **kwargs)
+
+
+# ---- tide-convert: HF directory <-> megatron dist checkpoint -------------------------------------------
+META_FILE = "tide_model.json"
+HF_ASSETS = "hf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _sharded_state_dict(model: torch.nn.Module) -> dict:
+    return model.sharded_state_dict(metadata={"dp_cp_group": model.pg_collection.dp_cp})
+
+
+def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: str = "bfloat16") -> None:
+    """Convert an HF LLaDA2 directory into a megatron dist checkpoint written at TP x PP x EP (collective).
+
+    Tensors are streamed slice by slice; `out_dir` appears only when complete. The small HF files
+    (config.json, tokenizer, the checkpoint's own modeling code) are kept under `hf/`.
+    """
+    from megatron.core import dist_checkpointing
+
+    from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
+    from tide_megatron.models.conversion import atomic_output_dir, copy_hf_assets
+    from tide_megatron.models.llada2.model import build_llada2_model
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    cfg = LLaDA2Config.from_pretrained(hf_dir)
+    layout = ParallelLayout(tp=tp, pp=pp, ep=ep)
+    cfg.check_layout(layout)
+    grid = build_model_grid(layout, "convert")
+    model = build_llada2_model(cfg, grid.pgs, DTYPES[dtype])
+    load_llada2_from_hf(model, Path(hf_dir), cfg, grid.pgs)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    with atomic_output_dir(out_dir, "--mcore-dir", is_writer=rank0, barrier=_barrier) as tmp:
+        dist_checkpointing.save(_sharded_state_dict(model), tmp)
+        if rank0:
+            import json
+
+            copy_hf_assets(str(hf_dir), str(Path(tmp) / HF_ASSETS))
+            (Path(tmp) / META_FILE).write_text(json.dumps(
+                {"architecture": "llada2", "tp": tp, "pp": pp, "ep": ep, "dtype": dtype}, indent=2))
+
+
+def load_llada2_mcore(mcore_dir: str, pgs: ProcessGroupCollection, params_dtype: torch.dtype = torch.bfloat16):
+    """Build the teacher for ``pgs`` and load a dist checkpoint written by `hf_to_mcore` (any layout)."""
+    import json
+
+    from megatron.core import dist_checkpointing
+
+    from tide_megatron.models.llada2.model import build_llada2_model
+
+    meta_path = Path(mcore_dir) / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: missing (expected a directory written by tide-convert hf-to-mcore)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("architecture") != "llada2":
+        raise CheckpointError(f"{meta_path}: architecture={meta.get('architecture')!r}, expected 'llada2'")
+    cfg = LLaDA2Config.from_pretrained(Path(mcore_dir) / HF_ASSETS)
+    model = build_llada2_model(cfg, pgs, params_dtype)
+    state = dist_checkpointing.load(_sharded_state_dict(model), str(mcore_dir))
+    model.load_state_dict(state, strict=False)
+    return model, cfg
+
+
+def verify(hf_dir: str, mcore_dir: str, seq_len: int = 16, batch: int = 2, seed: int = 0,
+           log=print, trust_remote_code: bool = True) -> dict[str, float]:
+    """Logits of the converted megatron teacher vs the HF checkpoint's own modeling code (trust_remote_code).
+
+    Collective; the dist checkpoint is resharded to one TP group spanning the world when the heads
+    allow it, else TP=1.
+    """
+    from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    cfg = LLaDA2Config.from_pretrained(Path(mcore_dir) / HF_ASSETS)
+    layout = ParallelLayout(tp=world)
+    try:
+        cfg.check_layout(layout)
+    except ValueError:
+        layout = ParallelLayout()
+    grid = build_model_grid(layout, "verify")
+    model, cfg = load_llada2_mcore(mcore_dir, grid.pgs, torch.float32)
+    diff = compare_with_remote_code(model, cfg, Path(hf_dir), grid.pgs, seq_len=seq_len, batch_size=batch,
+                                    seed=seed, trust_remote_code=trust_remote_code)
+    log(f"bidirectional+key_padding: max abs logit difference = {diff:.3e}")
+    return {"bidirectional": diff}

@@ -1,0 +1,51 @@
+"""A tiny random WeDLM checkpoint (Qwen3 layout, config.json model_type 'wedlm') and its transformers
+reference, `transformers.Qwen3ForCausalLM` with the same weights (for tests only, §2.2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TINY_WEDLM = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False,
+                  max_position_embeddings=512, attention_bias=False, hidden_act="silu")
+
+
+def qwen3_reference(state: dict[str, torch.Tensor]):
+    """transformers' own Qwen3ForCausalLM (fp32, SDPA attention) holding ``state``."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    model = Qwen3ForCausalLM(Qwen3Config(**TINY_WEDLM, attn_implementation="sdpa")).float()
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def write_tiny_wedlm(directory: Path, seed: int = 0) -> Path:
+    """Random Qwen3 weights (scaled so every layer matters) saved as a WeDLM HF directory."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(Qwen3Config(**TINY_WEDLM)).float()
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, p in model.state_dict().items():
+        if name.endswith("norm.weight"):
+            state[name] = 1.0 + 0.2 * torch.randn(p.shape, generator=gen)
+        elif name.endswith("embed_tokens.weight"):
+            state[name] = torch.randn(p.shape, generator=gen)
+        else:
+            state[name] = torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config = {**TINY_WEDLM, "model_type": "wedlm", "architectures": ["WeDLMForCausalLM"], "qk_norm": True,
+              "layer_types": ["full_attention"] * TINY_WEDLM["num_hidden_layers"], "pad_token_id": 126}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def load_reference(directory: Path):
+    return qwen3_reference(load_file(str(Path(directory) / "model.safetensors")))

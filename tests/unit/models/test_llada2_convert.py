@@ -1,0 +1,85 @@
+"""HF LLaDA2 checkpoint → megatron (single process): parity with the reference and with the
+checkpoint's own trust_remote_code modeling, and one clear error per bad checkpoint (§2.1)."""
+
+import json
+
+import pytest
+import torch
+
+from tests.reference.llada2_checkpoint import build_random_reference, write_tiny_llada2
+from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed, seed_model_parallel_rng
+from tide_megatron.models.llada2 import (
+    CheckpointError,
+    LLaDA2ConfigError,
+    forward_llada2,
+    load_llada2_teacher,
+)
+from tide_megatron.models.llada2.convert import verify_llada2_against_hf
+
+
+@pytest.fixture(scope="module")
+def pgs():
+    init_distributed("gloo")
+    grid = build_model_grid(ParallelLayout(), "teacher")
+    seed_model_parallel_rng(0)
+    return grid.pgs
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_tiny_llada2(tmp_path_factory.mktemp("llada2"), seed=3)
+
+
+def test_megatron_logits_equal_reference(pgs, checkpoint):
+    model, cfg = load_llada2_teacher(checkpoint, pgs, torch.float32)
+    ids = torch.randint(0, 120, (2, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    with torch.no_grad():
+        got = forward_llada2(model, ids, mask)
+        want = build_random_reference(3)(ids, attention_mask=mask).logits
+    assert (got - want)[mask.bool()].abs().max() < 1e-4
+    # bidirectional: changing the last real token changes the first position's logits
+    ids2 = ids.clone()
+    ids2[1, -1] = (ids2[1, -1] + 1) % 120
+    with torch.no_grad():
+        assert (forward_llada2(model, ids2, mask)[1, 0] - got[1, 0]).abs().max() > 1e-4
+
+
+def test_verify_with_trust_remote_code(pgs, checkpoint):
+    assert verify_llada2_against_hf(checkpoint, pgs) < 1e-4
+
+
+def test_missing_expert_tensor_is_named(pgs, tmp_path):
+    write_tiny_llada2(tmp_path, drop_keys=("model.layers.2.mlp.experts.5.up_proj.weight",))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.2\.mlp\.experts\.5\.up_proj\.weight' is missing"):
+        load_llada2_teacher(tmp_path, pgs, torch.float32)
+
+
+def test_vocab_mismatch(pgs, tmp_path):
+    write_tiny_llada2(tmp_path, config_overrides={"vocab_size": 256})
+    with pytest.raises(CheckpointError, match="vocabulary mismatch"):
+        load_llada2_teacher(tmp_path, pgs, torch.float32)
+    ok = write_tiny_llada2(tmp_path / "ok")
+    with pytest.raises(CheckpointError, match="expects 151936"):
+        load_llada2_teacher(ok, pgs, torch.float32, expected_vocab_size=151936)
+
+
+def test_other_architecture_is_refused(pgs, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+                                                      "hidden_size": 64}))
+    with pytest.raises(LLaDA2ConfigError, match="model_type='qwen3'.*not an LLaDA2-MoE checkpoint"):
+        load_llada2_teacher(tmp_path, pgs, torch.float32)
+
+
+def test_unexpressible_router_setting_in_checkpoint(pgs, tmp_path):
+    write_tiny_llada2(tmp_path, config_overrides={"topk_group": 1})
+    with pytest.raises(LLaDA2ConfigError, match="top-2"):
+        load_llada2_teacher(tmp_path, pgs, torch.float32)
+
+
+def test_verify_without_the_modeling_code_is_a_clear_error(pgs, tmp_path):
+    write_tiny_llada2(tmp_path)
+    (tmp_path / "modeling_llada2_moe.py").unlink()
+    with pytest.raises(CheckpointError, match="own modeling code"):
+        verify_llada2_against_hf(tmp_path, pgs)

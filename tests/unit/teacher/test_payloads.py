@@ -1,0 +1,56 @@
+"""Payload maths (no TP group) against a full-logit computation (§9 pitfalls 1, 12, 21)."""
+
+import pytest
+import torch
+
+from tide_megatron.teacher.payloads import logit_rows, token_logprobs, topk_rows
+
+
+@pytest.fixture
+def data():
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 7, 16, generator=gen)
+    weight = torch.randn(40, 16, generator=gen)
+    return hidden, weight, hidden @ weight.t()
+
+
+def test_token_logprobs_chunked_equal_full(data):
+    hidden, weight, logits = data
+    targets = torch.randint(0, 40, (3, 7), generator=torch.Generator().manual_seed(1))
+    targets[2, 6] = -100
+    got = token_logprobs(hidden, weight, targets, chunk_tokens=4)  # chunks do not divide b*L = 21
+    want = logits.log_softmax(-1).gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
+    want[2, 6] = 0
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_token_logprobs_bf16_inputs_use_fp32_math(data):
+    hidden, weight, _ = data
+    targets = torch.zeros(3, 7, dtype=torch.long)
+    got = token_logprobs(hidden.bfloat16(), weight.bfloat16(), targets)
+    want = (hidden.bfloat16() @ weight.bfloat16().t()).float().log_softmax(-1)[..., 0]
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5)
+
+
+def test_logit_rows_and_topk(data):
+    hidden, weight, logits = data
+    rows = hidden[[0, 2], [1, 5]]
+    got = logit_rows(rows, weight, vocab_limit=25)
+    assert torch.allclose(got, logits[[0, 2], [1, 5], :25], atol=1e-5)
+    top = topk_rows(rows, weight, vocab_limit=25, k=3)
+    lp = logits[[0, 2], [1, 5], :25].log_softmax(-1)
+    vals, idx = lp.topk(3, -1)
+    assert torch.equal(top.indices, idx)
+    assert torch.allclose(top.logprobs, vals, atol=1e-5)
+    assert torch.allclose(top.tail_mass, 1 - vals.exp().sum(-1), atol=1e-5)
+
+
+def test_bad_arguments(data):
+    hidden, weight, _ = data
+    with pytest.raises(ValueError, match="vocab_limit=41"):
+        logit_rows(hidden[0], weight, vocab_limit=41)
+    with pytest.raises(ValueError, match="top-k"):
+        topk_rows(hidden[0], weight, vocab_limit=10, k=11)
+    with pytest.raises(ValueError, match="targets shape"):
+        token_logprobs(hidden, weight, torch.zeros(3, 6, dtype=torch.long))
