@@ -12,6 +12,7 @@ template or one of the built-ins below. Built-ins are written from the published
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from tide_megatron.align.tokenizers import TideTokenizer
@@ -50,6 +51,8 @@ WEDLM_TEMPLATE = (
 )
 
 BUILTIN_TEMPLATES = {"qwen3": QWEN3_TEMPLATE, "llada2": LLADA2_TEMPLATE, "wedlm": WEDLM_TEMPLATE}
+# The eos a built-in template implies when it is one token of the vocabulary: Qwen3's eos is <|im_end|> (§1.1).
+TEMPLATE_EOS = {"qwen3": "<|im_end|>"}
 
 
 class SampleError(ValueError):
@@ -61,7 +64,13 @@ class SampleError(ValueError):
 
 
 def resolve_template(name: str, tokenizer: TideTokenizer, fallback: str) -> str:
-    """`own` = the tokenizer's template (error if it has none); `auto` = own if present, else `fallback`."""
+    """`own` = the tokenizer's template (error if it has none); `auto` = own if present, else `fallback`;
+    a path ending in `.jinja` = that file's template."""
+    if name.endswith(".jinja"):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"chat template file {name}: no such file")
+        return path.read_text(encoding="utf-8")
     if name in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[name]
     if name in ("own", "auto"):
@@ -70,7 +79,7 @@ def resolve_template(name: str, tokenizer: TideTokenizer, fallback: str) -> str:
         if name == "own":
             raise ValueError(f"--template own: tokenizer {tokenizer.name!r} has no chat template")
         return BUILTIN_TEMPLATES[fallback]
-    raise ValueError(f"chat template {name!r}: expected one of auto, own, {', '.join(BUILTIN_TEMPLATES)}")
+    raise ValueError(f"chat template {name!r}: expected auto, own, a .jinja file or one of {', '.join(BUILTIN_TEMPLATES)}")
 
 
 def validate_messages(messages) -> list[dict]:
@@ -124,12 +133,37 @@ class RenderedConversation:
         return inside[0], inside[-1] + 1
 
 
-def render_conversation(tokenizer: TideTokenizer, template: str, messages: Sequence[dict]) -> RenderedConversation:
-    """Render + tokenize, compute prompt_len (§1.2) and find each content string in order (§5.1)."""
-    text = render(tokenizer, template, messages)
-    enc = tokenizer.encode(text)
-    prompt_text = render(tokenizer, template, messages[:-1], add_generation_prompt=True)
-    prompt_len = len(tokenizer.encode(prompt_text).ids)
+def _placeholder_spans(tokenizer: TideTokenizer, template: str, messages: Sequence[dict], text: str):
+    """Exact content spans: render with a unique placeholder per message, then shift by the length differences.
+
+    A plain search can match short content inside template text ("A" inside "<role>ASSISTANT</role>"); the
+    placeholders cannot. Returns None when the template does not reproduce content verbatim (then the caller
+    falls back to the sequential search of §5.1).
+    """
+    holders = [f"\ue000{k}\ue001" for k in range(len(messages))]
+    ph_text = render(tokenizer, template, [{"role": m["role"], "content": h} for m, h in zip(messages, holders)])
+    found = []
+    for k, h in enumerate(holders):
+        at = ph_text.find(h)
+        if at < 0 or ph_text.find(h, at + 1) >= 0:
+            return None
+        found.append((at, k))
+    spans: list[tuple[int, int] | None] = [None] * len(messages)
+    shift = 0
+    for at, k in sorted(found):
+        content = messages[k]["content"]
+        start = at + shift
+        if text[start : start + len(content)] != content:
+            return None
+        spans[k] = (start, start + len(content)) if content.strip() else None
+        shift += len(content) - len(holders[k])
+    if len(text) != len(ph_text) + shift:
+        return None
+    return spans
+
+
+def _sequential_spans(tokenizer: TideTokenizer, messages: Sequence[dict], text: str) -> list[tuple[int, int] | None]:
+    """§5.1: each content's first occurrence after the previous match."""
     spans: list[tuple[int, int] | None] = []
     cursor = 0
     for k, m in enumerate(messages):
@@ -143,4 +177,16 @@ def render_conversation(tokenizer: TideTokenizer, template: str, messages: Seque
                               f"messages[{k}] content not found in the rendered {tokenizer.name} template")
         spans.append((at, at + len(content)))
         cursor = at + len(content)
+    return spans
+
+
+def render_conversation(tokenizer: TideTokenizer, template: str, messages: Sequence[dict]) -> RenderedConversation:
+    """Render + tokenize, compute prompt_len (§1.2) and locate each message's content (§5.1)."""
+    text = render(tokenizer, template, messages)
+    enc = tokenizer.encode(text)
+    prompt_text = render(tokenizer, template, messages[:-1], add_generation_prompt=True)
+    prompt_len = len(tokenizer.encode(prompt_text).ids)
+    spans = _placeholder_spans(tokenizer, template, messages, text)
+    if spans is None:
+        spans = _sequential_spans(tokenizer, messages, text)
     return RenderedConversation(text, enc.ids, enc.offsets, prompt_len, spans)
