@@ -92,9 +92,9 @@ class DistillTrainer:
         self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
             cfg.teacher.layout if self.needs_teacher else _no_teacher_layout(), cfg.student.layout)
         seed_model_parallel_rng(cfg.optim.seed, tp_rank=self.student_grid.tp_rank)
-        from tide_megatron.models.llada2.model import ensure_megatron_buffers
+        from tide_megatron.models.gpt import ensure_global_memory_buffer
 
-        ensure_megatron_buffers()
+        ensure_global_memory_buffer()
 
         # Student: megatron DDP + distributed optimizer + cosine schedule.
         bf16 = cfg.precision.dtype == "bf16"
