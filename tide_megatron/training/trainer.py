@@ -140,6 +140,9 @@ class DistillTrainer:
         if resume is not None:
             self.state = load_checkpoint(resume, self.model, self.optimizer, self.scheduler, self.student_grid.pgs)
             self._print(f"resumed from {resume} at step {self.state.step}/{self.state.total_steps}")
+            if self.state.total_steps != total:
+                self._print(f"note: keeping the checkpoint's total of {self.state.total_steps} optimizer steps (the "
+                            f"TIDAL progress denominator and the LR schedule); this config would give {total}")
 
     # ------------------------------------------------------------------------------------------------
     # One step, top to bottom
