@@ -187,3 +187,38 @@ def test_gradient_accumulation_counts_optimizer_steps(artifacts):
     assert seen == [(2, 0), (2, 1), (2, 2)]
     assert trainer.state.step == 3 and trainer.state.consumed_micro_batches == 6
     assert trainer.batches.per_epoch == 6 and trainer.state.total_steps == 3
+
+
+def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(artifacts):
+    """Pipeline B: [x0 ; xt_1 ; xt_2] in one forward gives the rows of two [x0 ; xt_p] forwards (TP=2 teacher)."""
+    from tide_megatron.diffusion.inputs import bd3lm_inputs
+    from tide_megatron.diffusion.masks import block_diffusion_mask
+    from tide_megatron.distributed import payload_exchange as px
+    from tide_megatron.losses import aligned_rows
+    from tide_megatron.training.data import micro_batches
+
+    cfg, pipe = _config(artifacts, "b_tide_shared", _shared_dir("sharedx0"))
+    trainer = _trainer(cfg, pipe)
+    batch = next(iter(micro_batches(trainer.train_data, trainer.batches, trainer.collator, 0, 1)))
+    assert batch.num_passes == 2
+    got = trainer.teacher_payload(batch)
+
+    ids, att, passes = trainer._padded_teacher(batch)
+    _, b, Lt = passes.shape
+    rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
+    which = batch.take_pass2[rows.batch, rows.teacher_pos]
+    expected = torch.empty_like(got)
+    for p in range(2):
+        xt = torch.where(passes[p], trainer.teacher_mask_id, ids)
+        seq, pos = bd3lm_inputs(xt, ids, order="x0_xt")
+        gathered, info = px.gather_teacher_inputs({"ids": seq, "pos": pos, "att": att.repeat(1, 2)},
+                                                  {"ids": trainer.teacher_pad_id, "pos": 0, "att": False},
+                                                  trainer.teacher_group)
+        sel = which == bool(p)
+        req = torch.stack([rows.batch[sel], Lt + rows.teacher_pos[sel]], 1)
+        all_rows, counts = px.gather_rows(req, info, trainer.teacher_group)
+        mask = block_diffusion_mask(Lt, cfg.student.block_size, "x0_xt")[None] & gathered["att"][:, None, :]
+        out = trainer.teacher.engine.logit_rows(gathered["ids"], all_rows, cfg.objective.shared_vocab,
+                                                attention_mask=mask, position_ids=gathered["pos"])
+        expected[sel] = px.own_rows(out, counts, trainer.teacher_group)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

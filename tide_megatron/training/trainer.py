@@ -219,23 +219,27 @@ class DistillTrainer:
         return compdemo.merge(mine[0], mine[1], batch.take_pass2)
 
     def _teacher_logit_rows(self, batch: DistillBatch) -> torch.Tensor:
-        """WeDLM-style teacher: ``[x0 ; xt]`` with the x0-first block mask (§2.2); rows of the xt half."""
+        """WeDLM-style teacher (§2.2): ``[x0 ; xt]`` with the x0-first block mask; rows of the xt half.
+
+        CompDemo's passes share their clean half, and x0 queries never see xt (§1.4), so the passes run as one
+        sequence ``[x0 ; xt_1 ; xt_2]`` in which each xt half sees x0 and only itself: the same attention
+        as two separate passes, with the x0 half computed once (3 halves of work instead of 4).
+        """
         ids, att, passes = self._padded_teacher(batch)
         P, b, Lt = passes.shape
-        xt = torch.where(passes, self.teacher_mask_id, ids[None]).reshape(P * b, Lt)
-        x0 = ids[None].expand(P, b, Lt).reshape(P * b, Lt)
-        seq, pos = bd3lm_inputs(xt, x0, order="x0_xt")
-        key_pad = att[None].expand(P, b, Lt).reshape(P * b, Lt).repeat(1, 2)
+        xts = [torch.where(passes[p], self.teacher_mask_id, ids) for p in range(P)]
+        seq = torch.cat([ids] + xts, dim=1)  # [b, (P + 1) * Lt]
+        pos = torch.arange(Lt).repeat(P + 1).expand(b, -1)
         rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
         pass_of_row = torch.zeros_like(rows.batch)
         if P == 2:
             pass_of_row = batch.take_pass2[rows.batch, rows.teacher_pos].long()
-        req = torch.stack([pass_of_row * b + rows.batch, Lt + rows.teacher_pos], dim=1)
-        gathered, info = px.gather_teacher_inputs({"ids": seq, "pos": pos, "att": key_pad},
+        req = torch.stack([rows.batch, (1 + pass_of_row) * Lt + rows.teacher_pos], dim=1)
+        gathered, info = px.gather_teacher_inputs({"ids": seq, "pos": pos, "att": att.repeat(1, P + 1)},
                                                   {"ids": self.teacher_pad_id, "pos": 0, "att": False},
                                                   self.teacher_group)
         all_rows, counts = px.gather_rows(req, info, self.teacher_group)
-        mask = block_diffusion_mask(Lt, self.cfg.student.block_size, "x0_xt")[None] & gathered["att"][:, None, :]
+        mask = shared_x0_block_mask(Lt, self.cfg.student.block_size, P)[None] & gathered["att"][:, None, :]
         out = self.teacher.engine.logit_rows(gathered["ids"], all_rows, self.cfg.objective.shared_vocab,
                                              attention_mask=mask, position_ids=gathered["pos"])
         return px.own_rows(out, counts, self.teacher_group)
@@ -391,6 +395,20 @@ class DistillTrainer:
 
     def close(self) -> None:
         self.logger.close()
+
+
+def shared_x0_block_mask(L: int, block_size: int, passes: int) -> torch.Tensor:
+    """bool ``[(P+1)L, (P+1)L]`` for ``[x0 ; xt_1 ; ... ; xt_P]``: x0 rows as in the x0-first block mask, and
+    each xt_p exactly as the xt half of ``[x0 ; xt_p]`` (earlier x0 blocks + its own block), never another xt_p."""
+    two = block_diffusion_mask(L, block_size, "x0_xt")
+    n = (passes + 1) * L
+    out = torch.zeros(n, n, dtype=torch.bool)
+    out[:L, :L] = two[:L, :L]
+    for p in range(1, passes + 1):
+        rows = slice(p * L, (p + 1) * L)
+        out[rows, :L] = two[L:, :L]
+        out[rows, rows] = two[L:, L:]
+    return out
 
 
 def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: int, teacher) -> dict:
