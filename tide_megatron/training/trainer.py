@@ -4,7 +4,8 @@
       → teacher inputs of every pass, batched together (CompDemo = 2 passes in one forward)
       → gathered over the teacher model-parallel group → teacher engine → loss-sized payload
       → this rank's payload, CompDemo-merged, in student coordinates
-      → student forward (logits of the xt half only) → CE + TIDE term → backward
+      → student trunk over [xt ; x0] → output layer + CE + TIDE term per group of sequences (xt half only)
+        → backward
       → DDP gradient reduction → distributed-optimizer step → LR schedule
       → metrics, periodic atomic checkpoint, SIGTERM/SIGUSR1 → checkpoint and stop
 
@@ -36,6 +37,7 @@ from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.training.batch import DistillBatch
 from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from tide_megatron.training.data import ResumableBatches, micro_batches
+from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
@@ -87,6 +89,8 @@ class DistillTrainer:
             cpu_compat.use_fork_checkpoint_manager()  # spawn would re-import megatron at the first save (+5-8 s)
         world = dist.get_world_size()
         self.teacher_dp, self.student_dp = cfg.check_world_size(world)
+        check_fp8_available(cfg.precision)
+        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)  # a bad checkpoint fails before any build
         self.needs_teacher = cfg.objective.needs_teacher
         self.chunk_level = is_chunk_mode(cfg.objective.mode)
         self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
@@ -136,7 +140,6 @@ class DistillTrainer:
         self.logger = MetricsLogger(cfg.logging.dir, cfg.logging.log_interval, cfg.logging.tensorboard, stream,
                                     group=self.student_grid.pgs.dp, total_steps=total)
         self.preemption = PreemptionFlag()
-        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)
         if resume is not None:
             self.state = load_checkpoint(resume, self.model, self.optimizer, self.scheduler, self.student_grid.pgs)
             self._print(f"resumed from {resume} at step {self.state.step}/{self.state.total_steps}")
