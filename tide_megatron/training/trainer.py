@@ -175,7 +175,8 @@ class DistillTrainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.state.step += 1
         self.state.consumed_micro_batches += len(micro_batches)
-        tokens = sum(int(b.x0.numel()) for b in micro_batches)
+        # Student tokens of the whole job this step (every data-parallel rank trains on as many).
+        tokens = sum(int(b.x0.numel()) for b in micro_batches) * self.student_dp
         scalars = {**sums, "lr": lr, "grad_norm": float(grad_norm or 0.0), "tokens": tokens,
                    "time/teacher_s": teacher_s, "time/student_s": student_s,
                    "tokens_per_s": tokens / max(teacher_s + student_s, 1e-9)}
