@@ -244,7 +244,8 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     print(f"TIDE distillation step, fp32 CPU, {B} x {L} student tokens ({PROMPT} prompt), block {BLOCK}, T={T:g}; "
-          f"{args.steps} timed steps after 1 warm-up; threads={os.environ.get('OMP_NUM_THREADS', 'default')}")
+          f"{args.steps} timed steps after 1 warm-up; threads={os.environ.get('OMP_NUM_THREADS', 'default')}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (the reference ran on an idle 2-core machine)")
     header = f"{'variant':<12} {'step s':>8} {'teacher s':>10} {'student s':>10} {'tok/s':>8} {'ref tok/s':>10} " \
              f"{'ratio':>7} {'peak GiB':>9} {'ref GiB':>8} {'ratio':>7}  params (student/teacher, M)"
     print(header)
