@@ -184,6 +184,7 @@ class StudentConfig:
     mask_id: Optional[int] = None  # None: the tokenizer's mask token (§1.1, ≈151669)
     recompute: bool = False  # full activation recomputation for large micro-batches
     logits_chunk_seqs: int = 1  # sequences per output-layer + loss group (0 = the whole micro-batch at once, §9.21)
+    skip_unmasked_blocks: bool = True  # leave out xt blocks without a masked token and the x0 blocks after them
 
     def __post_init__(self) -> None:
         _require(self.tp >= 1, "student.tp", "an integer >= 1", self.tp)

@@ -35,6 +35,7 @@ from tide_megatron.losses import LossInputs, aligned_rows, bd3lm_ce, build_objec
 from tide_megatron.losses import ObjectiveConfig as LossObjectiveConfig
 from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.training.batch import DistillBatch
+from tide_megatron.training.compact import compact_student_inputs, scatter_xt_rows
 from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from tide_megatron.training.data import ResumableBatches, micro_batches
 from tide_megatron.training.fp8 import check_fp8_available
@@ -273,9 +274,16 @@ class DistillTrainer:
         module = self.model.module
         chunk = self.cfg.student.logits_chunk_seqs
         if chunk and supports_chunked_head(module):
-            ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
+            L = batch.x0.shape[1]
             with torch.set_grad_enabled(backward), hidden_states_output(module) as weight:
-                hidden = self.model(ids, pos, self.block_mask, logits_rows=slice(0, batch.x0.shape[1]))
+                if self.cfg.student.skip_unmasked_blocks:  # same loss, fewer blocks (training/compact.py)
+                    c = compact_student_inputs(batch.xt, batch.x0, batch.masked, self.cfg.student.block_size,
+                                               self.meta["student"]["pad_id"])
+                    hidden = scatter_xt_rows(self.model(c.ids, c.position_ids, c.mask,
+                                                        logits_rows=slice(0, c.xt_rows)), c.xt_positions, L)
+                else:
+                    ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
+                    hidden = self.model(ids, pos, self.block_mask, logits_rows=slice(0, L))
             terms = chunked_loss_backward(hidden, weight, self._loss_inputs(batch, payload, None), self.objective,
                                           self.state.step, self.state.total_steps, chunk, self._term_weights(),
                                           backward_scale or 1.0, backward)

@@ -1,0 +1,73 @@
+"""Drop the student blocks no loss reads, without changing any value the loss sees (spec §1.4).
+
+In ``[xt ; x0]`` an xt block attends only to itself and to the x0 blocks before it, and x0 blocks attend
+only to x0 blocks up to their own. So an xt block without a masked token (prompt, padding, or simply no
+mask drawn) feeds no loss and can be left out, and x0 blocks at or after a sequence's last kept xt block
+feed nothing either. `compact_student_inputs` packs what remains (xt blocks first, then x0 blocks), with
+the original position ids and a per-sequence mask that gives every kept token exactly the keys it had, so
+the hidden states of the kept xt rows are those of the full input (up to summation order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CompactInputs:
+    ids: torch.Tensor  # int64 [b, S]
+    position_ids: torch.Tensor  # int64 [b, S]
+    mask: torch.Tensor  # bool [b, 1, S, S], True = may attend
+    xt_rows: int  # the first xt_rows positions of every sequence are (possibly padded) xt rows
+    xt_positions: torch.Tensor  # int64 [b, xt_rows]: original position of each xt row, -1 = padding
+
+
+def compact_student_inputs(xt: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, block_size: int,
+                           pad_id: int) -> CompactInputs:
+    """Pack the needed blocks of ``[xt ; x0]`` (``[b, L]`` each) per sequence; see the module docstring."""
+    b, L = x0.shape
+    nblk = L // block_size
+    keep_xt = masked.view(b, nblk, block_size).any(-1)  # [b, nblk]
+    blk_idx = torch.arange(nblk)
+    last = torch.where(keep_xt, blk_idx, -1).amax(-1)  # last kept xt block per sequence (-1: none)
+    keep_x0 = blk_idx[None, :] < last[:, None]  # x0 blocks strictly before it
+    n_xt = int(keep_xt.sum(-1).max()) * block_size
+    n_x0 = int(keep_x0.sum(-1).max()) * block_size
+    S = max(1, n_xt + n_x0)
+    ids = torch.full((b, S), pad_id, dtype=x0.dtype)
+    pos = torch.zeros((b, S), dtype=torch.long)
+    seg = torch.full((b, S), -1, dtype=torch.long)  # 0 = xt, 1 = x0, -1 = padding
+    blk = torch.full((b, S), -1, dtype=torch.long)
+    xt_positions = torch.full((b, n_xt), -1, dtype=torch.long)
+    offsets = torch.arange(block_size)
+    for i in range(b):
+        xb = blk_idx[keep_xt[i]]
+        ob = blk_idx[keep_x0[i]]
+        xp = (xb[:, None] * block_size + offsets).reshape(-1)
+        op = (ob[:, None] * block_size + offsets).reshape(-1)
+        nx, no = xp.numel(), op.numel()
+        ids[i, :nx], ids[i, n_xt:n_xt + no] = xt[i, xp], x0[i, op]
+        pos[i, :nx], pos[i, n_xt:n_xt + no] = xp, op
+        seg[i, :nx], seg[i, n_xt:n_xt + no] = 0, 1
+        blk[i, :nx], blk[i, n_xt:n_xt + no] = xp // block_size, op // block_size
+        xt_positions[i, :nx] = xp
+    q_seg, k_seg = seg[:, :, None], seg[:, None, :]
+    q_blk, k_blk = blk[:, :, None], blk[:, None, :]
+    same_xt_block = (q_seg == 0) & (k_seg == 0) & (q_blk == k_blk)  # M_BD in xt
+    xt_to_x0 = (q_seg == 0) & (k_seg == 1) & (k_blk < q_blk)  # M_OBC
+    x0_to_x0 = (q_seg == 1) & (k_seg == 1) & (k_blk <= q_blk)  # M_BD + M_BC in x0
+    allowed = same_xt_block | xt_to_x0 | x0_to_x0
+    allowed |= torch.eye(S, dtype=torch.bool)[None] & (seg[:, :, None] < 0)  # padding sees itself only (no NaN)
+    return CompactInputs(ids=ids, position_ids=pos, mask=allowed[:, None], xt_rows=n_xt, xt_positions=xt_positions)
+
+
+def scatter_xt_rows(hidden_xt: torch.Tensor, xt_positions: torch.Tensor, L: int) -> torch.Tensor:
+    """Put the kept xt rows ``[b, xt_rows, h]`` back at their positions of a ``[b, L, h]`` tensor (zeros
+    elsewhere: those rows carry no loss), differentiably."""
+    b, _, h = hidden_xt.shape
+    valid = xt_positions >= 0
+    rows, cols = valid.nonzero(as_tuple=True)
+    out = hidden_xt.new_zeros(b, L, h)
+    return out.index_put((rows, xt_positions[rows, cols]), hidden_xt[rows, cols])
