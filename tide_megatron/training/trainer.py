@@ -35,7 +35,8 @@ from tide_megatron.losses import LossInputs, aligned_rows, bd3lm_ce, build_objec
 from tide_megatron.losses import ObjectiveConfig as LossObjectiveConfig
 from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.training.batch import DistillBatch
-from tide_megatron.training.compact import compact_student_inputs, scatter_xt_rows
+from tide_megatron.training.compact import (compact_student_inputs, compact_teacher_inputs, scatter_xt_rows,
+                                             segment_block_mask)
 from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from tide_megatron.training.data import ResumableBatches, micro_batches
 from tide_megatron.training.fp8 import check_fp8_available
@@ -226,25 +227,29 @@ class DistillTrainer:
     def _teacher_logit_rows(self, batch: DistillBatch) -> torch.Tensor:
         """WeDLM-style teacher (§2.2): ``[x0 ; xt]`` with the x0-first block mask; rows of the xt half.
 
-        CompDemo's passes share their clean half, and x0 queries never see xt (§1.4), so the passes run as one
-        sequence ``[x0 ; xt_1 ; xt_2]`` in which each xt half sees x0 and only itself: the same attention
-        as two separate passes, with the x0 half computed once (3 halves of work instead of 4).
+        CompDemo's passes share their clean half and x0 never sees xt (§1.4), so all passes run as one
+        sequence ``[x0 ; xt_1 ; xt_2]`` in which each xt half sees x0 and only itself; and only the xt blocks
+        holding a requested row, with the x0 blocks before them, are kept (training/compact.py). Each row
+        gets the attention it would have in its own full ``[x0 ; xt_p]`` forward.
         """
         ids, att, passes = self._padded_teacher(batch)
         P, b, Lt = passes.shape
-        xts = [torch.where(passes[p], self.teacher_mask_id, ids) for p in range(P)]
-        seq = torch.cat([ids] + xts, dim=1)  # [b, (P + 1) * Lt]
-        pos = torch.arange(Lt).repeat(P + 1).expand(b, -1)
+        block = self.cfg.student.block_size
+        xts = torch.where(passes, self.teacher_mask_id, ids[None])
         rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
         pass_of_row = torch.zeros_like(rows.batch)
         if P == 2:
             pass_of_row = batch.take_pass2[rows.batch, rows.teacher_pos].long()
-        req = torch.stack([rows.batch, (1 + pass_of_row) * Lt + rows.teacher_pos], dim=1)
-        gathered, info = px.gather_teacher_inputs({"ids": seq, "pos": pos, "att": att.repeat(1, P + 1)},
-                                                  {"ids": self.teacher_pad_id, "pos": 0, "att": False},
-                                                  self.teacher_group)
+        need = torch.zeros(P, b, Lt // block, dtype=torch.bool)
+        need[pass_of_row, rows.batch, rows.teacher_pos // block] = True
+        c = compact_teacher_inputs(ids, xts, need, block, self.teacher_pad_id)
+        key_valid = (c.segment >= 0) & att.gather(1, c.position_ids)
+        req = torch.stack([rows.batch, c.index[pass_of_row, rows.batch, rows.teacher_pos]], dim=1)
+        gathered, info = px.gather_teacher_inputs(
+            {"ids": c.ids, "pos": c.position_ids, "seg": c.segment, "blk": c.block, "kv": key_valid},
+            {"ids": self.teacher_pad_id, "pos": 0, "seg": -1, "blk": -1, "kv": False}, self.teacher_group)
         all_rows, counts = px.gather_rows(req, info, self.teacher_group)
-        mask = shared_x0_block_mask(Lt, self.cfg.student.block_size, P)[None] & gathered["att"][:, None, :]
+        mask = segment_block_mask(gathered["seg"], gathered["blk"], gathered["kv"])
         out = self.teacher.engine.logit_rows(gathered["ids"], all_rows, self.cfg.objective.shared_vocab,
                                              attention_mask=mask, position_ids=gathered["pos"])
         return px.own_rows(out, counts, self.teacher_group)
@@ -407,20 +412,6 @@ class DistillTrainer:
 
     def close(self) -> None:
         self.logger.close()
-
-
-def shared_x0_block_mask(L: int, block_size: int, passes: int) -> torch.Tensor:
-    """bool ``[(P+1)L, (P+1)L]`` for ``[x0 ; xt_1 ; ... ; xt_P]``: x0 rows as in the x0-first block mask, and
-    each xt_p exactly as the xt half of ``[x0 ; xt_p]`` (earlier x0 blocks + its own block), never another xt_p."""
-    two = block_diffusion_mask(L, block_size, "x0_xt")
-    n = (passes + 1) * L
-    out = torch.zeros(n, n, dtype=torch.bool)
-    out[:L, :L] = two[:L, :L]
-    for p in range(1, passes + 1):
-        rows = slice(p * L, (p + 1) * L)
-        out[rows, :L] = two[L:, :L]
-        out[rows, rows] = two[L:, L:]
-    return out
 
 
 def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: int, teacher) -> dict:

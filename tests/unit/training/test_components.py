@@ -127,18 +127,3 @@ def test_keep_last_prunes_the_oldest_checkpoints(tmp_path):
         _fake_complete(tmp_path / f"step_{step:07d}", step)
     _prune(tmp_path, keep_last=2)
     assert [p.name for p in list_checkpoints(str(tmp_path))] == ["step_0000006", "step_0000008"]
-
-
-def test_shared_x0_mask_gives_each_pass_its_own_two_half_mask():
-    from tide_megatron.diffusion.masks import block_diffusion_mask
-    from tide_megatron.training.trainer import shared_x0_block_mask
-
-    L, B = 8, 4
-    two = block_diffusion_mask(L, B, "x0_xt")
-    three = shared_x0_block_mask(L, B, 2)
-    for p in (1, 2):
-        keep = list(range(L)) + list(range(p * L, (p + 1) * L))
-        assert torch.equal(three[keep][:, keep], two)  # pass p alone: exactly spec §11.4's [x0 ; xt]
-    assert not three[L:2 * L, 2 * L:].any() and not three[2 * L:, L:2 * L].any()  # passes never see each other
-    assert not three[:L, L:].any()  # x0 never sees xt
-    assert torch.equal(shared_x0_block_mask(L, B, 1), two)
