@@ -31,6 +31,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         cfg = load_config(args.config, list(args.overrides))
+        if args.print_config:
+            print(dump_config(cfg), end="")
+            return 0
         cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))
         if cfg.precision.fp8:
             from tide_megatron.training.fp8 import check_fp8_available
@@ -41,10 +44,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"tide-train: error: {err}", file=sys.stderr)
         return 2
-    if args.print_config:
-        print(dump_config(cfg), end="")
-        return 0
-
     from tide_megatron.data.indexed import TideAlignedDataset
     from tide_megatron.training.checkpoint import CheckpointError
     from tide_megatron.training.trainer import DistillTrainer
