@@ -222,3 +222,21 @@ def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(artifacts)
                                                 attention_mask=mask, position_ids=gathered["pos"])
         expected[sel] = px.own_rows(out, counts, trainer.teacher_group)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["a_tide_shared", "a_calm"])
+def test_teacher_log_probs_only_where_a_chunk_loss_reads_them(artifacts, variant):
+    """Pipeline A asks the teacher only for active-chunk tokens (in the pass that wins there): same loss."""
+    from tide_megatron.training.data import micro_batches
+
+    cfg, pipe = _config(artifacts, variant, _shared_dir(f"needed-{variant}"))
+    trainer = _trainer(cfg, pipe)
+    batch = next(iter(micro_batches(trainer.train_data, trainer.batches, trainer.collator, 0, 1)))
+    restricted = trainer.teacher_payload(batch)
+    trainer._needed_teacher_tokens = lambda b, P, Lt: torch.ones(P, *b.teacher_ids.shape[:1], Lt, dtype=torch.bool)
+    full = trainer.teacher_payload(batch)
+    needed = (batch.teacher_chunk >= 0) & batch.active.gather(1, batch.teacher_chunk.clamp_min(0))
+    assert needed.any() and (restricted[~needed] == 0).all()
+    torch.testing.assert_close(restricted[needed], full[needed])
+    a, b = trainer.student_loss(batch, restricted), trainer.student_loss(batch, full)
+    assert a == pytest.approx(b, rel=1e-6)

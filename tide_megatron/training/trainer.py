@@ -210,11 +210,23 @@ class DistillTrainer:
             passes = torch.nn.functional.pad(passes, (0, extra), value=False)
         return ids, att, passes
 
+    def _needed_teacher_tokens(self, batch: DistillBatch, P: int, Lt: int) -> torch.Tensor:
+        """bool ``[P, b, L_t]``: the teacher tokens whose log-prob a loss reads, i.e. the tokens of active chunks
+        (§5.5-5.7), each in the pass whose logits win there (§4). Other targets are -1: the engine returns 0."""
+        chunk = batch.teacher_chunk
+        needed = (chunk >= 0) & batch.active.gather(1, chunk.clamp_min(0)) if batch.active.shape[1] else \
+            torch.zeros_like(chunk, dtype=torch.bool)
+        needed = torch.nn.functional.pad(needed, (0, Lt - needed.shape[1]), value=False)
+        if P == 1:
+            return needed[None]
+        take2 = torch.nn.functional.pad(batch.take_pass2, (0, Lt - batch.take_pass2.shape[1]), value=False)
+        return torch.stack([needed & ~take2, needed & take2])
+
     def _teacher_token_logprobs(self, batch: DistillBatch) -> torch.Tensor:
         ids, att, passes = self._padded_teacher(batch)
         P, b, Lt = passes.shape
         pass_ids = torch.where(passes, self.teacher_mask_id, ids[None]).reshape(P * b, Lt)
-        targets = torch.where(att, ids, -1)[None].expand(P, b, Lt).reshape(P * b, Lt)
+        targets = torch.where(self._needed_teacher_tokens(batch, P, Lt), ids[None], -1).reshape(P * b, Lt)
         gathered, info = px.gather_teacher_inputs(
             {"ids": pass_ids, "targets": targets, "att": att[None].expand(P, b, Lt).reshape(P * b, Lt)},
             {"ids": self.teacher_pad_id, "targets": -1, "att": False}, self.teacher_group)
