@@ -50,9 +50,17 @@ def setup(tmp_path_factory):
     return root
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _command(root: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-            str(29700 + os.getpid() % 200), "-m", "tide_megatron.cli.train", "--config", str(root / "config.yaml"),
+            str(_free_port()), "-m", "tide_megatron.cli.train", "--config", str(root / "config.yaml"),
             f"output_dir={out}"]
 
 
