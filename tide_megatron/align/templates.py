@@ -101,10 +101,16 @@ def validate_messages(messages) -> list[dict]:
 
 
 def render(tokenizer: TideTokenizer, template: str, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.hf.apply_chat_template(
-        list(messages), chat_template=template, tokenize=False,
-        add_generation_prompt=add_generation_prompt, enable_thinking=False,
-    )
+    """The conversation as text in `template` (thinking disabled); a template's own refusal is a SampleError."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.hf.apply_chat_template(
+            list(messages), chat_template=template, tokenize=False,
+            add_generation_prompt=add_generation_prompt, enable_thinking=False,
+        )
+    except TemplateError as e:  # e.g. raise_exception("roles must alternate") inside a tokenizer's template
+        raise SampleError("template_error", f"{tokenizer.name} template: {e}") from None
 
 
 @dataclass

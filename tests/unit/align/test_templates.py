@@ -88,6 +88,14 @@ def test_content_not_found_in_template(tok):
     assert e.value.reason == "content_not_in_template"
 
 
+def test_template_refusal_is_a_sample_error(tok, tmp_path):
+    t = tok("gpt-2")
+    strict = "{%- if messages[0]['role'] != 'user' -%}{{ raise_exception('first message must be user') }}{%- endif -%}x"
+    with pytest.raises(SampleError) as e:
+        render(t, strict, [{"role": "assistant", "content": "a"}])
+    assert e.value.reason == "template_error" and "first message must be user" in str(e.value)
+
+
 @pytest.mark.parametrize("messages,reason", [
     ([], "no_messages"),
     ([{"content": "x"}], "missing_role"),
