@@ -41,5 +41,6 @@ def test_pipeline_b_stage_keeps_student_and_teacher_mask_ids_apart():
     for key in ("teacher_input_ids", "demo_pass1_ids", "demo_pass2_ids"):
         assert not (batch[key] == STUDENT_MASK).any(), key
     assert not (batch["student_noised_ids"] == WEDLM_MASK).any()
-    for key, where in (("demo_pass1_ids", batch["demo_teacher_mask_b"]), ("demo_pass2_ids", batch["demo_teacher_mask_a"])):
+    passes = (("demo_pass1_ids", batch["demo_teacher_mask_b"]), ("demo_pass2_ids", batch["demo_teacher_mask_a"]))
+    for key, where in passes:
         assert torch.equal(batch[key], torch.where(where, WEDLM_MASK, batch["teacher_ids"])), key

@@ -1,0 +1,204 @@
+"""Spec §9 pitfalls at the trainer level (single process, tiny checkpoints; see docs/PITFALLS.md).
+
+Every reference here is independent of the code under test: transformers' own Qwen3 class for the student and
+the dense (WeDLM-layout) teacher, the plain-PyTorch LLaDA2 reference for the MoE teacher, attention masks
+written from the rules of spec §1.4 / §2.1 / §2.2, and the CE of §1.5 in float64.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import tiny_distill as td
+from tests.reference.llada2_reference import LLaDA2MoeConfig, LLaDA2MoeModelLM
+from tide_megatron.config import config_from_dict
+from tide_megatron.models.converter import load_hf_reference
+from tide_megatron.training.batch import DistillBatch
+from tide_megatron.training.trainer import DistillTrainer
+
+SEQ, BLOCK = 64, 16  # the teacher (3 template tokens + ~31) fills to 48 != 64: its own length
+SHARED = td.STUDENT_VOCAB - 8
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_distill")
+    td.write_student(root / "student")
+    td.write_dense_teacher(root / "dense")
+    td.write_moe_teacher(root / "moe")
+    return root
+
+
+def _trainer(artifacts: Path, out: Path, variant: str, teacher_dir: Path = None, **optim) -> DistillTrainer:
+    pipe = "A" if variant.startswith("a_") else "B"
+    teacher_dir = teacher_dir or artifacts / ("moe" if pipe == "A" else "dense")
+    raw = {"preset": variant, "output_dir": str(out),
+           "student": {"checkpoint": str(artifacts / "student"), "seq_length": SEQ, "block_size": BLOCK},
+           "teacher": {"checkpoint": str(teacher_dir), "dtype": "fp32"},
+           "data": {"micro_batch_size": 2, "num_workers": 0},
+           "optim": {"train_steps": 3, "lr": 1e-3, **optim},
+           "objective": {"shared_vocab": SHARED},
+           "precision": {"dtype": "fp32"},
+           "checkpoint": {"resume": "none", "save_interval": 1000, "save_at_end": False},
+           "logging": {"log_interval": 1000, "tensorboard": False}}
+    return DistillTrainer(config_from_dict(raw), td.make_dataset(16, pipe, seq_length=SEQ))
+
+
+def _batch(trainer: DistillTrainer, first: int = 0) -> DistillBatch:
+    return DistillBatch.from_stage(trainer.collator([trainer.train_data[i] for i in range(first, first + 2)]))
+
+
+def _bd3lm_allowed(L: int, block: int, x0_first: bool) -> torch.Tensor:
+    """Spec §1.4 written out query by query: M_BD, M_OBC, M_BC; `x0_first` swaps the halves (§2.2)."""
+    allowed = torch.zeros(2 * L, 2 * L, dtype=torch.bool)
+    for q in range(2 * L):
+        for k in range(2 * L):
+            q_x0, k_x0 = (q < L, k < L) if x0_first else (q >= L, k >= L)
+            bq, bk = (q % L) // block, (k % L) // block
+            allowed[q, k] = (q_x0 == k_x0 and bq == bk) or (not q_x0 and k_x0 and bk < bq) or \
+                (q_x0 and k_x0 and bk <= bq)
+    return allowed
+
+
+def _additive(allowed: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+
+@pytest.mark.parametrize("variant", ["b_tide_shared", "a_tide_shared"])
+def test_tidal_progress_counts_optimizer_steps_not_micro_batches(artifacts, tmp_path, variant):
+    """§9.14: with 2 micro-batches per optimizer step, both see the same 0-based optimizer step, and the
+    total is the number of optimizer steps."""
+    trainer = _trainer(artifacts, tmp_path, variant, grad_accum=2)
+    seen: list[list[tuple[int, int]]] = []
+    objective, student_loss = trainer.objective, trainer.student_loss
+
+    class Recorder:  # passes every call through to the real objective, noting (step, total_steps)
+        components, config = objective.components, objective.config
+
+        def __call__(self, inputs, step=0, total_steps=1, tp_group=None):
+            seen[-1].append((step, total_steps))
+            return objective(inputs, step=step, total_steps=total_steps, tp_group=tp_group)
+
+    def per_micro_batch(*args, **kwargs):
+        seen.append([])
+        return student_loss(*args, **kwargs)
+
+    trainer.objective, trainer.student_loss = Recorder(), per_micro_batch
+    trainer.run()
+    trainer.close()
+    assert len(seen) == 6 and all(seen)
+    for micro, calls in enumerate(seen):
+        assert set(calls) == {(micro // 2, 3)}, (micro, calls)
+
+
+def test_total_tidal_steps_are_optimizer_steps_per_epoch_times_epochs(artifacts, tmp_path):
+    """§9.14: N_opt = epochs x optimizer steps per epoch (16 samples / micro-batch 2 / 2 accumulated = 4)."""
+    trainer = _trainer(artifacts, tmp_path, "b_tide_shared", train_steps=0, epochs=2, grad_accum=2)
+    assert trainer.state.total_steps == 8
+    trainer.close()
+
+
+def test_student_forward_is_xt_first_with_duplicated_positions_and_no_padding_mask(artifacts, tmp_path):
+    """§9.3-9.5, §9.17c: the trainer's student logits equal transformers' Qwen3 on [xt ; x0] with positions
+    [0..L-1, 0..L-1] and only the block-diffusion mask (pad tokens visible), read from the first half; the CE is
+    §1.5 at the token's own position, divided by the maskable count."""
+    trainer = _trainer(artifacts, tmp_path, "b_tide_shared")
+    batch = _batch(trainer)
+    assert (batch.labels == -100).any(dim=1).all() and (batch.x0 == td.STUDENT_IDS["student_pad"]).any()
+    reference = load_hf_reference(str(artifacts / "student"))
+    b, L = batch.x0.shape
+    ids = torch.cat([batch.xt, batch.x0], 1)
+    pos = torch.arange(L).repeat(2).expand(b, 2 * L)
+    mask = _additive(_bd3lm_allowed(L, BLOCK, x0_first=False))[None, None].expand(b, 1, 2 * L, 2 * L)
+    with torch.no_grad():
+        want = reference(input_ids=ids, position_ids=pos, attention_mask=mask).logits[:, :L].double()
+        got = trainer.student_forward(batch)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+    nll = -torch.log_softmax(want, -1).gather(-1, batch.x0[..., None]).squeeze(-1)
+    ce = (nll * batch.masked / (batch.t.double()[:, None] + 1e-6)).sum() / batch.maskable.sum()
+    assert batch.masked.any()
+    trainer.state.step = 2  # optimizer step 2 of 3: lambda_train = 0.7, a target well away from the student
+    with torch.no_grad():
+        payload = trainer.teacher_payload(batch)
+        terms = trainer.student_loss(batch, payload)
+    assert terms["loss/ce"] == pytest.approx(ce.item(), rel=1e-4)
+
+    # §3 / §9.9b / §9.11a: TIDAL on the *live* student logits at the aligned masked positions, r constant,
+    # lambda at optimizer step 2 of 3, midrange omega, T = 2, divided by |K| (not by the sum of omega).
+    rows = [(k, int(s)) for k in range(b) for s, v in zip(batch.pair_student[k], batch.pair_valid[k])
+            if v and batch.masked[k, s]]
+    zs = torch.stack([want[k, s, :SHARED] for k, s in rows]) / 2.0
+    zt = payload.double()[:, :SHARED] / 2.0
+    t_rows = batch.t.double()[[k for k, _ in rows]]
+    lam = (0.1 + 0.8 * 0.5 * (1 - math.cos(math.pi * 2 / 3))) * (1 - t_rows)
+    omega = torch.exp(-((t_rows - 0.5) ** 2) / (2 * 0.15 ** 2))
+    r = torch.softmax((1 - lam[:, None]) * zs + lam[:, None] * zt, -1)
+    kl = (r * (r.clamp_min(1e-8).log() - torch.log_softmax(zs, -1))).sum(-1)
+    assert terms["loss/taid_aligned"] == pytest.approx((4.0 * (omega * kl).sum() / len(rows)).item(), rel=1e-4)
+
+
+def test_wedlm_payload_is_x0_first_from_the_xt_half_with_compdemo_merge(artifacts, tmp_path):
+    """§9.4, §9.6b, §9.15, §9.16, §9.17a: the teacher rows the trainer hands the loss equal transformers' Qwen3
+    on [x0 ; xt_pass] (duplicated positions, x0-first block mask over teacher indices, pad rows and columns
+    blocked), read at L_t + teacher position, from pass 2 where the position is in M_A and pass 1 elsewhere,
+    cut to the shared vocabulary."""
+    trainer = _trainer(artifacts, tmp_path, "b_tide_shared")
+    batch = _batch(trainer, first=4)
+    assert batch.num_passes == 2 and batch.take_pass2.any()
+    reference = load_hf_reference(str(artifacts / "dense"))
+    mask_id = json.loads((artifacts / "dense" / "config.json").read_text())["mask_token_id"]
+    b, Lt = batch.teacher_ids.shape
+    assert Lt % BLOCK == 0 and Lt != SEQ  # the block mask must follow the teacher's own length (§9.6)
+    real = batch.teacher_attention.repeat(1, 2)
+    allowed = _bd3lm_allowed(Lt, BLOCK, x0_first=True)[None] & real[:, :, None] & real[:, None, :]
+    pos = torch.arange(Lt).repeat(2).expand(b, 2 * Lt)
+    logits = []
+    with torch.no_grad():
+        for p in range(2):
+            xt = torch.where(batch.teacher_pass_masks[p], mask_id, batch.teacher_ids)
+            ids = torch.cat([batch.teacher_ids, xt], 1)
+            logits.append(reference(input_ids=ids, position_ids=pos, attention_mask=_additive(allowed)[:, None])
+                          .logits[:, Lt:])
+        got = trainer.teacher_payload(batch)
+    want = []
+    for k in range(b):
+        for s, t, v in zip(batch.pair_student[k], batch.pair_teacher[k], batch.pair_valid[k]):
+            if v and batch.masked[k, s]:
+                want.append(logits[int(batch.take_pass2[k, t])][k, t, :SHARED])
+    assert got.shape == (len(want), SHARED)
+    torch.testing.assert_close(got.double(), torch.stack(want).double(), rtol=1e-4, atol=1e-4)
+
+
+def test_llada2_payload_is_one_bidirectional_sequence_with_the_teacher_mask_id(artifacts, tmp_path):
+    """§9.1, §9.3, §9.7, §9.15, §9.17a: the per-token teacher log-probs the loss reads equal the plain LLaDA2
+    reference on each pass (teacher ids with the teacher's own mask id, default positions, every real token
+    visible to every real token, pad keys hidden), log p(clean id) at the token's own position, merged on M_A."""
+    trainer = _trainer(artifacts, tmp_path, "a_tide_shared")
+    batch = _batch(trainer, first=2)
+    assert batch.num_passes == 2 and batch.take_pass2.any() and not batch.teacher_attention.all()
+    config = json.loads((artifacts / "moe" / "config.json").read_text())
+    reference = LLaDA2MoeModelLM(LLaDA2MoeConfig(**config)).eval()
+    state = {}
+    for shard in sorted((artifacts / "moe").glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    reference.load_state_dict(state, strict=True)
+    assert config["mask_token_id"] != td.STUDENT_IDS["student_mask"]
+    logp = []
+    with torch.no_grad():
+        for p in range(2):
+            ids = torch.where(batch.teacher_pass_masks[p], config["mask_token_id"], batch.teacher_ids)
+            lp = reference(ids, attention_mask=batch.teacher_attention.long()).logits.double().log_softmax(-1)
+            logp.append(lp.gather(-1, batch.teacher_ids[..., None]).squeeze(-1))
+        got = trainer.teacher_payload(batch)
+    want = torch.where(batch.take_pass2, logp[1], logp[0])
+    # The loss reads teacher log-probs only on the tokens of active chunks (§5.5-5.7): compare there.
+    tc = batch.teacher_chunk
+    read = (tc >= 0) & batch.active.gather(1, tc.clamp_min(0)) & batch.teacher_attention
+    assert read.any() and (batch.take_pass2 & read).any()
+    torch.testing.assert_close(got[read].double(), want[read], rtol=1e-4, atol=1e-4)
+
