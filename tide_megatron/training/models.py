@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from tide_megatron.config import PrecisionConfig, StudentConfig, TeacherConfig
 from tide_megatron.distributed.grids import ModelGrid
+from tide_megatron.models.wedlm import WEDLM_MASK_ID
 from tide_megatron.teacher import TeacherEngine
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -81,6 +82,8 @@ class TeacherBundle:
 def _teacher_special_ids(cfg: TeacherConfig, hf: dict) -> tuple[Optional[int], int, int]:
     """(mask, pad, eos) teacher ids: config override, else the checkpoint's config.json (§2.1, §2.2)."""
     mask = cfg.mask_id if cfg.mask_id is not None else hf.get("mask_token_id")
+    if mask is None and cfg.arch == "wedlm" and int(hf.get("vocab_size") or 0) > WEDLM_MASK_ID:
+        mask = WEDLM_MASK_ID  # §2.2: WeDLM's own mask; not the shared tokenizer's (the student's 151669)
     pad = hf.get("pad_token_id")
     eos = hf.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) else eos

@@ -113,6 +113,8 @@ class DistillTrainer:
         self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if self.needs_teacher else None
         self.meta = check_dataset_against_models(train_data.meta, cfg, self.student_vocab, self.teacher)
         self.teacher_mask_id, self.teacher_pad_id = self.meta["teacher"]["mask_id"], self.meta["teacher"]["pad_id"]
+        if self.teacher is not None and self.teacher.mask_id is not None:
+            self.teacher_mask_id = self.teacher.mask_id  # the teacher's own mask, never the student's (§9.1)
         self.teacher_group = self.teacher_grid.pgs.mp  # ranks that must feed one teacher identical inputs
 
         # Objective (spec §6).
@@ -443,7 +445,10 @@ def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: in
     if teacher is not None and meta["teacher"]["vocab_size"] > teacher.vocab_size:
         raise ValueError(f"teacher.checkpoint: {teacher.vocab_size} embedding rows, but the dataset's teacher "
                          f"tokenizer has {meta['teacher']['vocab_size']} ids ({where})")
-    if teacher is not None and teacher.mask_id is not None and teacher.mask_id != meta["teacher"]["mask_id"]:
+    # Pairs datasets are written with the shared (student's) tokenizer, whose mask id is the student's; the
+    # teacher's own mask id (e.g. WeDLM's 151665 against the student's 151669, §2.2) is used there instead.
+    if teacher is not None and teacher.mask_id is not None and align == "chunks" and \
+            teacher.mask_id != meta["teacher"]["mask_id"]:
         raise ValueError(f"teacher.mask_id: the teacher uses mask id {teacher.mask_id} (teacher.mask_id or its "
                          f"config.json) but the dataset's teacher tokenizer has {meta['teacher']['mask_id']} ({where}); "
                          f"a wrong mask id silently ruins every teacher pass (spec §9.1)")
