@@ -7,6 +7,7 @@ written from the rules of spec §1.4 / §2.1 / §2.2, and the CE of §1.5 in flo
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,44 @@ def test_llada2_payload_is_one_bidirectional_sequence_with_the_teacher_mask_id(a
     assert read.any() and (batch.take_pass2 & read).any()
     torch.testing.assert_close(got[read].double(), want[read], rtol=1e-4, atol=1e-4)
 
+
+
+def test_wedlm_teacher_input_uses_the_teachers_own_mask_id(artifacts, tmp_path):
+    """§9.1, §2.2: in Pipeline B the student and WeDLM share a tokenizer but not the mask id (151669 vs 151665).
+    The dataset's teacher tokenizer is the student's, so its mask id is the student's; the id written into the
+    teacher's input must be the teacher's own (here 124 from its config.json, the student's being 127)."""
+    own = tmp_path / "dense_own_mask"
+    shutil.copytree(artifacts / "dense", own)
+    config = json.loads((own / "config.json").read_text())
+    config["mask_token_id"] = 124
+    (own / "config.json").write_text(json.dumps(config))
+    trainer = _trainer(artifacts, tmp_path, "b_kl", teacher_dir=own)
+    assert trainer.meta["teacher"]["mask_id"] == td.STUDENT_IDS["student_mask"] != 124
+    batch = _batch(trainer)
+    got = trainer.teacher_payload(batch)
+    reference = load_hf_reference(str(own))
+    b, Lt = batch.teacher_ids.shape
+    real = batch.teacher_attention.repeat(1, 2)
+    allowed = _bd3lm_allowed(Lt, BLOCK, x0_first=True)[None] & real[:, :, None] & real[:, None, :]
+    xt = torch.where(batch.teacher_pass_masks[0], 124, batch.teacher_ids)
+    with torch.no_grad():
+        logits = reference(input_ids=torch.cat([batch.teacher_ids, xt], 1),
+                           position_ids=torch.arange(Lt).repeat(2).expand(b, 2 * Lt),
+                           attention_mask=_additive(allowed)[:, None]).logits[:, Lt:]
+    rows = [(k, int(t)) for k in range(b) for s, t, v in zip(batch.pair_student[k], batch.pair_teacher[k],
+                                                               batch.pair_valid[k]) if v and batch.masked[k, s]]
+    want = torch.stack([logits[k, t, :SHARED] for k, t in rows])
+    torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-4)
+
+
+def test_wedlm_mask_id_defaults_to_151665(tmp_path):
+    """§2.2: WeDLM's mask is 151665; a WeDLM config.json without mask_token_id must not leave it to the dataset's
+    (shared, student) tokenizer, whose mask is the student's 151669."""
+    from tide_megatron.config import TeacherConfig
+    from tide_megatron.training.models import _teacher_special_ids
+
+    hf = {"model_type": "wedlm", "vocab_size": 151936, "pad_token_id": 151643, "eos_token_id": 151645}
+    assert _teacher_special_ids(TeacherConfig(arch="wedlm", checkpoint=str(tmp_path)), hf)[0] == 151665
+    assert _teacher_special_ids(TeacherConfig(arch="wedlm", checkpoint=str(tmp_path), mask_id=7), hf)[0] == 7
+    assert _teacher_special_ids(TeacherConfig(arch="wedlm", checkpoint=str(tmp_path)), {**hf, "vocab_size": 128})[0] \
+        is None  # a vocabulary without id 151665 (a tiny test model) keeps the dataset's id
