@@ -69,6 +69,23 @@ def _additive(allowed: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
 
+def _reference_student_logits(artifacts: Path, batch: DistillBatch) -> torch.Tensor:
+    """transformers' Qwen3 on [xt ; x0], positions [0..L-1, 0..L-1], the §1.4 mask only; the xt half, float64."""
+    reference = load_hf_reference(str(artifacts / "student"))
+    b, L = batch.x0.shape
+    ids = torch.cat([batch.xt, batch.x0], 1)
+    pos = torch.arange(L).repeat(2).expand(b, 2 * L)
+    mask = _additive(_bd3lm_allowed(L, BLOCK, x0_first=False))[None, None].expand(b, 1, 2 * L, 2 * L)
+    with torch.no_grad():
+        return reference(input_ids=ids, position_ids=pos, attention_mask=mask).logits[:, :L].double()
+
+
+def _reference_ce(logits: torch.Tensor, batch: DistillBatch) -> float:
+    """§1.5: sum of w(t) * NLL at the masked positions (target at its own position) / number of maskable tokens."""
+    nll = -torch.log_softmax(logits, -1).gather(-1, batch.x0[..., None]).squeeze(-1)
+    return ((nll * batch.masked / (batch.t.double()[:, None] + 1e-6)).sum() / batch.maskable.sum()).item()
+
+
 @pytest.mark.parametrize("variant", ["b_tide_shared", "a_tide_shared"])
 def test_tidal_progress_counts_optimizer_steps_not_micro_batches(artifacts, tmp_path, variant):
     """§9.14: with 2 micro-batches per optimizer step, both see the same 0-based optimizer step, and the
@@ -110,24 +127,17 @@ def test_student_forward_is_xt_first_with_duplicated_positions_and_no_padding_ma
     trainer = _trainer(artifacts, tmp_path, "b_tide_shared")
     batch = _batch(trainer)
     assert (batch.labels == -100).any(dim=1).all() and (batch.x0 == td.STUDENT_IDS["student_pad"]).any()
-    reference = load_hf_reference(str(artifacts / "student"))
-    b, L = batch.x0.shape
-    ids = torch.cat([batch.xt, batch.x0], 1)
-    pos = torch.arange(L).repeat(2).expand(b, 2 * L)
-    mask = _additive(_bd3lm_allowed(L, BLOCK, x0_first=False))[None, None].expand(b, 1, 2 * L, 2 * L)
+    b = batch.x0.shape[0]
+    want = _reference_student_logits(artifacts, batch)
     with torch.no_grad():
-        want = reference(input_ids=ids, position_ids=pos, attention_mask=mask).logits[:, :L].double()
         got = trainer.student_forward(batch)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
-
-    nll = -torch.log_softmax(want, -1).gather(-1, batch.x0[..., None]).squeeze(-1)
-    ce = (nll * batch.masked / (batch.t.double()[:, None] + 1e-6)).sum() / batch.maskable.sum()
     assert batch.masked.any()
     trainer.state.step = 2  # optimizer step 2 of 3: lambda_train = 0.7, a target well away from the student
     with torch.no_grad():
         payload = trainer.teacher_payload(batch)
         terms = trainer.student_loss(batch, payload)
-    assert terms["loss/ce"] == pytest.approx(ce.item(), rel=1e-4)
+    assert terms["loss/ce"] == pytest.approx(_reference_ce(want, batch), rel=1e-4)
 
     # §3 / §9.9b / §9.11a: TIDAL on the *live* student logits at the aligned masked positions, r constant,
     # lambda at optimizer step 2 of 3, midrange omega, T = 2, divided by |K| (not by the sum of omega).
@@ -141,6 +151,7 @@ def test_student_forward_is_xt_first_with_duplicated_positions_and_no_padding_ma
     r = torch.softmax((1 - lam[:, None]) * zs + lam[:, None] * zt, -1)
     kl = (r * (r.clamp_min(1e-8).log() - torch.log_softmax(zs, -1))).sum(-1)
     assert terms["loss/taid_aligned"] == pytest.approx((4.0 * (omega * kl).sum() / len(rows)).item(), rel=1e-4)
+    assert terms["loss/total"] == pytest.approx(terms["loss/ce"] + terms["loss/taid_aligned"], rel=1e-6)  # §9.20
 
 
 def test_wedlm_payload_is_x0_first_from_the_xt_half_with_compdemo_merge(artifacts, tmp_path):
@@ -178,9 +189,11 @@ def test_wedlm_payload_is_x0_first_from_the_xt_half_with_compdemo_merge(artifact
 def test_llada2_payload_is_one_bidirectional_sequence_with_the_teacher_mask_id(artifacts, tmp_path):
     """§9.1, §9.3, §9.7, §9.15, §9.17a: the per-token teacher log-probs the loss reads equal the plain LLaDA2
     reference on each pass (teacher ids with the teacher's own mask id, default positions, every real token
-    visible to every real token, pad keys hidden), log p(clean id) at the token's own position, merged on M_A."""
+    visible to every real token, pad keys hidden), log p(clean id) at the token's own position, merged on M_A;
+    the student's CE runs over the chunk-expanded mask (§9.8)."""
     trainer = _trainer(artifacts, tmp_path, "a_tide_shared")
-    batch = _batch(trainer, first=2)
+    stage = trainer.collator([trainer.train_data[i] for i in range(2, 4)])
+    batch = DistillBatch.from_stage(stage)
     assert batch.num_passes == 2 and batch.take_pass2.any() and not batch.teacher_attention.all()
     config = json.loads((artifacts / "moe" / "config.json").read_text())
     reference = LLaDA2MoeModelLM(LLaDA2MoeConfig(**config)).eval()
@@ -202,6 +215,14 @@ def test_llada2_payload_is_one_bidirectional_sequence_with_the_teacher_mask_id(a
     read = (tc >= 0) & batch.active.gather(1, tc.clamp_min(0)) & batch.teacher_attention
     assert read.any() and (batch.take_pass2 & read).any()
     torch.testing.assert_close(got[read].double(), want[read], rtol=1e-4, atol=1e-4)
+
+    # §9.8: the CE runs over the chunk-expanded student mask, which is larger than the sampled one.
+    assert torch.equal(batch.masked, stage["student_mask"])
+    assert (stage["student_mask"] & ~stage["sampled_student_mask"]).any()
+    with torch.no_grad():
+        terms = trainer.student_loss(batch, got)
+    want_ce = _reference_ce(_reference_student_logits(artifacts, batch), batch)
+    assert terms["loss/ce"] == pytest.approx(want_ce, rel=1e-4)
 
 
 
