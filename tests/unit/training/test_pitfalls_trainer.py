@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from tests.helpers import tiny_distill as td
 from tests.reference.llada2_reference import LLaDA2MoeConfig, LLaDA2MoeModelLM
 from tide_megatron.config import config_from_dict
+from tide_megatron.data.stage import AlignmentStage, collate_samples
 from tide_megatron.models.converter import load_hf_reference
 from tide_megatron.training.batch import DistillBatch
 from tide_megatron.training.trainer import DistillTrainer
@@ -265,3 +266,19 @@ def test_wedlm_mask_id_defaults_to_151665(tmp_path):
     assert _teacher_special_ids(TeacherConfig(arch="wedlm", checkpoint=str(tmp_path), mask_id=7), hf)[0] == 7
     assert _teacher_special_ids(TeacherConfig(arch="wedlm", checkpoint=str(tmp_path)), {**hf, "vocab_size": 128})[0] \
         is None  # a vocabulary without id 151665 (a tiny test model) keeps the dataset's id
+
+
+@pytest.mark.parametrize("variant", ["b_tide_shared", "a_tide_shared"])
+def test_micro_batch_without_masked_tokens_gives_exact_zero(artifacts, tmp_path, variant):
+    """§9.10, §4.5: nothing masked (hence no distilled row, no active chunk, CompDemo's single-pass fallback):
+    every term is exactly 0 and the backward leaves every gradient at 0."""
+    trainer = _trainer(artifacts, tmp_path, variant)
+    cfg = trainer.collator.cfg
+    out = collate_samples([trainer.train_data[i] for i in range(2)], cfg)
+    out.update(AlignmentStage(cfg)(out, torch.zeros_like(out["labels"], dtype=torch.bool)))
+    out["t"] = torch.tensor([0.5, 0.7])
+    batch = DistillBatch.from_stage(out)
+    trainer.model.zero_grad_buffer()
+    terms = trainer.student_loss(batch, trainer.teacher_payload(batch), backward_scale=1.0)
+    assert all(v == 0.0 for k, v in terms.items() if k.startswith("loss/")), terms
+    assert all(int(torch.count_nonzero(p.main_grad)) == 0 for p in trainer.model.parameters())
