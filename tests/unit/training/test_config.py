@@ -1,0 +1,146 @@
+"""Config loading, overrides, presets and bad-input errors (issue 6: config, bad input)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tide_megatron.config import (PRESETS, ConfigError, config_from_dict, load_config, parse_overrides,
+                                  paths_unchecked)
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A minimal set of existing paths a config can point at."""
+    for d in ("student", "teacher"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "config.json").write_text("{}")
+    (tmp_path / "student" / "tokenizer.json").write_text('{"vocab": "student"}')
+    (tmp_path / "teacher" / "tokenizer.json").write_text('{"vocab": "teacher"}')
+    (tmp_path / "train").mkdir()
+    return tmp_path
+
+
+def _raw(files, **sections):
+    raw = {"output_dir": str(files / "out"),
+           "student": {"checkpoint": str(files / "student")},
+           "teacher": {"checkpoint": str(files / "teacher")},
+           "data": {"train": str(files / "train")}}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return raw
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_full_scale_examples_match_their_presets(name):
+    """Each examples/pipeline_*.yaml loads, and its objective is exactly the preset's (spec §6)."""
+    path = EXAMPLES / f"pipeline_{name}.yaml"
+    with paths_unchecked():
+        cfg = load_config(str(path))
+        preset_only = config_from_dict({"preset": name})
+    assert cfg.objective == preset_only.objective
+    assert cfg.optim.lr == 5e-5 and cfg.optim.warmup_ratio == 0.1 and cfg.optim.clip_grad == 1.0
+    assert cfg.student.seq_length == 512 and cfg.student.block_size == 32
+    assert cfg.optim.epochs == (2.0 if name.startswith("a_") else 3.0)
+    assert cfg.teacher.max_length == (1024 if name.startswith("a_") else 768)
+    assert cfg.check_world_size(8)[1] == 8
+
+
+def test_presets_follow_the_mode_catalogue():
+    with paths_unchecked():
+        modes = {n: (config_from_dict({"preset": n}).objective.mode, config_from_dict({"preset": n}).objective.compdemo)
+                 for n in PRESETS}
+        shared_b = config_from_dict({"preset": "b_tide_shared"}).objective
+    assert modes == {"a_calm": ("alm", False), "a_tide_cross": ("reverse_alm", False),
+                     "a_tide_shared": ("alm_taid", True), "b_kl": ("kl_aligned", False),
+                     "b_tide_cross": ("reverse_kl_aligned", False), "b_tide_shared": ("taid_aligned", True)}
+    assert shared_b.timestep_weight == "midrange" and shared_b.kl_temperature == 2.0
+
+
+def test_overrides_are_coerced_to_field_types(files):
+    cfg_path = files / "c.yaml"
+    import yaml
+
+    cfg_path.write_text(yaml.safe_dump(_raw(files, preset="a_tide_cross")))
+    cfg = load_config(str(cfg_path), ["optim.lr=1e-4", "optim.train_steps=7", "objective.compdemo=true",
+                                      "teacher.mask_id=none", "optim.epochs=3", "name=x"])
+    assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.train_steps == 7 and cfg.objective.compdemo is True
+    assert cfg.teacher.mask_id is None and cfg.optim.epochs == 3.0 and cfg.name == "x"
+    assert cfg.checkpoint.dir == str(files / "out" / "checkpoints")
+
+
+@pytest.mark.parametrize("override,match", [
+    ("optim.lr=abc", "optim.lr: expected a number"),
+    ("optim.train_steps=1.5", "optim.train_steps: expected an integer"),
+    ("objective.compdemo=maybe", "objective.compdemo: expected a boolean"),
+    ("optim.bogus=1", "optim.bogus: unknown field"),
+    ("nosuch.lr=1", "unknown section 'nosuch'"),
+    ("optim.lr", "expected KEY=VALUE"),
+    ("objective.mode=nonsense", "objective.mode: expected one of"),
+    ("student.seq_length=500", "student.seq_length: 500 is not a multiple of student.block_size"),
+    ("objective.mode=alm+kl_aligned", "ALM modes cannot be composed"),
+])
+def test_bad_overrides_name_the_field(files, override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override] + [f"student.checkpoint={files / 'student'}", f"teacher.checkpoint={files / 'teacher'}",
+                       f"data.train={files / 'train'}"])
+
+
+def test_missing_files_are_named(files):
+    with pytest.raises(ConfigError, match="teacher.checkpoint: .*does not exist"):
+        config_from_dict(_raw(files, teacher={"checkpoint": str(files / "nope")}))
+    with pytest.raises(ConfigError, match="data.train: no dataset"):
+        config_from_dict(_raw(files, data={"train": str(files / "missing")}))
+    with pytest.raises(ConfigError, match="--config: file"):
+        load_config(str(files / "absent.yaml"))
+
+
+def test_token_level_mode_with_different_tokenizers_is_refused(files):
+    with pytest.raises(ConfigError, match="llada2 teacher has a different tokenizer"):
+        config_from_dict(_raw(files, preset="a_tide_cross", objective={"mode": "taid_aligned"}))
+    with pytest.raises(ConfigError, match="student.tokenizer .* and teacher.tokenizer .* differ"):
+        config_from_dict(_raw(files, preset="b_tide_shared"))
+    # Same tokenizer content under two paths: accepted.
+    (files / "teacher" / "tokenizer.json").write_text('{"vocab": "student"}')
+    assert config_from_dict(_raw(files, preset="b_tide_shared")).objective.mode == "taid_aligned"
+
+
+def _write_meta(files, **config):
+    meta = {"config": {"align": "chunks", "student_max_len": 512, "student_tokenizer": str(files / "student"),
+                       "teacher_tokenizer": str(files / "teacher"), **config}}
+    (files / "train" / "meta.json").write_text(json.dumps(meta))
+
+
+def test_dataset_written_by_another_tokenizer_is_refused(files):
+    (files / "other").mkdir()
+    (files / "other" / "tokenizer.json").write_text('{"vocab": "other"}')
+    _write_meta(files)
+    assert config_from_dict(_raw(files, preset="a_tide_cross")).data.train == str(files / "train")
+    _write_meta(files, student_tokenizer=str(files / "other"))
+    with pytest.raises(ConfigError, match="student.tokenizer: .* is not the tokenizer that wrote data.train"):
+        config_from_dict(_raw(files, preset="a_tide_cross"))
+
+
+def test_dataset_alignment_and_length_must_fit_the_mode(files):
+    _write_meta(files, align="chunks")
+    with pytest.raises(ConfigError, match="objective.mode: 'kl_aligned' needs a dataset aligned by pairs"):
+        config_from_dict(_raw(files, preset="b_kl", teacher={"checkpoint": str(files / "student")}))
+    _write_meta(files, student_max_len=256)
+    with pytest.raises(ConfigError, match="student.seq_length: 512 differs from the dataset's student_max_len 256"):
+        config_from_dict(_raw(files, preset="a_tide_cross"))
+
+
+def test_layout_that_does_not_divide_the_world_is_named(files):
+    cfg = config_from_dict(_raw(files, preset="a_tide_cross", teacher={"ep": 4}))
+    assert cfg.check_world_size(8) == (8, 8)
+    with pytest.raises(ConfigError, match="teacher: etp\\*ep\\*pp"):
+        cfg.check_world_size(2)
+    with pytest.raises(ConfigError, match="teacher.ep: the dense WeDLM teacher has no experts"):
+        config_from_dict(_raw(files, preset="b_kl", teacher={"ep": 2}))
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["optim.lr=1", "optim.x=a", "name=y"]) == {"optim": {"lr": 1, "x": "a"}, "name": "y"}

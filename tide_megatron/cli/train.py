@@ -1,0 +1,70 @@
+"""tide-train: TIDE distillation end to end.
+
+  tide-train --config FILE [SECTION.FIELD=VALUE ...]
+  torchrun --nproc_per_node=N -m tide_megatron.cli.train --config FILE ...   (or srun under SLURM)
+
+The config is validated (files, layouts against the world size, mode against the tokenizers and the
+dataset) before any model is built. SIGTERM or SIGUSR1 writes a checkpoint and exits 0, so a requeued
+job with checkpoint.resume=auto continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tide-train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--config", required=True, help="YAML config (see examples/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 objective.compdemo=true")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tide_megatron.config import ConfigError, dump_config, load_config
+
+    try:
+        cfg = load_config(args.config, list(args.overrides))
+        cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))
+        if cfg.precision.fp8:
+            from tide_megatron.training.fp8 import check_fp8_available
+
+            check_fp8_available(cfg.precision)
+        if not cfg.data.train:
+            raise ConfigError("data.train: expected the directory of a tide-preprocess dataset")
+    except (ConfigError, ValueError) as err:
+        print(f"tide-train: error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+
+    from tide_megatron.data.indexed import TideAlignedDataset
+    from tide_megatron.training.checkpoint import CheckpointError
+    from tide_megatron.training.trainer import DistillTrainer
+
+    try:
+        train = TideAlignedDataset(cfg.data.train)
+        valid = TideAlignedDataset(cfg.data.valid) if cfg.data.valid else None
+        trainer = DistillTrainer(cfg, train, valid_data=valid)
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"tide-train: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.close()
+    if summary.get("preempted"):
+        print(f"tide-train: stopped by a signal at step {trainer.state.step}; checkpoint written, exiting 0",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

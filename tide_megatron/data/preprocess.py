@@ -1,0 +1,135 @@
+"""`tide-preprocess` logic: conversations -> TIDE indexed dataset, in worker processes, with a skip summary.
+
+Inputs are JSONL files (one `{"messages": [{"role", "content"}, ...]}` or `{"text": ...}` object per line) or
+plain-text files (any other suffix: the whole file is one sample, see `SampleBuilder.text_to_messages`).
+Samples that cannot be built are skipped and counted by reason; the order of kept samples follows the input.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tide_megatron.align.templates import SampleError
+from tide_megatron.data.indexed import DatasetWriter
+from tide_megatron.data.samples import SampleBuilder, SampleConfig
+
+_WORKER: SampleBuilder | None = None
+
+
+@dataclass
+class PreprocessSummary:
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    kept_without_alignment: int = 0
+    student_tokens: int = 0
+    teacher_tokens: int = 0
+    chunks: int = 0
+    pairs: int = 0
+    examples: dict = field(default_factory=dict)  # reason -> first "file:line: detail"
+
+    def as_dict(self) -> dict:
+        return {"kept": self.kept, "dropped": dict(self.dropped), "dropped_total": sum(self.dropped.values()),
+                "kept_without_alignment": self.kept_without_alignment, "student_tokens": self.student_tokens,
+                "teacher_tokens": self.teacher_tokens, "chunks": self.chunks, "pairs": self.pairs,
+                "first_example_per_reason": self.examples}
+
+    def render(self) -> str:
+        lines = [f"kept {self.kept} samples ({self.student_tokens} student / {self.teacher_tokens} teacher tokens, "
+                 f"{self.chunks} chunks, {self.pairs} pairs; {self.kept_without_alignment} without any alignment)",
+                 f"dropped {sum(self.dropped.values())} samples"]
+        for reason, n in self.dropped.most_common():
+            lines.append(f"  {reason}: {n}   e.g. {self.examples.get(reason, '')}")
+        return "\n".join(lines)
+
+
+def iter_records(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str | dict]]:
+    """Yield (where, record): JSONL lines as raw strings (parsed in workers), text files as {"text": ...}."""
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise FileNotFoundError(f"input {path}: no such file")
+        if path.suffix in (".jsonl", ".json"):
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        yield f"{path}:{n}", line
+        else:
+            yield str(path), {"text": path.read_text(encoding="utf-8", errors="replace")}
+
+
+def _init_worker(config: SampleConfig) -> None:
+    global _WORKER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER = SampleBuilder(config)
+
+
+def _process(item: tuple[str, str | dict]):
+    where, record = item
+    assert _WORKER is not None
+    try:
+        return where, _WORKER.build(_WORKER.messages_from_record(record)), None
+    except SampleError as e:
+        return where, None, e
+
+
+def preprocess(
+    inputs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    config: SampleConfig,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    chunksize: int = 8,
+) -> PreprocessSummary:
+    """Build the dataset at `out_dir` (atomically) and return the summary of kept/dropped samples."""
+    from tqdm import tqdm
+
+    records = list(iter_records(inputs))
+    summary = PreprocessSummary()
+    _init_worker(config)  # fail fast on bad tokenizer/template flags, in this process
+    fields = ("student_ids", "student_labels", "teacher_ids", config.align)
+    with DatasetWriter(out_dir, fields=fields, overwrite=overwrite) as writer:
+        if workers > 1:
+            pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(config,))
+            results = pool.imap(_process, records, chunksize=chunksize)
+        else:
+            pool = None
+            results = map(_process, records)
+        try:
+            for where, sample, err in tqdm(results, total=len(records), disable=not progress, file=sys.stderr,
+                                           desc="tide-preprocess", unit="sample"):
+                if err is not None:
+                    summary.dropped[err.reason] += 1
+                    summary.examples.setdefault(err.reason, f"{where}: {err}")
+                    continue
+                writer.add(sample)
+                summary.kept += 1
+                summary.student_tokens += len(sample["student_ids"])
+                summary.teacher_tokens += len(sample["teacher_ids"])
+                n_align = len(sample["chunks"]) // 4 if config.align == "chunks" else len(sample["pairs"]) // 2
+                summary.chunks += len(sample["chunks"]) // 4
+                summary.pairs += len(sample["pairs"]) // 2
+                summary.kept_without_alignment += int(n_align == 0)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        if summary.kept == 0:
+            raise ValueError(f"no sample could be built from {[str(p) for p in inputs]}:\n{summary.render()}")
+        builder = _WORKER
+        writer.meta = {
+            "format": "tide-aligned-v1",
+            "config": config.to_json(),
+            "summary": summary.as_dict(),
+            "student": {"vocab_size": builder.student.vocab_size, "mask_id": builder.student.mask_id,
+                        "eos_id": builder.student.eos_id, "pad_id": builder.student.pad_id},
+            "teacher": {"vocab_size": builder.teacher.vocab_size, "mask_id": builder.teacher.mask_id,
+                        "eos_id": builder.teacher.eos_id, "pad_id": builder.teacher.pad_id},
+        }
+    return summary

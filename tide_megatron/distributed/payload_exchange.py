@@ -1,0 +1,155 @@
+"""Payload exchange inside one teacher model-parallel group (DESIGN §2).
+
+Ranks of one teacher tensor/pipeline-parallel group must feed the teacher identical inputs, but each
+holds a different student micro-batch. So: gather the teacher inputs of every rank in the group
+(padded to a common length), run the teacher once on the concatenation, and hand each rank back only
+the rows of its own sequences. Payloads that are still vocab-parallel (logit rows ``[n, V/tp]``) are
+returned as full-vocabulary rows of the rank's own positions with one all-to-all, so no rank ever holds
+the full-vocabulary rows of another rank's batch.
+
+With a group of size 1 (a teacher with TP = PP = 1, e.g. the EP-only MoE teacher, whose expert
+all-to-all already handles different tokens per rank) every function is the identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class GatherInfo:
+    """Where each rank's sequences sit in the gathered teacher batch."""
+
+    batch_sizes: list[int]  # sequences per rank of the group, in group-rank order
+    lengths: list[int]  # each rank's own padded teacher length before gathering
+    group_rank: int
+
+    @property
+    def offset(self) -> int:
+        return sum(self.batch_sizes[: self.group_rank])
+
+    @property
+    def own_batch(self) -> int:
+        return self.batch_sizes[self.group_rank]
+
+    @property
+    def own_length(self) -> int:
+        return self.lengths[self.group_rank]
+
+
+def _group_size(group: Optional[dist.ProcessGroup]) -> int:
+    return 1 if group is None or not dist.is_initialized() else dist.get_world_size(group)
+
+
+def _all_gather_ints(values: list[int], group: dist.ProcessGroup) -> list[list[int]]:
+    t = torch.tensor(values, dtype=torch.int64)
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, t, group=group)
+    return [o.tolist() for o in out]
+
+
+def gather_teacher_inputs(tensors: dict[str, torch.Tensor], pad_values: dict[str, int | float | bool],
+                          group: Optional[dist.ProcessGroup]) -> tuple[dict[str, torch.Tensor], GatherInfo]:
+    """Concatenate ``[b_r, L_r, ...]`` tensors of all group ranks along the batch, right-padding dim 1.
+
+    Every tensor in ``tensors`` shares ``b`` and ``L`` on this rank; ``pad_values[name]`` fills the
+    padding (e.g. the teacher pad id for ids, False for attention). Collective over ``group``.
+    """
+    first = next(iter(tensors.values()))
+    b, L = int(first.shape[0]), int(first.shape[1])
+    size = _group_size(group)
+    if size == 1:
+        return dict(tensors), GatherInfo([b], [L], 0)
+    shapes = _all_gather_ints([b, L], group)
+    batch_sizes, lengths = [s[0] for s in shapes], [s[1] for s in shapes]
+    max_b, max_L = max(batch_sizes), max(lengths)
+    out: dict[str, torch.Tensor] = {}
+    for name, x in tensors.items():
+        if x.shape[0] != b or x.shape[1] != L:
+            raise ValueError(f"gather_teacher_inputs: {name} has shape {tuple(x.shape)}, expected [{b}, {L}, ...]")
+        padded = x.new_full((max_b, max_L, *x.shape[2:]), pad_values[name])
+        padded[:b, :L] = x
+        bufs = [torch.empty_like(padded) for _ in range(size)]
+        dist.all_gather(bufs, padded.contiguous(), group=group)
+        out[name] = torch.cat([buf[:bs] for buf, bs in zip(bufs, batch_sizes)], dim=0)
+    return out, GatherInfo(batch_sizes, lengths, dist.get_rank(group))
+
+
+def own_sequences(payload: torch.Tensor, info: GatherInfo) -> torch.Tensor:
+    """This rank's sequences ``[b_own, L_own, ...]`` of a per-sequence payload of the gathered batch.
+
+    For payloads already reduced over the teacher's TP group (token log-probs ``[B, L_max]``).
+    """
+    return payload[info.offset: info.offset + info.own_batch, : info.own_length]
+
+
+def row_counts(rows_per_rank: int, group: Optional[dist.ProcessGroup]) -> list[int]:
+    """How many payload rows each rank of the group asked for (collective)."""
+    if _group_size(group) == 1:
+        return [rows_per_rank]
+    return [c[0] for c in _all_gather_ints([rows_per_rank], group)]
+
+
+def own_rows(rows: torch.Tensor, counts: list[int], group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    """This rank's rows of a full-vocabulary row payload ``[sum(counts), V]`` replicated on the group."""
+    if _group_size(group) == 1:
+        return rows
+    r = dist.get_rank(group)
+    start = sum(counts[:r])
+    return rows[start: start + counts[r]]
+
+
+def vocab_shards_to_own_rows(local_shard: torch.Tensor, counts: list[int],
+                             group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    """Vocab-parallel rows ``[sum(counts), V/tp]`` (this rank's vocabulary slice of *every* rank's rows)
+    → full-vocabulary rows ``[counts[me], V]`` of this rank's positions, with one all-to-all.
+
+    The group must be the teacher's TP group (vocabulary slices in megatron's rank order).
+    """
+    size = _group_size(group)
+    if size == 1:
+        return local_shard
+    n_total, v_local = local_shard.shape
+    if n_total != sum(counts):
+        raise ValueError(f"vocab_shards_to_own_rows: {n_total} rows but the group asked for {sum(counts)}")
+    me = dist.get_rank(group)
+    recv = local_shard.new_empty((size * counts[me], v_local))
+    dist.all_to_all_single(recv, local_shard.contiguous(), output_split_sizes=[counts[me]] * size,
+                           input_split_sizes=counts, group=group)
+    # recv holds my rows' vocab slice from each tp rank, stacked by rank: [tp, n_me, V/tp] -> [n_me, V].
+    return recv.view(size, counts[me], v_local).permute(1, 0, 2).reshape(counts[me], size * v_local)
+
+
+def common_length(length: int, group: Optional[dist.ProcessGroup]) -> int:
+    """The longest teacher length in the group, so every rank pads its teacher inputs to one shape."""
+    if _group_size(group) == 1:
+        return length
+    t = torch.tensor([length], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t.item())
+
+
+def gather_rows(rows: torch.Tensor, info: GatherInfo, group: Optional[dist.ProcessGroup]) -> tuple[torch.Tensor, list[int]]:
+    """Requested ``(sequence, position)`` rows ``[n_r, 2]`` of every rank, re-indexed into the gathered batch.
+
+    Returns the concatenated rows and each rank's count (for `own_rows`). Collective over ``group``.
+    """
+    counts = row_counts(int(rows.shape[0]), group)
+    if _group_size(group) == 1:
+        return rows, counts
+    size = len(counts)
+    padded = rows.new_zeros((max(max(counts), 1), 2))
+    padded[: rows.shape[0]] = rows
+    bufs = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(bufs, padded, group=group)
+    offsets = [sum(info.batch_sizes[:r]) for r in range(size)]
+    out = []
+    for r in range(size):
+        part = bufs[r][: counts[r]].clone()
+        part[:, 0] += offsets[r]
+        out.append(part)
+    return torch.cat(out, 0), counts

@@ -1,0 +1,123 @@
+"""Build the student and the teacher of a run from its config, each on its own grid (DESIGN §2, §3).
+
+Thin wrappers over ``models/qwen3`` (student; WeDLM teacher) and ``models/llada2`` (MoE teacher): read
+the checkpoint's config, build the megatron-core model with the grid's process groups, load weights
+(an HF directory streamed tensor by tensor, or a ``tide-convert`` dist checkpoint), and put the teacher
+behind the `TeacherEngine`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from tide_megatron.config import PrecisionConfig, StudentConfig, TeacherConfig
+from tide_megatron.distributed.grids import ModelGrid
+from tide_megatron.teacher import TeacherEngine
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def is_mcore_dir(path: str) -> bool:
+    """A directory written by ``tide-convert hf-to-mcore`` (has its metadata file)."""
+    from tide_megatron.models.qwen3.convert import META_FILE
+
+    return os.path.isfile(os.path.join(path, META_FILE))
+
+
+def read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@dataclass
+class StudentBundle:
+    model: torch.nn.Module  # ExplicitMaskGPTModel (before DDP wrapping)
+    vocab_size: int
+    hf_config: dict
+
+
+def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGrid,
+                  backend: Optional[str] = None) -> StudentBundle:
+    """The Qwen3 BD3LM student on the student grid, weights loaded from ``cfg.checkpoint``."""
+    from tide_megatron.models.conversion import HFCheckpointReader, load_hf_into_model
+    from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
+    from tide_megatron.models.qwen3.convert import load_mcore_checkpoint, qwen3_args_from_mcore, qwen3_mapping
+    from tide_megatron.training.fp8 import fp8_settings
+
+    dtype = DTYPES[precision.dtype]
+    overrides = dict(fp8_settings(precision))
+    if cfg.recompute:
+        overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    if is_mcore_dir(cfg.checkpoint):
+        args = qwen3_args_from_mcore(cfg.checkpoint, tp=cfg.tp, pp=1, dtype="bfloat16" if dtype == torch.bfloat16
+                                     else "float32", **overrides)
+        model = build_qwen3_model(args, grid.pgs, backend=backend)
+        load_mcore_checkpoint(model, cfg.checkpoint)
+    else:
+        args = qwen3_args_from_hf(cfg.checkpoint, tp=cfg.tp, pp=1, params_dtype=dtype, perform_initialization=False,
+                                  **overrides)
+        model = build_qwen3_model(args, grid.pgs, backend=backend)
+        load_hf_into_model(model, HFCheckpointReader(cfg.checkpoint), qwen3_mapping(args), grid.tp_rank,
+                           dist.get_world_size(grid.pgs.tp))
+    return StudentBundle(model=model, vocab_size=args.vocab_size, hf_config=args.hf_config)
+
+
+@dataclass
+class TeacherBundle:
+    engine: TeacherEngine
+    vocab_size: int
+    mask_id: Optional[int]  # from config.json / teacher.mask_id; the dataset's tokenizer must agree
+    pad_id: int
+    eos_id: int
+
+
+def _teacher_special_ids(cfg: TeacherConfig, hf: dict) -> tuple[Optional[int], int, int]:
+    """(mask, pad, eos) teacher ids: config override, else the checkpoint's config.json (§2.1, §2.2)."""
+    mask = cfg.mask_id if cfg.mask_id is not None else hf.get("mask_token_id")
+    pad = hf.get("pad_token_id")
+    eos = hf.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) else eos
+    pad = eos if pad is None else pad
+    if pad is None:
+        raise ValueError(f"teacher.checkpoint: {cfg.checkpoint}/config.json has neither pad_token_id nor eos_token_id")
+    return (None if mask is None else int(mask)), int(pad), int(eos if eos is not None else pad)
+
+
+def build_teacher(cfg: TeacherConfig, grid: ModelGrid, backend: Optional[str] = None) -> TeacherBundle:
+    """The frozen teacher on the teacher grid behind the payload engine."""
+    dtype = DTYPES[cfg.dtype]
+    hf = read_json(os.path.join(cfg.checkpoint, "config.json"))
+    mask, pad, eos = _teacher_special_ids(cfg, hf)
+    if cfg.arch == "llada2":
+        from tide_megatron.models.llada2.config import LLaDA2Config
+        from tide_megatron.models.llada2.convert import load_llada2_from_hf
+        from tide_megatron.models.llada2.model import build_llada2_model
+
+        lcfg = LLaDA2Config.from_pretrained(cfg.checkpoint)
+        lcfg.check_layout(cfg.layout)
+        model = build_llada2_model(lcfg, grid.pgs, params_dtype=dtype)
+        load_llada2_from_hf(model, cfg.checkpoint, lcfg, grid.pgs)
+        vocab = lcfg.vocab_size
+    else:
+        from tide_megatron.models.conversion import HFCheckpointReader, load_hf_into_model
+        from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
+        from tide_megatron.models.qwen3.convert import qwen3_mapping
+
+        hf_for_args = dict(hf)
+        if hf_for_args.get("model_type") not in ("qwen3",):  # WeDLM ships the Qwen3 layout under its own name
+            hf_for_args["model_type"] = "qwen3"
+        args = qwen3_args_from_hf(hf_for_args, tp=cfg.tp, pp=cfg.pp, params_dtype=dtype,
+                                  source=os.path.join(cfg.checkpoint, "config.json"))
+        model = build_qwen3_model(args, grid.pgs, backend=backend)
+        pp_rank = dist.get_rank(grid.pgs.pp)
+        load_hf_into_model(model, HFCheckpointReader(cfg.checkpoint), qwen3_mapping(args), grid.tp_rank,
+                           dist.get_world_size(grid.pgs.tp), layer_offset=pp_rank * (args.config.num_layers // cfg.pp))
+        vocab = args.vocab_size
+    engine = TeacherEngine(model, grid.pgs, pad_token_id=pad)
+    return TeacherBundle(engine=engine, vocab_size=vocab, mask_id=mask, pad_id=pad, eos_id=eos)

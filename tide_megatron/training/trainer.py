@@ -1,0 +1,389 @@
+"""The TIDE distillation trainer: one optimizer step reads top to bottom (DESIGN §1; spec §6, §7).
+
+    batch (noised, teacher passes planned: DataLoader workers, training/batch.py)
+      → teacher inputs of every pass, batched together (CompDemo = 2 passes in one forward)
+      → gathered over the teacher model-parallel group → teacher engine → loss-sized payload
+      → this rank's payload, CompDemo-merged, in student coordinates
+      → student forward (logits of the xt half only) → CE + TIDE term → backward
+      → DDP gradient reduction → distributed-optimizer step → LR schedule
+      → metrics, periodic atomic checkpoint, SIGTERM/SIGUSR1 → checkpoint and stop
+
+TIDAL progress is ``optimizer step / total optimizer steps`` (§3, §9.14), both kept in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional, TextIO
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+
+from tide_megatron.config import TrainConfig, dump_config, is_chunk_mode
+from tide_megatron.diffusion.inputs import bd3lm_inputs
+from tide_megatron.diffusion.masks import block_diffusion_mask
+from tide_megatron.distributed import build_teacher_and_student_grids, init_distributed, seed_model_parallel_rng
+from tide_megatron.distributed import cpu_compat
+from tide_megatron.distributed import payload_exchange as px
+from tide_megatron.losses import LossInputs, aligned_rows, bd3lm_ce, build_objective, compdemo
+from tide_megatron.losses import ObjectiveConfig as LossObjectiveConfig
+from tide_megatron.data.stage import StageConfig, TideCollator
+from tide_megatron.training.batch import DistillBatch
+from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from tide_megatron.training.data import ResumableBatches, micro_batches
+from tide_megatron.training.logging import MetricsLogger
+from tide_megatron.training.models import build_student, build_teacher
+from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
+
+
+@dataclass
+class StepResult:
+    loss: float
+    scalars: dict[str, float]
+
+
+class PreemptionFlag:
+    """SIGTERM / SIGUSR1 (SLURM preemption) only set a flag; the loop checkpoints at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.raised: Optional[int] = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def any_rank(self) -> bool:
+        """True if any rank got a signal (collective: every rank stops at the same step)."""
+        flag = torch.tensor([1 if self.raised is not None else 0], dtype=torch.int32)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+class DistillTrainer:
+    """Owns the student (DDP + distributed optimizer), the teacher engine, the data and the loop."""
+
+    def __init__(self, cfg: TrainConfig, train_data: Dataset, valid_data: Optional[Dataset] = None,
+                 stream: TextIO = sys.stdout, backend: Optional[str] = None):
+        self.cfg, self.train_data, self.valid_data, self.stream = cfg, train_data, valid_data, stream
+        init_distributed()
+        if cpu_compat.is_applied():
+            cpu_compat.use_fork_checkpoint_manager()  # spawn would re-import megatron at the first save (+5-8 s)
+        world = dist.get_world_size()
+        self.teacher_dp, self.student_dp = cfg.check_world_size(world)
+        self.needs_teacher = cfg.objective.needs_teacher
+        self.chunk_level = is_chunk_mode(cfg.objective.mode)
+        self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
+            cfg.teacher.layout if self.needs_teacher else _no_teacher_layout(), cfg.student.layout)
+        seed_model_parallel_rng(cfg.optim.seed, tp_rank=self.student_grid.tp_rank)
+        from tide_megatron.models.llada2.model import ensure_megatron_buffers
+
+        ensure_megatron_buffers()
+
+        # Student: megatron DDP + distributed optimizer + cosine schedule.
+        bf16 = cfg.precision.dtype == "bf16"
+        student = build_student(cfg.student, cfg.precision, self.student_grid, backend=backend)
+        self.student_vocab = student.vocab_size
+        self.model = wrap_ddp(student.model, self.student_grid.pgs)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.student_grid.pgs, bf16=bf16)
+
+        # Teacher: frozen, behind the payload engine, on its own grid.
+        self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if self.needs_teacher else None
+        self.meta = check_dataset_against_models(train_data.meta, cfg, self.student_vocab, self.teacher)
+        self.teacher_mask_id, self.teacher_pad_id = self.meta["teacher"]["mask_id"], self.meta["teacher"]["pad_id"]
+        self.teacher_group = self.teacher_grid.pgs.mp  # ranks that must feed one teacher identical inputs
+
+        # Objective (spec §6).
+        o = cfg.objective
+        self.objective = None
+        if self.needs_teacher:
+            self.objective = build_objective(o.mode, LossObjectiveConfig(
+                kl_temperature=o.kl_temperature, alm_temperature=o.alm_temperature, kl_weight=o.distill_weight,
+                taid_weight=o.distill_weight, alm_weight=o.distill_weight, taid_lambda_init=o.lambda_init,
+                taid_lambda_max=o.lambda_max, taid_decay=o.lambda_schedule, taid_axis_mode=o.axis_mode,
+                taid_timestep_weight=o.timestep_weight, shared_vocab=o.shared_vocab,
+                chunk_rows=o.chunk_rows or None))
+
+        # Data: this rank's micro-batches; collation + noising + teacher projection run in workers.
+        self.collator = TideCollator(StageConfig.from_meta(
+            self.meta, student_len=cfg.student.seq_length, block_size=cfg.student.block_size,
+            time_epsilon=o.time_epsilon, compdemo_ratio=o.demo_ratio if o.compdemo else None), seed=cfg.optim.seed)
+        dp_rank = self.student_grid.dp_rank
+        self.batches = ResumableBatches(len(train_data), cfg.data.micro_batch_size, dp_rank, self.student_dp,
+                                        cfg.optim.seed, cfg.data.shuffle)
+        per_epoch_steps = self.batches.per_epoch // cfg.optim.grad_accum
+        total = cfg.optim.train_steps or max(1, int(math.ceil(cfg.optim.epochs * per_epoch_steps)))
+        self.state = TrainState(step=0, total_steps=total)
+        self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, total)
+
+        self.block_mask = block_diffusion_mask(cfg.student.seq_length, cfg.student.block_size, "xt_x0")
+        self.logger = MetricsLogger(cfg.logging.dir, cfg.logging.log_interval, cfg.logging.tensorboard, stream,
+                                    group=self.student_grid.pgs.dp, total_steps=total)
+        self.preemption = PreemptionFlag()
+        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)
+        if resume is not None:
+            self.state = load_checkpoint(resume, self.model, self.optimizer, self.scheduler, self.student_grid.pgs)
+            self._print(f"resumed from {resume} at step {self.state.step}/{self.state.total_steps}")
+
+    # ------------------------------------------------------------------------------------------------
+    # One step, top to bottom
+    # ------------------------------------------------------------------------------------------------
+
+    def train_step(self, micro_batches: list[DistillBatch]) -> StepResult:
+        """Forward/backward over ``grad_accum`` micro-batches, then one optimizer step."""
+        self.model.train()
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        sums: dict[str, float] = {}
+        teacher_s = student_s = 0.0
+        for batch in micro_batches:
+            t0 = time.perf_counter()
+            payload = self.teacher_payload(batch)  # no gradients; collective over the teacher group
+            t1 = time.perf_counter()
+            loss, terms = self.student_loss(batch, payload)
+            (loss / len(micro_batches)).backward()
+            student_s += time.perf_counter() - t1
+            teacher_s += t1 - t0
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value / len(micro_batches)
+        t2 = time.perf_counter()
+        reduce_gradients(self.model, self.student_grid.pgs)
+        _, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(1)
+        student_s += time.perf_counter() - t2
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.state.step += 1
+        self.state.consumed_samples += len(micro_batches)
+        tokens = sum(int(b.x0.numel()) for b in micro_batches)
+        scalars = {**sums, "lr": lr, "grad_norm": float(grad_norm or 0.0), "tokens": tokens,
+                   "time/teacher_s": teacher_s, "time/student_s": student_s,
+                   "tokens_per_s": tokens / max(teacher_s + student_s, 1e-9)}
+        return StepResult(loss=sums["loss/total"], scalars=scalars)
+
+    @torch.no_grad()
+    def teacher_payload(self, batch: DistillBatch):
+        """Run the teacher once on every pass of every rank in the teacher group; return this rank's payload.
+
+        Chunk modes: fp32 ``[b, L_t]`` log p(clean token) (CompDemo-merged). Token modes: fp32 rows
+        ``[n, shared_vocab]`` at the distilled positions, each taken from the pass where it was masked.
+        """
+        if self.teacher is None:
+            return None
+        if self.chunk_level:
+            return self._teacher_token_logprobs(batch)
+        return self._teacher_logit_rows(batch)
+
+    def _padded_teacher(self, batch: DistillBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher ids, attention and pass masks padded to the group's common length (one gathered shape)."""
+        Lt = px.common_length(int(batch.teacher_ids.shape[1]), self.teacher_group)
+        if not self.chunk_level:  # the x0-first block mask needs whole blocks of teacher positions (§2.2)
+            Lt += -Lt % self.cfg.student.block_size
+        extra = Lt - batch.teacher_ids.shape[1]
+        ids, att, passes = batch.teacher_ids, batch.teacher_attention, batch.teacher_pass_masks
+        if extra:
+            ids = torch.nn.functional.pad(ids, (0, extra), value=self.teacher_pad_id)
+            att = torch.nn.functional.pad(att, (0, extra), value=False)
+            passes = torch.nn.functional.pad(passes, (0, extra), value=False)
+        return ids, att, passes
+
+    def _teacher_token_logprobs(self, batch: DistillBatch) -> torch.Tensor:
+        ids, att, passes = self._padded_teacher(batch)
+        P, b, Lt = passes.shape
+        pass_ids = torch.where(passes, self.teacher_mask_id, ids[None]).reshape(P * b, Lt)
+        targets = torch.where(att, ids, -1)[None].expand(P, b, Lt).reshape(P * b, Lt)
+        gathered, info = px.gather_teacher_inputs(
+            {"ids": pass_ids, "targets": targets, "att": att[None].expand(P, b, Lt).reshape(P * b, Lt)},
+            {"ids": self.teacher_pad_id, "targets": -1, "att": False}, self.teacher_group)
+        logp = self.teacher.engine.token_logprobs(gathered["ids"], gathered["targets"], gathered["att"].long())
+        mine = px.own_sequences(logp, info).reshape(P, b, Lt)[..., : batch.teacher_ids.shape[1]]
+        if P == 1:
+            return mine[0]
+        return compdemo.merge(mine[0], mine[1], batch.take_pass2)
+
+    def _teacher_logit_rows(self, batch: DistillBatch) -> torch.Tensor:
+        """WeDLM-style teacher: ``[x0 ; xt]`` with the x0-first block mask (§2.2); rows of the xt half."""
+        ids, att, passes = self._padded_teacher(batch)
+        P, b, Lt = passes.shape
+        xt = torch.where(passes, self.teacher_mask_id, ids[None]).reshape(P * b, Lt)
+        x0 = ids[None].expand(P, b, Lt).reshape(P * b, Lt)
+        seq, pos = bd3lm_inputs(xt, x0, order="x0_xt")
+        key_pad = att[None].expand(P, b, Lt).reshape(P * b, Lt).repeat(1, 2)
+        rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
+        pass_of_row = torch.zeros_like(rows.batch)
+        if P == 2:
+            pass_of_row = batch.take_pass2[rows.batch, rows.teacher_pos].long()
+        req = torch.stack([pass_of_row * b + rows.batch, Lt + rows.teacher_pos], dim=1)
+        gathered, info = px.gather_teacher_inputs({"ids": seq, "pos": pos, "att": key_pad},
+                                                  {"ids": self.teacher_pad_id, "pos": 0, "att": False},
+                                                  self.teacher_group)
+        all_rows, counts = px.gather_rows(req, info, self.teacher_group)
+        mask = block_diffusion_mask(Lt, self.cfg.student.block_size, "x0_xt")[None] & gathered["att"][:, None, :]
+        out = self.teacher.engine.logit_rows(gathered["ids"], all_rows, self.cfg.objective.shared_vocab,
+                                             attention_mask=mask, position_ids=gathered["pos"])
+        return px.own_rows(out, counts, self.teacher_group)
+
+    def student_forward(self, batch: DistillBatch) -> torch.Tensor:
+        """Student logits of the xt half only ``[b, L, V]`` (§1.4: [xt ; x0], duplicated positions)."""
+        ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
+        L = batch.x0.shape[1]
+        return self.model(ids, pos, self.block_mask, logits_rows=slice(0, L))
+
+    def student_loss(self, batch: DistillBatch, payload) -> tuple[torch.Tensor, dict[str, float]]:
+        """CE + the mode's TIDE term on this micro-batch (per-micro-batch normalisation, §9.9)."""
+        logits = self.student_forward(batch)
+        tp_group = self.student_grid.pgs.tp if self.student_grid.layout.tp > 1 else None
+        if self.objective is None:
+            ce = bd3lm_ce(logits, batch.x0, batch.masked, batch.maskable, batch.t, tp_group)
+            return ce, {"loss/total": float(ce.detach()), "loss/ce": float(ce.detach())}
+        inputs = LossInputs(student_logits=logits, x0=batch.x0, masked=batch.masked, maskable=batch.maskable,
+                            t=batch.t)
+        if self.chunk_level:
+            inputs.student_chunk, inputs.teacher_chunk = batch.student_chunk, batch.teacher_chunk
+            inputs.teacher_token_logp, inputs.active = payload, batch.active
+        else:
+            inputs.rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
+            inputs.teacher_rows = payload
+        out = self.objective(inputs, step=self.state.step, total_steps=self.state.total_steps, tp_group=tp_group)
+        terms = {"loss/total": float(out.total.detach()), "loss/ce": float(out.ce.detach())}
+        terms.update({f"loss/{k}": float(v.detach()) for k, v in out.terms.items()})
+        lam = self._mean_lambda(batch)
+        if lam is not None:
+            terms["lambda"] = lam
+        return out.total, terms
+
+    def _mean_lambda(self, batch: DistillBatch) -> Optional[float]:
+        comps = self.objective.components
+        tidal = [c for c in comps if c.uses_tidal]
+        if not tidal:
+            return None
+        sched = self.objective.config.schedule(tidal[0].default_timestep_weight)
+        return float(sched.lam(batch.t, self.state.step, self.state.total_steps).mean())
+
+    # ------------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------------
+
+    def run(self, stop_after: Optional[int] = None) -> dict[str, float]:
+        """Train to ``total_steps`` (or ``stop_after`` more steps); checkpoint periodically, on signal and at the end."""
+        cfg = self.cfg
+        accum = cfg.optim.grad_accum
+        last = self.state.total_steps if stop_after is None else min(self.state.total_steps,
+                                                                      self.state.step + stop_after)
+        loader = micro_batches(self.train_data, self.batches, self.collator, self.state.step * accum, last * accum,
+                               cfg.data.num_workers, cfg.data.prefetch_factor)
+        if cfg.checkpoint.save_on_signal:
+            self.preemption.install()
+        preempted = False
+        try:
+            pending: list[DistillBatch] = []
+            for batch in loader:
+                pending.append(batch)
+                if len(pending) < accum:
+                    continue
+                result = self.train_step(pending)
+                pending = []
+                self.logger.record(self.state.step, result.scalars)
+                if not math.isfinite(result.loss):
+                    raise FloatingPointError(f"loss is {result.loss} at step {self.state.step}")
+                if cfg.logging.eval_interval and self.state.step % cfg.logging.eval_interval == 0:
+                    self.evaluate()
+                if self.state.step % cfg.checkpoint.save_interval == 0:
+                    self.save()
+                if cfg.checkpoint.save_on_signal and self.preemption.any_rank():
+                    self._print(f"signal received: checkpointing at step {self.state.step} and stopping")
+                    self.save()
+                    preempted = True
+                    break
+        finally:
+            self.preemption.restore()
+        finished = self.state.step >= self.state.total_steps
+        if finished and cfg.checkpoint.save_at_end and self.state.step % cfg.checkpoint.save_interval != 0:
+            self.save()
+        if finished and self.valid_data is not None:
+            self.evaluate()
+        summary = self.logger.summary(self.state.step)
+        summary["preempted"] = float(preempted)
+        return summary
+
+    def save(self) -> str:
+        return save_checkpoint(self.cfg.checkpoint.dir, self.model, self.optimizer, self.scheduler, self.state,
+                               self.student_grid.pgs, dump_config(self.cfg), self.cfg.checkpoint.keep_last)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out loss with fixed noise (same batches and seeds at every evaluation), averaged over ranks."""
+        if self.valid_data is None:
+            return {}
+        self.model.eval()
+        batches = ResumableBatches(len(self.valid_data), self.cfg.data.micro_batch_size, self.student_grid.dp_rank,
+                                   self.student_dp, seed=self.cfg.optim.seed + 1, shuffle=False)
+        n = min(self.cfg.logging.eval_batches, batches.per_epoch)
+        loader = micro_batches(self.valid_data, batches, self.collator, 0, n, 0)
+        sums: dict[str, float] = {}
+        for batch in loader:
+            payload = self.teacher_payload(batch)
+            _, terms = self.student_loss(batch, payload)
+            for key, value in terms.items():
+                if key.startswith("loss/"):
+                    sums["eval/" + key[5:]] = sums.get("eval/" + key[5:], 0.0) + value / n
+        keys = sorted(sums)
+        values = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+        if self.student_dp > 1:
+            dist.all_reduce(values, group=self.student_grid.pgs.dp)
+            values /= self.student_dp
+        result = dict(zip(keys, values.tolist()))
+        self.logger.log_eval(self.state.step, result)
+        self.model.train()
+        return result
+
+    def _print(self, text: str) -> None:
+        if dist.get_rank() == 0:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: int, teacher) -> dict:
+    """The dataset's tokenizers and alignment must fit the models and the mode; one clear error otherwise."""
+    where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
+    align = meta["config"]["align"]
+    wanted = "chunks" if is_chunk_mode(cfg.objective.mode) else "pairs"
+    if cfg.objective.needs_teacher and align != wanted:
+        raise ValueError(f"{where}: the dataset was preprocessed with --align {align}, but objective.mode="
+                         f"{cfg.objective.mode!r} needs {wanted} (re-run tide-preprocess with --align {wanted})")
+    if meta["config"]["student_max_len"] != cfg.student.seq_length:
+        raise ValueError(f"student.seq_length={cfg.student.seq_length} differs from the dataset's student_max_len="
+                         f"{meta['config']['student_max_len']} ({where})")
+    if meta["student"]["vocab_size"] > student_vocab:
+        raise ValueError(f"student.checkpoint: {student_vocab} embedding rows, but the dataset's student tokenizer "
+                         f"has {meta['student']['vocab_size']} ids ({where})")
+    if teacher is not None and meta["teacher"]["vocab_size"] > teacher.vocab_size:
+        raise ValueError(f"teacher.checkpoint: {teacher.vocab_size} embedding rows, but the dataset's teacher "
+                         f"tokenizer has {meta['teacher']['vocab_size']} ids ({where})")
+    if teacher is not None and teacher.mask_id is not None and teacher.mask_id != meta["teacher"]["mask_id"]:
+        raise ValueError(f"teacher.mask_id: the teacher uses mask id {teacher.mask_id} (teacher.mask_id or its "
+                         f"config.json) but the dataset's teacher tokenizer has {meta['teacher']['mask_id']} ({where}); "
+                         f"a wrong mask id silently ruins every teacher pass (spec §9.1)")
+    return meta
+
+
+def _no_teacher_layout():
+    from tide_megatron.distributed.grids import ParallelLayout
+
+    return ParallelLayout()
