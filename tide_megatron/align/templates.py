@@ -12,6 +12,7 @@ template or one of the built-ins below. Built-ins are written from the published
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from tide_megatron.align.tokenizers import TideTokenizer
@@ -61,7 +62,13 @@ class SampleError(ValueError):
 
 
 def resolve_template(name: str, tokenizer: TideTokenizer, fallback: str) -> str:
-    """`own` = the tokenizer's template (error if it has none); `auto` = own if present, else `fallback`."""
+    """`own` = the tokenizer's template (error if it has none); `auto` = own if present, else `fallback`;
+    a path ending in `.jinja` = that file's template."""
+    if name.endswith(".jinja"):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"chat template file {name}: no such file")
+        return path.read_text(encoding="utf-8")
     if name in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[name]
     if name in ("own", "auto"):
@@ -70,7 +77,7 @@ def resolve_template(name: str, tokenizer: TideTokenizer, fallback: str) -> str:
         if name == "own":
             raise ValueError(f"--template own: tokenizer {tokenizer.name!r} has no chat template")
         return BUILTIN_TEMPLATES[fallback]
-    raise ValueError(f"chat template {name!r}: expected one of auto, own, {', '.join(BUILTIN_TEMPLATES)}")
+    raise ValueError(f"chat template {name!r}: expected auto, own, a .jinja file or one of {', '.join(BUILTIN_TEMPLATES)}")
 
 
 def validate_messages(messages) -> list[dict]:

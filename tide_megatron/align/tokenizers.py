@@ -175,19 +175,23 @@ class TideTokenizer:
         self._piece_cache[token_id] = out
         return out
 
-    def byte_strings(self, ids: Sequence[int], offsets: Sequence[tuple[int, int]], text: str, start: int) -> list[str]:
+    def byte_strings(self, ids: Sequence[int], offsets: Sequence[tuple[int, int]], text: str, start: int,
+                     end: int | None = None) -> list[str]:
         """Byte-level strings of consecutive tokens of `text` whose span begins at character `start`.
 
         Vocabulary-based for byte-level BPE and SentencePiece; offset-based for WordPiece, where token k gets
-        text[end_{k-1}:end_k] (leading whitespace joins the token, like "Ġ" in byte-level BPE).
+        text[end_{k-1}:end_k] (leading whitespace joins the token, like "Ġ" in byte-level BPE) and the last
+        token extends to `end` when given (trailing whitespace that has no token of its own).
         """
         if self.kind != "wordpiece":
             return [self.piece_bytes(i) for i in ids]
         out = []
         prev = start
-        for _, end in offsets:
-            out.append(to_byte_level(text[prev:end].encode("utf-8")) if end > prev else "")
-            prev = max(prev, end)
+        for k, (_, stop) in enumerate(offsets):
+            if end is not None and k == len(offsets) - 1:
+                stop = max(stop, end)
+            out.append(to_byte_level(text[prev:stop].encode("utf-8")) if stop > prev else "")
+            prev = max(prev, stop)
         return out
 
     # ---------------------------------------------------------------- chat template
@@ -374,8 +378,26 @@ def _load_sentencepiece(path: Path):
     return AutoTokenizer.from_pretrained(str(cached))
 
 
-def load_tokenizer(spec: str | os.PathLike, eos_token: str | None = None, pad_token: str | None = None) -> TideTokenizer:
-    """Load a tokenizer from a short name, a GGUF file, a SentencePiece `.model` or a HF tokenizer directory."""
+_LOADED: dict[tuple, TideTokenizer] = {}
+
+
+def load_tokenizer(spec: str | os.PathLike, eos_token: str | None = None, pad_token: str | None = None,
+                   cache: bool = True) -> TideTokenizer:
+    """Load a tokenizer from a short name, a GGUF file, a SentencePiece `.model` or a HF tokenizer directory.
+
+    Loaded tokenizers are kept per process (`cache=True`), so forked preprocessing workers and repeated loads
+    share one instance; treat the returned object as read-only.
+    """
+    key = (str(spec), eos_token, pad_token)
+    if cache and key in _LOADED:
+        return _LOADED[key]
+    tokenizer = _load_uncached(spec, eos_token, pad_token)
+    if cache:
+        _LOADED[key] = tokenizer
+    return tokenizer
+
+
+def _load_uncached(spec: str | os.PathLike, eos_token: str | None, pad_token: str | None) -> TideTokenizer:
     from transformers import AutoTokenizer
 
     text = str(spec)
