@@ -130,7 +130,6 @@ def masked_diffusion_loss(model: torch.nn.Module, ids: torch.Tensor, real: torch
     `bd3lm_ce` formula. Logits are computed only at masked positions (§9.21: the LM head dominates here).
     """
     from tide_megatron.losses.ce import bd3lm_ce_from_logprobs
-    from tide_megatron.losses.vocab_parallel import token_logprobs
     from tide_megatron.models.llada2.model import key_padding_allowed
 
     t = sample_t(ids.shape[0], time_epsilon, generator)
@@ -147,8 +146,9 @@ def masked_diffusion_loss(model: torch.nn.Module, ids: torch.Tensor, real: torch
     hidden = captured[0]
     hidden = hidden[0] if isinstance(hidden, tuple) else hidden
     pos, row = masked.T.nonzero(as_tuple=True)  # [s, b] order, like the hidden states
-    logits, _ = module.output_layer(hidden[pos, row][:, None, :])  # [n, 1, V]
-    logp_masked = token_logprobs(logits.transpose(0, 1), ids[row, pos][None])[0]
+    logits, _ = module.output_layer(hidden[pos, row])  # [n, V], full vocabulary (TP = 1)
+    # fp32 fused log-softmax + gather (torch's cross_entropy): the elementwise passes over [n, V] dominate here
+    logp_masked = -torch.nn.functional.cross_entropy(logits.float(), ids[row, pos], reduction="none")
     token_logp = torch.zeros(b, L, dtype=torch.float32).index_put((row, pos), logp_masked)
     return bd3lm_ce_from_logprobs(token_logp, masked, real, t), int(masked.sum())
 
