@@ -52,6 +52,7 @@ def test_quick_demo_writes_every_output(tmp_path):
     assert runs["tide_cross"]["history"]["loss/ce"][0] == runs["ce_only"]["history"]["loss/ce"][0]
     assert runs["tide_cross"]["history"]["loss/total"][0][1] > runs["tide_cross"]["history"]["loss/ce"][0][1]
     assert all(math.isfinite(v) for _, v in results["teacher"]["losses"])
+    assert math.isfinite(results["teacher"]["bpb"]["elbo_bpb"]) and results["teacher"]["bpb"]["windows"] > 0
     assert set(results["phase_seconds"]) >= {"tokenizers", "preprocess", "teacher", "train tide_cross",
                                              "train ce_only", "evaluate ce_only"}
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
