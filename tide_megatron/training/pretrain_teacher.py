@@ -225,6 +225,7 @@ def _ensure_global_data_parallel_state() -> None:
     from megatron.core import parallel_state
 
     if not parallel_state.model_parallel_is_initialized():
+        parallel_state._GLOBAL_MEMORY_BUFFER = None  # initialize_model_parallel insists on creating it itself
         parallel_state.initialize_model_parallel()
 
 
