@@ -20,6 +20,8 @@ setup(
         "pyyaml",
         "safetensors",
         "sentencepiece",
+        "protobuf",  # reading SentencePiece .model files (align/tokenizers.py)
+        "jinja2",  # chat templates (align/templates.py)
         "tokenizers",
         "transformers>=4.51",
         "gguf",

@@ -65,7 +65,7 @@ tide_srun() {
 
 # Like tide_srun, but srun runs in the background so the batch shell can take SLURM's warning signal:
 # USR1 (sent --signal=B:USR1@120 before the time limit) is forwarded to srun, which passes it to the
-# tasks; the trainer checkpoints and exits 0, and the job is requeued; it resumes with resume=auto.
+# tasks; the trainer checkpoints and exits 0, and the job is requeued; it resumes with checkpoint.resume=auto.
 # TERM (preemption, scancel) is forwarded too, but requeueing is then left to SLURM (--requeue).
 tide_srun_requeueable() {
   TIDE_PREEMPT_SIGNAL=""

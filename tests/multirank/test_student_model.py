@@ -1,4 +1,5 @@
-"""Student on 2 gloo ranks: TP=2 conversion parity with transformers, TP=2 == TP=1, DP=2 DDP gradients."""
+"""Student on 2 gloo ranks: conversion written at TP=2 or PP=2, loaded at TP=2 (parity with transformers,
+exact way back to HF), TP=2 (and TP=2+SP) logits == TP=1, DP=2 megatron-DDP gradients == one rank."""
 
 import os
 import shutil
@@ -11,11 +12,13 @@ import torch.distributed as dist
 from tide_megatron.cli.convert import main as tide_convert
 from tide_megatron.cli.convert import run as tide_convert_run
 from tide_megatron.diffusion import bd3lm_inputs, block_diffusion_mask, mask_tokens, sample_t
-from tide_megatron.distributed import ParallelLayout, build_model_grid, build_teacher_and_student_grids
+from tide_megatron.distributed import (ParallelLayout, build_model_grid, build_teacher_and_student_grids,
+                                       seed_model_parallel_rng)
 from tide_megatron.losses.ce import bd3lm_ce
 from tide_megatron.models.conversion import HFCheckpointReader
 from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
-from tide_megatron.models.qwen3.convert import load_mcore_checkpoint, qwen3_args_from_mcore
+from tide_megatron.models.converter import args_from_mcore, load_mcore_checkpoint
+from tide_megatron.models.qwen3.convert import QWEN3
 from tide_megatron.models.qwen3.tiny import save_tiny_qwen3, tiny_qwen3_config
 
 
@@ -25,30 +28,31 @@ def _shared_tmpdir() -> str:
     return path[0]
 
 
-@pytest.fixture(scope="module")
-def tp2_converted():
+@pytest.fixture(scope="module", params=["tp", "pp"])
+def two_rank_checkpoint(request):
+    """A tiny HF checkpoint converted by 2 ranks at TP=2 or at PP=2."""
     root = _shared_tmpdir()
     hf = os.path.join(root, "hf")
     if dist.get_rank() == 0:
         save_tiny_qwen3(hf, seed=3, max_shard_size="40KB")
     dist.barrier()
-    mcore = os.path.join(root, "mcore_tp2")
-    assert tide_convert(["hf-to-mcore", "--hf-dir", hf, "--mcore-dir", mcore, "--tp", "2"]) == 0
+    mcore = os.path.join(root, f"mcore_{request.param}2")
+    assert tide_convert(["hf-to-mcore", "--hf-dir", hf, "--mcore-dir", mcore, f"--{request.param}", "2"]) == 0
     yield hf, mcore, root
     dist.barrier()
     if dist.get_rank() == 0:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_tp2_megatron_logits_equal_transformers(tp2_converted):
-    hf, mcore, _ = tp2_converted
+def test_tp2_megatron_logits_equal_transformers(two_rank_checkpoint):
+    hf, mcore, _ = two_rank_checkpoint
     diffs = tide_convert_run(["verify", "--hf-dir", hf, "--mcore-dir", mcore, "--seq-length", "16",
                               "--block-size", "4"])
     assert max(diffs.values()) <= 1e-4, diffs
 
 
-def test_tp2_checkpoint_back_to_hf_is_exact(tp2_converted):
-    hf, mcore, root = tp2_converted
+def test_two_rank_checkpoint_back_to_hf_is_exact(two_rank_checkpoint):
+    hf, mcore, root = two_rank_checkpoint
     back = os.path.join(root, "hf_back")
     assert tide_convert(["mcore-to-hf", "--mcore-dir", mcore, "--hf-dir", back]) == 0
     original, restored = HFCheckpointReader(hf), HFCheckpointReader(back)
@@ -57,15 +61,17 @@ def test_tp2_checkpoint_back_to_hf_is_exact(tp2_converted):
         assert torch.equal(original.get(key), restored.get(key)), key
 
 
-def _model(mcore, tp):
-    args = qwen3_args_from_mcore(mcore, tp=tp, perform_initialization=False)
-    model = build_qwen3_model(args, build_model_grid(ParallelLayout(tp=tp), f"tp{tp}").pgs, parallel_output=False)
+def _model(mcore, tp, sequence_parallel=False):
+    args = args_from_mcore(QWEN3, mcore, tp=tp, perform_initialization=False, sequence_parallel=sequence_parallel)
+    grid = build_model_grid(ParallelLayout(tp=tp), f"tp{tp}")
+    seed_model_parallel_rng(1234, tp_rank=grid.tp_rank)  # SP's embedding forks the model-parallel RNG
+    model = build_qwen3_model(args, grid.pgs, parallel_output=False)
     load_mcore_checkpoint(model, mcore)
     return model.eval()
 
 
-def test_tp2_logits_equal_tp1(tp2_converted):
-    _, mcore, _ = tp2_converted
+def test_tp2_logits_equal_tp1(two_rank_checkpoint):
+    _, mcore, _ = two_rank_checkpoint
     L = 16
     g = torch.Generator().manual_seed(5)
     x0 = torch.randint(0, 128, (2, L), generator=g)
@@ -75,8 +81,10 @@ def test_tp2_logits_equal_tp1(tp2_converted):
     with torch.no_grad():
         tp1 = _model(mcore, 1)(ids, pos, mask)
         tp2 = _model(mcore, 2)(ids, pos, mask)
+        tp2_sp = _model(mcore, 2, sequence_parallel=True)(ids, pos, mask, logits_rows=slice(0, L))
     assert tp1.shape == tp2.shape == (2, 2 * L, 128)
     torch.testing.assert_close(tp2, tp1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tp2_sp, tp1[:, :L], atol=1e-5, rtol=1e-5)
 
 
 def test_dp2_ddp_gradients_equal_single_rank_on_concatenated_batch():

@@ -71,6 +71,9 @@ def project_mask_through_pairs(
     teacher_len: int,
 ) -> torch.Tensor:
     """§2.4: `teacher_mask[pair_teacher[k]] = student_mask[pair_student[k]]` for valid pairs only (pitfall 16)."""
+    if not (pair_student.shape == pair_teacher.shape == pair_valid.shape):
+        raise ValueError("pair_student, pair_teacher and pair_valid must share one [b, P] shape, got "
+                         f"{tuple(pair_student.shape)}, {tuple(pair_teacher.shape)}, {tuple(pair_valid.shape)}")
     b = student_mask.shape[0]
     values = torch.gather(student_mask.bool(), 1, pair_student.clamp(min=0)) & pair_valid.bool()
     out = torch.zeros(b, teacher_len + 1, dtype=torch.bool, device=student_mask.device)

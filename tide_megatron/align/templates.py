@@ -51,6 +51,8 @@ WEDLM_TEMPLATE = (
 )
 
 BUILTIN_TEMPLATES = {"qwen3": QWEN3_TEMPLATE, "llada2": LLADA2_TEMPLATE, "wedlm": WEDLM_TEMPLATE}
+# The eos a built-in template implies when it is one token of the vocabulary: Qwen3's eos is <|im_end|> (§1.1).
+TEMPLATE_EOS = {"qwen3": "<|im_end|>"}
 
 
 class SampleError(ValueError):
@@ -99,10 +101,16 @@ def validate_messages(messages) -> list[dict]:
 
 
 def render(tokenizer: TideTokenizer, template: str, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.hf.apply_chat_template(
-        list(messages), chat_template=template, tokenize=False,
-        add_generation_prompt=add_generation_prompt, enable_thinking=False,
-    )
+    """The conversation as text in `template` (thinking disabled); a template's own refusal is a SampleError."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.hf.apply_chat_template(
+            list(messages), chat_template=template, tokenize=False,
+            add_generation_prompt=add_generation_prompt, enable_thinking=False,
+        )
+    except TemplateError as e:  # e.g. raise_exception("roles must alternate") inside a tokenizer's template
+        raise SampleError("template_error", f"{tokenizer.name} template: {e}") from None
 
 
 @dataclass
@@ -131,12 +139,37 @@ class RenderedConversation:
         return inside[0], inside[-1] + 1
 
 
-def render_conversation(tokenizer: TideTokenizer, template: str, messages: Sequence[dict]) -> RenderedConversation:
-    """Render + tokenize, compute prompt_len (§1.2) and find each content string in order (§5.1)."""
-    text = render(tokenizer, template, messages)
-    enc = tokenizer.encode(text)
-    prompt_text = render(tokenizer, template, messages[:-1], add_generation_prompt=True)
-    prompt_len = len(tokenizer.encode(prompt_text).ids)
+def _placeholder_spans(tokenizer: TideTokenizer, template: str, messages: Sequence[dict], text: str):
+    """Exact content spans: render with a unique placeholder per message, then shift by the length differences.
+
+    A plain search can match short content inside template text ("A" inside "<role>ASSISTANT</role>"); the
+    placeholders cannot. Returns None when the template does not reproduce content verbatim (then the caller
+    falls back to the sequential search of §5.1).
+    """
+    holders = [f"\ue000{k}\ue001" for k in range(len(messages))]
+    ph_text = render(tokenizer, template, [{"role": m["role"], "content": h} for m, h in zip(messages, holders)])
+    found = []
+    for k, h in enumerate(holders):
+        at = ph_text.find(h)
+        if at < 0 or ph_text.find(h, at + 1) >= 0:
+            return None
+        found.append((at, k))
+    spans: list[tuple[int, int] | None] = [None] * len(messages)
+    shift = 0
+    for at, k in sorted(found):
+        content = messages[k]["content"]
+        start = at + shift
+        if text[start : start + len(content)] != content:
+            return None
+        spans[k] = (start, start + len(content)) if content.strip() else None
+        shift += len(content) - len(holders[k])
+    if len(text) != len(ph_text) + shift:
+        return None
+    return spans
+
+
+def _sequential_spans(tokenizer: TideTokenizer, messages: Sequence[dict], text: str) -> list[tuple[int, int] | None]:
+    """§5.1: each content's first occurrence after the previous match."""
     spans: list[tuple[int, int] | None] = []
     cursor = 0
     for k, m in enumerate(messages):
@@ -150,4 +183,16 @@ def render_conversation(tokenizer: TideTokenizer, template: str, messages: Seque
                               f"messages[{k}] content not found in the rendered {tokenizer.name} template")
         spans.append((at, at + len(content)))
         cursor = at + len(content)
+    return spans
+
+
+def render_conversation(tokenizer: TideTokenizer, template: str, messages: Sequence[dict]) -> RenderedConversation:
+    """Render + tokenize, compute prompt_len (§1.2) and locate each message's content (§5.1)."""
+    text = render(tokenizer, template, messages)
+    enc = tokenizer.encode(text)
+    prompt_text = render(tokenizer, template, messages[:-1], add_generation_prompt=True)
+    prompt_len = len(tokenizer.encode(prompt_text).ids)
+    spans = _placeholder_spans(tokenizer, template, messages, text)
+    if spans is None:
+        spans = _sequential_spans(tokenizer, messages, text)
     return RenderedConversation(text, enc.ids, enc.offsets, prompt_len, spans)

@@ -3,7 +3,7 @@
 `load_tokenizer(spec)` accepts a Hugging Face tokenizer directory (tokenizer.json), a GGUF vocabulary, a
 SentencePiece BPE `.model` file, or a short name of a real vocabulary shipped in a registry package (`qwen2`,
 `gpt-2`, `llama-bpe`, `llama-spm`, `bert-bge`, `starcoder`, `phi-3`, `mistral-v1`; see `artifacts.py`).
-Conversions that are slow (the 151k-entry Qwen GGUF takes ~12 s through transformers) are cached as a
+Conversions that are slow (the 151k-entry Qwen GGUF takes 12-33 s through transformers) are cached as a
 tokenizer.json directory in the artifact cache.
 
 Byte-level token strings use the GPT-2 byte<->unicode map (one character per byte, "Ġ" = space), whatever the
@@ -128,6 +128,14 @@ class TideTokenizer:
 
     def __len__(self) -> int:
         return len(self.hf)
+
+    def with_eos(self, token: str) -> "TideTokenizer":
+        """A shallow copy whose eos is `token` (e.g. Qwen3's `<|im_end|>`, §1.1); the HF tokenizer is shared."""
+        import copy
+
+        other = copy.copy(self)
+        other.eos_id = self._id_of(token, "eos")
+        return other
 
     @property
     def vocab_size(self) -> int:

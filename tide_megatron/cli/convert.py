@@ -1,11 +1,11 @@
 """tide-convert: HF <-> megatron-core dist checkpoints, and a logits parity check.
 
-  tide-convert hf-to-mcore --hf-dir D --mcore-dir M [--tp N --pp N --dtype bfloat16]
+  tide-convert hf-to-mcore --hf-dir D --mcore-dir M [--arch qwen3|llada2 --tp N --pp N --ep N --dtype bfloat16]
   tide-convert mcore-to-hf --mcore-dir M --hf-dir D [--dtype bfloat16]
   tide-convert verify      --hf-dir D --mcore-dir M [--seq-length 16 --block-size 4]
   tide-convert export      --checkpoint RUN/checkpoints [--hf-dir D --dtype bfloat16]   (a trained student)
 
-Run under torchrun for TP/PP > 1 (world = tp*pp); a plain process is a world of one.
+Run under torchrun for TP/PP/EP > 1 (world = tp*pp*dp); a plain process is a world of one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-ARCHITECTURES = ("qwen3", "llada2")
+from tide_megatron.models.registry import ARCHITECTURES
+
+# The LLaDA2 teacher has its own converter module (one-way: the teacher is never trained).
+CLI_ARCHITECTURES = sorted(set(ARCHITECTURES) | {"llada2"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     to_mcore.add_argument("--mcore-dir", required=True, help="output directory (must not exist)")
     to_mcore.add_argument("--tp", type=int, default=1)
     to_mcore.add_argument("--pp", type=int, default=1)
-    to_mcore.add_argument("--ep", type=int, default=1, help="expert parallel size (--arch llada2)")
+    to_mcore.add_argument("--ep", type=int, default=1, help="expert parallelism (MoE architectures)")
     to_mcore.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     to_hf = sub.add_parser("mcore-to-hf", help="megatron dist checkpoint -> HF safetensors directory")
     to_hf.add_argument("--mcore-dir", required=True)
@@ -40,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--batch-size", type=int, default=2)
     verify.add_argument("--seed", type=int, default=0)
     for p in (to_mcore, to_hf, verify):
-        p.add_argument("--arch", default="qwen3", choices=ARCHITECTURES)
+        p.add_argument("--arch", default=None, choices=CLI_ARCHITECTURES,
+                       help="model family (default: qwen3; later commands read it from the checkpoint)")
     export = sub.add_parser("export", help="trainer checkpoint (student) -> HF Qwen3 directory (training/export.py)")
     export.add_argument("--checkpoint", required=True, help="a step_XXXXXXX directory or the checkpoint root")
     export.add_argument("--hf-dir", default=None, help="output directory (must not exist; default STEP_DIR/hf)")
@@ -70,20 +74,23 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         return None
     if args.arch == "llada2":
         return _run_llada2(args)
-    from tide_megatron.models.qwen3 import convert
+    from tide_megatron.models import converter
+    from tide_megatron.models.registry import get_architecture
 
     if args.command == "hf-to-mcore":
-        convert.hf_to_mcore(args.hf_dir, args.mcore_dir, tp=args.tp, pp=args.pp, dtype=args.dtype)
-    elif args.command == "mcore-to-hf":
-        convert.mcore_to_hf(args.mcore_dir, args.hf_dir, dtype=args.dtype,
-                            max_shard_bytes=args.max_shard_mb * 1024**2)
-    else:
-        from tide_megatron.diffusion.masks import check_block_multiple
+        converter.hf_to_mcore(get_architecture(args.arch or "qwen3"), args.hf_dir, args.mcore_dir, tp=args.tp,
+                              pp=args.pp, ep=args.ep, dtype=args.dtype)
+        return None
+    arch = get_architecture(args.arch or converter.read_mcore_meta(args.mcore_dir).get("architecture", "qwen3"))
+    if args.command == "mcore-to-hf":
+        converter.mcore_to_hf(arch, args.mcore_dir, args.hf_dir, dtype=args.dtype,
+                              max_shard_bytes=args.max_shard_mb * 1024**2)
+        return None
+    from tide_megatron.diffusion.masks import check_block_multiple
 
-        check_block_multiple(args.seq_length, args.block_size)
-        return convert.verify(args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
-                              block_size=args.block_size, seed=args.seed, log=_rank0_print)
-    return None
+    check_block_multiple(args.seq_length, args.block_size)
+    return converter.verify(arch, args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
+                            block_size=args.block_size, seed=args.seed, log=_rank0_print)
 
 
 def _run_llada2(args) -> Optional[dict]:

@@ -188,7 +188,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tide_megatron.eval.report import format_table, write_json_atomic
 
     args = build_parser().parse_args(argv)
-    results = run(args)
+    try:
+        results = run(args)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one line naming it, no traceback
+        print(f"tide-eval: error: {err}", file=sys.stderr)
+        return 2
     print(format_table(results))
     if args.output:
         write_json_atomic(args.output, results)

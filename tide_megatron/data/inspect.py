@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from tide_megatron.align.tokenizers import TideTokenizer, load_tokenizer
+from tide_megatron.align.tokenizers import TideTokenizer, from_byte_level, load_tokenizer
 from tide_megatron.data.indexed import TideAlignedDataset
 
 
 def _show(tok: TideTokenizer, ids) -> list[str]:
-    return [repr(tok.decode([i]))[1:-1] for i in ids]
+    """Each token's own bytes (spaces and partial UTF-8 visible), escaped; WordPiece shows its vocabulary piece."""
+    if tok.kind == "wordpiece":
+        return [repr(p)[1:-1] for p in tok.tokens(ids)]
+    return [repr(from_byte_level(tok.piece_bytes(i)).decode("utf-8", "backslashreplace"))[1:-1] for i in ids]
 
 
 def render_sample(dataset: TideAlignedDataset, index: int, student: TideTokenizer | None = None,

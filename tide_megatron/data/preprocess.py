@@ -63,6 +63,21 @@ def iter_records(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str 
             yield str(path), {"text": path.read_text(encoding="utf-8", errors="replace")}
 
 
+def count_records(paths: Iterable[str | os.PathLike]) -> int:
+    """Number of records `iter_records` will yield (a cheap first pass, for the progress bar's total)."""
+    total = 0
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise FileNotFoundError(f"input {path}: no such file")
+        if path.suffix in (".jsonl", ".json"):
+            with open(path, encoding="utf-8") as f:
+                total += sum(1 for line in f if line.strip())
+        else:
+            total += 1
+    return total
+
+
 def _init_worker(config: SampleConfig) -> None:
     global _WORKER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -76,6 +91,8 @@ def _process(item: tuple[str, str | dict]):
         return where, _WORKER.build(_WORKER.messages_from_record(record)), None
     except SampleError as e:
         return where, None, e
+    except Exception as e:  # an unexpected failure: stop the run, naming the record that caused it
+        raise RuntimeError(f"{where}: {type(e).__name__}: {e}") from e
 
 
 def preprocess(
@@ -90,19 +107,22 @@ def preprocess(
     """Build the dataset at `out_dir` (atomically) and return the summary of kept/dropped samples."""
     from tqdm import tqdm
 
-    records = list(iter_records(inputs))
+    total = count_records(inputs)
+    records = iter_records(inputs)  # streamed: inputs never sit in memory whole
     summary = PreprocessSummary()
     _init_worker(config)  # fail fast on bad tokenizer/template flags, in this process
     fields = ("student_ids", "student_labels", "teacher_ids", config.align)
     with DatasetWriter(out_dir, fields=fields, overwrite=overwrite) as writer:
         if workers > 1:
+            # single-string encodes gain nothing from Rust-side threads; this also keeps fork() safe
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(config,))
             results = pool.imap(_process, records, chunksize=chunksize)
         else:
             pool = None
             results = map(_process, records)
         try:
-            for where, sample, err in tqdm(results, total=len(records), disable=not progress, file=sys.stderr,
+            for where, sample, err in tqdm(results, total=total, disable=not progress, file=sys.stderr,
                                            desc="tide-preprocess", unit="sample"):
                 if err is not None:
                     summary.dropped[err.reason] += 1

@@ -16,7 +16,13 @@ import numpy as np
 
 from tide_megatron.align.alignment import align_chunks, align_pairs
 from tide_megatron.align.chunks import keep_chunks_within, teacher_cutoff
-from tide_megatron.align.templates import SampleError, render_conversation, resolve_template, validate_messages
+from tide_megatron.align.templates import (
+    TEMPLATE_EOS,
+    SampleError,
+    render_conversation,
+    resolve_template,
+    validate_messages,
+)
 from tide_megatron.align.tokenizers import TideTokenizer, load_tokenizer
 
 FIELDS = ("student_ids", "student_labels", "teacher_ids", "chunks", "pairs")
@@ -34,7 +40,7 @@ class SampleConfig:
     student_max_len: int = 512
     teacher_max_len: int = 1024  # 1024 for pipeline A (chunks), 768 for pipeline B (pairs)
     align: AlignMode = "chunks"
-    student_eos_token: str | None = None
+    student_eos_token: str | None = None  # default: the template's eos (qwen3: <|im_end|>), else the tokenizer's
     teacher_eos_token: str | None = None
     text_prompt: str = "Write the following text."
 
@@ -55,6 +61,10 @@ class SampleBuilder:
         self.config = config
         self.student: TideTokenizer = load_tokenizer(config.student_tokenizer, eos_token=config.student_eos_token)
         self.teacher: TideTokenizer = load_tokenizer(config.teacher_tokenizer, eos_token=config.teacher_eos_token)
+        if config.student_eos_token is None and config.student_template in TEMPLATE_EOS:
+            implied = TEMPLATE_EOS[config.student_template]
+            if self.student.token_id(implied) is not None:
+                self.student = self.student.with_eos(implied)
         self.student_template = resolve_template(config.student_template, self.student, "qwen3")
         self.teacher_template = resolve_template(config.teacher_template, self.teacher, "llada2")
 

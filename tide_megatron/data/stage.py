@@ -15,12 +15,10 @@ from typing import Literal
 
 import torch
 
-from tide_megatron.align.masking import (
-    IGNORE_INDEX,
-    chunk_consistent_masking,
-    project_chunk_set,
-    project_mask_through_pairs,
-)
+from tide_megatron.align.masking import chunk_consistent_masking, project_mask_through_pairs
+from tide_megatron.diffusion.collate import collate_student
+from tide_megatron.diffusion.noise import mask_tokens, sample_t
+from tide_megatron.losses import compdemo
 
 
 @dataclass
@@ -63,17 +61,13 @@ def _ceil_to(n: int, m: int) -> int:
 
 
 def collate_samples(samples: list[dict], cfg: StageConfig) -> dict[str, torch.Tensor]:
-    """§1.2 student collation (trained eos fill to a block multiple, then pad to student_len) and teacher padding."""
-    b, L = len(samples), cfg.student_len
-    ids = torch.full((b, L), cfg.student_pad_id, dtype=torch.long)
-    labels = torch.full((b, L), IGNORE_INDEX, dtype=torch.long)
+    """§1.2 student collation (`diffusion.collate`: trained eos fill to a block multiple, then padding) and
+    teacher padding: plain batch padding for chunks (§2.3), eos fill to a block multiple first for pairs (§2.4)."""
+    ids, labels = collate_student([(s["student_ids"].tolist(), s["student_labels"].tolist()) for s in samples],
+                                  cfg.student_len, cfg.block_size, cfg.student_eos_id, cfg.student_pad_id)
+    b = len(samples)
     t_lens = []
-    for k, smp in enumerate(samples):
-        n = min(len(smp["student_ids"]), L)
-        filled = min(_ceil_to(n, cfg.block_size), L)
-        ids[k, :n], labels[k, :n] = smp["student_ids"][:n], smp["student_labels"][:n]
-        ids[k, n:filled] = cfg.student_eos_id
-        labels[k, n:filled] = cfg.student_eos_id  # the eos fill is maskable and trained (§1.2 a)
+    for smp in samples:
         nt = len(smp["teacher_ids"])
         t_lens.append(_ceil_to(nt, cfg.block_size) if cfg.teacher_fill_to_block else nt)
     Lt = max(t_lens)
@@ -87,7 +81,7 @@ def collate_samples(samples: list[dict], cfg: StageConfig) -> dict[str, torch.Te
     out = {"input_ids": ids, "labels": labels, "teacher_ids": t_ids, "teacher_attention_mask": t_att,
            "index": torch.stack([torch.as_tensor(s["index"]) for s in samples])}
     if cfg.align == "chunks":
-        out.update(_collate_chunks(samples, L, Lt))
+        out.update(_collate_chunks(samples, cfg.student_len, Lt))
     else:
         out.update(_collate_pairs(samples))
     return out
@@ -120,14 +114,14 @@ def _collate_pairs(samples: list[dict]) -> dict[str, torch.Tensor]:
     return {"pair_student": ps, "pair_teacher": pt, "pair_valid": valid, "n_aligned": valid.sum(1)}
 
 
-def sample_student_mask(labels: torch.Tensor, generators: list[torch.Generator], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """§1.3: t_b = eps + (1-eps)·u_b, then m = [u_i < t_b] ∧ maskable, one generator per sample."""
-    b, L = labels.shape
-    t = torch.empty(b)
-    mask = torch.zeros(b, L, dtype=torch.bool)
+def sample_student_mask(input_ids: torch.Tensor, labels: torch.Tensor, mask_id: int, generators: list[torch.Generator],
+                        eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """§1.3 with `diffusion.noise`, one generator per sample (so a sample's draw ignores its batch): (t, mask)."""
+    t = torch.empty(len(generators))
+    mask = torch.zeros_like(labels, dtype=torch.bool)
     for k, g in enumerate(generators):
-        t[k] = eps + (1 - eps) * torch.rand((), generator=g)
-        mask[k] = (torch.rand(L, generator=g) < t[k]) & (labels[k] != IGNORE_INDEX)
+        t[k : k + 1] = sample_t(1, eps, generator=g)
+        _, mask[k : k + 1] = mask_tokens(input_ids[k : k + 1], labels[k : k + 1], t[k : k + 1], mask_id, generator=g)
     return t, mask
 
 
@@ -159,24 +153,28 @@ class AlignmentStage:
         return out
 
     def _compdemo(self, batch, out, generators) -> dict[str, torch.Tensor]:
-        """§4: split masked units (chunks in A, positions in B) by u < ratio into A and B; pass 1 masks B, pass 2 A."""
+        """§4 through `losses.compdemo`: split masked units (chunks in A, positions in B) into A and B by u < ratio.
+
+        Pass 1 masks B (A shows ground truth), pass 2 masks A and its values win on `demo_take_pass2`. With no
+        masked unit in the batch, `demo_two_pass` is False and pass 1 is the single standard pass.
+        """
         cfg = self.cfg
+        units = out["chunk_has_masked"] if cfg.align == "chunks" else out["student_mask"]
+        u = (torch.stack([torch.rand(units.shape[1], generator=g) for g in generators]) if generators
+             else torch.rand(units.shape))
         if cfg.align == "chunks":
-            units = out["chunk_has_masked"]
+            plan = compdemo.plan_chunk_level(units, batch["teacher_chunk"], cfg.compdemo_ratio, u=u)
         else:
-            units = out["student_mask"]
-        u = torch.stack([torch.rand(units.shape[1], generator=g) for g in generators]) if generators else torch.rand(units.shape)
-        in_a = units & (u < cfg.compdemo_ratio)
-        in_b = units & ~in_a
-        if cfg.align == "chunks":
-            t_a, t_b = project_chunk_set(batch["teacher_chunk"], in_a), project_chunk_set(batch["teacher_chunk"], in_b)
-        else:
-            args = (batch["pair_student"], batch["pair_teacher"], batch["pair_valid"], batch["teacher_ids"].shape[1])
-            t_a, t_b = project_mask_through_pairs(in_a, *args), project_mask_through_pairs(in_b, *args)
+            plan = compdemo.plan_token_level(units, batch["pair_student"], batch["pair_teacher"], batch["pair_valid"],
+                                             batch["teacher_ids"].shape[1], cfg.compdemo_ratio, u=u)
         t_ids = batch["teacher_ids"]
-        return {"demo_teacher_mask_a": t_a, "demo_teacher_mask_b": t_b,
-                "demo_pass1_ids": torch.where(t_b, cfg.teacher_mask_id, t_ids),  # masks B, shows A
-                "demo_pass2_ids": torch.where(t_a, cfg.teacher_mask_id, t_ids)}  # masks A; its logits win on A
+        pass1 = plan.passes[0]  # teacher(M_B), or teacher(M) in the single-pass fallback
+        pass2 = plan.passes[1] if plan.two_pass else torch.zeros_like(pass1)  # teacher(M_A)
+        return {"demo_two_pass": torch.tensor(plan.two_pass),
+                "demo_teacher_mask_a": pass2, "demo_teacher_mask_b": pass1,
+                "demo_pass1_ids": torch.where(pass1, cfg.teacher_mask_id, t_ids),
+                "demo_pass2_ids": torch.where(pass2, cfg.teacher_mask_id, t_ids),
+                "demo_take_pass2": pass2}
 
 
 class TideCollator:
@@ -203,7 +201,8 @@ class TideCollator:
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         batch = collate_samples(samples, self.cfg)
         gens = self._generators(batch["index"])
-        t, sampled = sample_student_mask(batch["labels"], gens, self.cfg.time_epsilon)
+        t, sampled = sample_student_mask(batch["input_ids"], batch["labels"], self.cfg.student_mask_id, gens,
+                                         self.cfg.time_epsilon)
         batch["t"] = t
         batch.update(self.stage(batch, sampled, gens))
         return batch

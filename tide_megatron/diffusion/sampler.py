@@ -165,6 +165,9 @@ def bd3lm_generate(model: BlockDenoiser, prompts: Sequence[Sequence[int]], cfg: 
         for j, k_j in enumerate(transfer_schedule(n, steps_per_block)):
             logits = model.forward_block(block, block_pos, mask, cache).float()  # on the model's device
             calls += 1
+            if logits.shape[-1] <= cfg.mask_id:
+                raise ValueError(f"SamplerConfig.mask_id {cfg.mask_id} is outside the model's vocabulary "
+                                 f"of {logits.shape[-1]} logits")
             logits[..., cfg.mask_id] = float("-inf")
             x_hat = _gumbel_argmax(logits, cfg.temperature, generator)
             conf = torch.softmax(logits, dim=-1).gather(-1, x_hat[..., None]).squeeze(-1)

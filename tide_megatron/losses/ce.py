@@ -43,18 +43,24 @@ def bd3lm_ce(
     if student_logits.shape[:2] != (b, L):
         raise ValueError(f"bd3lm_ce: student_logits {tuple(student_logits.shape)} must be [b, L, V] with "
                          f"[b, L] = {tuple(x0.shape)} from x0")
-    for name, tensor in (("masked", masked), ("maskable", maskable)):
-        if tensor.shape != (b, L) or tensor.dtype != torch.bool:
-            raise ValueError(f"bd3lm_ce: {name} must be bool [b, L] = {(b, L)}, "
-                             f"got {tensor.dtype} {tuple(tensor.shape)}")
-    if t.shape != (b,):
-        raise ValueError(f"bd3lm_ce: t must be [b] = [{b}], got {tuple(t.shape)}")
+    check_ce_inputs(masked, maskable, t, (b, L))
     return bd3lm_ce_from_logprobs(token_logprobs(student_logits, x0, tp_group, chunk_rows), masked, maskable, t)
+
+
+def check_ce_inputs(masked: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor, shape: tuple[int, int]) -> None:
+    """``masked``/``maskable`` bool ``[b, L]`` and ``t`` ``[b]``, or a ValueError naming the field."""
+    for name, tensor in (("masked", masked), ("maskable", maskable)):
+        if tuple(tensor.shape) != tuple(shape) or tensor.dtype != torch.bool:
+            raise ValueError(f"bd3lm_ce: {name} must be bool [b, L] = {tuple(shape)}, "
+                             f"got {tensor.dtype} {tuple(tensor.shape)}")
+    if tuple(t.shape) != (shape[0],):
+        raise ValueError(f"bd3lm_ce: t must be [b] = [{shape[0]}], got {tuple(t.shape)}")
 
 
 def bd3lm_ce_from_logprobs(
     token_logp: torch.Tensor, masked: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
     """BD3LM CE from precomputed fp32 ``log p(x0)`` ``[b, L]`` (shared with CALM's student side, §5.6)."""
+    check_ce_inputs(masked, maskable, t, tuple(token_logp.shape))
     weighted = (-token_logp.float() * bd3lm_weight(t).unsqueeze(1)).masked_fill(~masked, 0.0)
     return weighted.sum() / max(1, int(maskable.sum()))

@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from tide_megatron.align.masking import project_chunk_set, project_mask_through_pairs
+
 DEFAULT_DEMO_RATIO = 0.5
 
 
@@ -55,28 +57,6 @@ def split(masked: torch.Tensor, ratio: float = DEFAULT_DEMO_RATIO, u: Optional[t
     return m_a, masked & ~m_a
 
 
-def pairs_to_teacher(student_set: torch.Tensor, pair_student: torch.Tensor, pair_teacher: torch.Tensor,
-                     pair_valid: torch.Tensor, teacher_len: int) -> torch.Tensor:
-    """Project a student bool set ``[b, L]`` onto teacher positions ``[b, L_t]`` through the valid pairs only.
-
-    Student positions without a partner map nowhere (§4.2); padded pairs are never scattered (§9.16).
-    """
-    if not (pair_student.shape == pair_teacher.shape == pair_valid.shape):
-        raise ValueError("compdemo: pair_student, pair_teacher and pair_valid must share one [b, P] shape")
-    b = student_set.shape[0]
-    hit = student_set.gather(1, pair_student.clamp_min(0)) & pair_valid
-    out = torch.zeros(b, teacher_len, dtype=torch.int32, device=student_set.device)
-    out.scatter_add_(1, pair_teacher.clamp_min(0), hit.to(torch.int32))
-    return out > 0
-
-
-def chunks_to_teacher(chunk_set: torch.Tensor, teacher_chunk: torch.Tensor) -> torch.Tensor:
-    """Teacher tokens ``[b, L_t]`` whose chunk is in the bool chunk set ``[b, C]`` (-1 = no chunk)."""
-    if chunk_set.shape[1] == 0:
-        return torch.zeros_like(teacher_chunk, dtype=torch.bool)
-    return chunk_set.gather(1, teacher_chunk.clamp_min(0)) & (teacher_chunk >= 0)
-
-
 def _plan(teacher_a: torch.Tensor, teacher_b: torch.Tensor, any_masked: bool) -> CompDemoPlan:
     if not any_masked:
         return CompDemoPlan(passes=[teacher_a | teacher_b], take_pass2=None)
@@ -95,7 +75,7 @@ def plan_token_level(
 ) -> CompDemoPlan:
     """Token-level CompDemo (Pipeline B, §4.1-4.5) from the student mask ``[b, L]`` and the pair alignment."""
     m_a, m_b = split(masked, ratio, u, generator)
-    to_t = lambda s: pairs_to_teacher(s, pair_student, pair_teacher, pair_valid, teacher_len)  # noqa: E731
+    to_t = lambda s: project_mask_through_pairs(s, pair_student, pair_teacher, pair_valid, teacher_len)  # noqa: E731
     return _plan(to_t(m_a), to_t(m_b), bool(masked.any()))
 
 
@@ -106,9 +86,9 @@ def plan_chunk_level(
     u: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> CompDemoPlan:
-    """Chunk-level CompDemo (Pipeline A): split the chunks containing a masked token ``[b, C]``; the student is unchanged."""
+    """Chunk-level CompDemo (Pipeline A): split the chunks holding a masked token ``[b, C]``; student unchanged."""
     c_a, c_b = split(has_masked, ratio, u, generator)
-    return _plan(chunks_to_teacher(c_a, teacher_chunk), chunks_to_teacher(c_b, teacher_chunk),
+    return _plan(project_chunk_set(teacher_chunk, c_a), project_chunk_set(teacher_chunk, c_b),
                  bool(has_masked.any()))
 
 

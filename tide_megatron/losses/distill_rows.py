@@ -33,18 +33,29 @@ KINDS = ("forward_kl", "reverse_kl", "tidal")
 TIDAL_LOG_CLAMP = math.log(1e-8)
 
 
-def _row_stats(x: torch.Tensor, y: torch.Tensor, group: ProcessGroup) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global logsumexp of two fp32 ``[c, V_local]`` shards with two all-reduces in total."""
+def _log_softmax_(x: torch.Tensor, y: torch.Tensor, tmp: torch.Tensor, group: ProcessGroup) -> None:
+    """In place: turn two fp32 ``[c, V_local]`` shards into global log-softmax rows (two all-reduces).
+
+    ``tmp`` is a same-shape scratch buffer for the exponentials; nothing else is allocated at that size.
+    """
     c = x.shape[0]
     if x.shape[1]:
         m = torch.stack([x.amax(dim=1), y.amax(dim=1)])
     else:
         m = torch.full((2, c), float("-inf"), dtype=torch.float32, device=x.device)
     all_reduce(m, dist.ReduceOp.MAX, group)
-    s = torch.stack([torch.exp(x - m[0].unsqueeze(1)).sum(dim=1), torch.exp(y - m[1].unsqueeze(1)).sum(dim=1)])
+    x.sub_(m[0].unsqueeze(1))
+    y.sub_(m[1].unsqueeze(1))
+    s = torch.stack([torch.exp(x, out=tmp).sum(dim=1), torch.exp(y, out=tmp).sum(dim=1)])
     all_reduce(s, dist.ReduceOp.SUM, group)
-    lse = m + torch.log(s)
-    return lse[0], lse[1]
+    log_s = torch.log(s)
+    x.sub_(log_s[0].unsqueeze(1))
+    y.sub_(log_s[1].unsqueeze(1))
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(1)`` for ``[c, V]`` rows without a ``[c, V]`` temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
 class _RowDistill(torch.autograd.Function):
@@ -61,26 +72,28 @@ class _RowDistill(torch.autograd.Function):
                 grad[:, vl:] = 0
         total = torch.zeros((), dtype=torch.float32, device=student.device)
         inv_t = 1.0 / temperature
+        # Three fp32 [chunk, V_local] work buffers, reused by every chunk (no per-chunk allocation).
+        work = torch.empty(3, min(rows, n), vl, dtype=torch.float32, device=student.device)
         for sl in row_chunks(n, rows):
-            u = student[sl, :vl].detach().to(torch.float32, copy=True).mul_(inv_t)
-            v = teacher[sl, :vl].detach().to(torch.float32, copy=True).mul_(inv_t)
+            c = sl.stop - sl.start
+            u = work[0, :c].copy_(student[sl, :vl].detach()).mul_(inv_t)
+            v = work[1, :c].copy_(teacher[sl, :vl].detach()).mul_(inv_t)
+            tmp = work[2, :c]
             w = row_weight[sl].float()
-            if kind == "tidal":
+            if kind == "tidal":  # v <- lam*v + (1-lam)*u: the mixed logits; r is a constant target
                 lam_c = lam[sl].float().unsqueeze(1)
-                v = v.mul_(lam_c).add_(u * (1.0 - lam_c))  # the mixed logits; r is a constant target
-            lse_u, lse_v = _row_stats(u, v, group)
-            log_pu = u.sub_(lse_u.unsqueeze(1))  # reuse u's storage
-            log_pv = v.sub_(lse_v.unsqueeze(1))
-            if kind == "forward_kl":
-                target = torch.exp(log_pv)
-                kl = (target * (log_pv - log_pu)).sum(dim=1)
-            elif kind == "tidal":
-                target = torch.exp(log_pv)
-                kl = (target * (log_pv.clamp_min(TIDAL_LOG_CLAMP) - log_pu)).sum(dim=1)
+                v.mul_(lam_c).addcmul_(u, 1.0 - lam_c)
+            _log_softmax_(u, v, tmp, group)
+            log_pu, log_pv = u, v
+            if kind == "reverse_kl":
+                p_u = torch.exp(log_pu, out=tmp)
+                diff = log_pu.sub_(log_pv)  # log p_u - log p_v, in u's storage
+                kl = _row_dot(p_u, diff)
             else:
-                p_u = torch.exp(log_pu)
-                diff = log_pu - log_pv
-                kl = (p_u * diff).sum(dim=1)
+                target = torch.exp(log_pv, out=tmp)
+                if kind == "tidal":
+                    log_pv.clamp_min_(TIDAL_LOG_CLAMP)
+                kl = _row_dot(target, log_pv.sub_(log_pu))
             all_reduce(kl, dist.ReduceOp.SUM, group)
             total += (w * kl).sum() * (temperature * temperature)
             if need_grad:
@@ -88,8 +101,9 @@ class _RowDistill(torch.autograd.Function):
                 if kind == "reverse_kl":
                     g = diff.sub_(kl.unsqueeze(1)).mul_(p_u).mul_(scale)
                 else:
-                    g = torch.exp(log_pu).sub_(target).mul_(scale)
+                    g = log_pu.exp_().sub_(target).mul_(scale)
                 grad[sl, :vl] = g
+        del work
         ctx.grad = grad
         return total
 
@@ -99,7 +113,7 @@ class _RowDistill(torch.autograd.Function):
         if grad is None:
             raise RuntimeError("distillation loss: backward called twice (the gradient buffer is consumed once)")
         ctx.grad = None
-        grad.mul_(grad_out.to(grad.dtype))
+        grad.mul_(grad_out)  # a 0-dim fp32 factor: applied in fp32 opmath, stored in the input dtype
         return grad, None, None, None, None, None, None, None, None
 
 

@@ -94,7 +94,8 @@ class ObjectiveConfig:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"objective config: {name} must be >= 0, got {getattr(self, name)}")
         if self.shared_vocab is not None and self.shared_vocab < 1:
-            raise ValueError(f"objective config: shared_vocab must be a positive id count or None, got {self.shared_vocab}")
+            raise ValueError("objective config: shared_vocab must be a positive id count or None, "
+                             f"got {self.shared_vocab}")
         self.schedule("uniform")
 
     def schedule(self, default_weight: str) -> TidalSchedule:
@@ -218,7 +219,8 @@ def build_objective(mode: str, config: ObjectiveConfig = ObjectiveConfig()) -> O
     aligned and unaligned token modes, and for bad config values. Warns for TIDAL with a reverse objective.
     """
     if not isinstance(mode, str) or not mode.strip():
-        raise ValueError(f"mode must be a non-empty string; valid modes: {', '.join(MODES)} or token modes joined by '+'")
+        raise ValueError(f"mode must be a non-empty string; valid modes: {', '.join(MODES)} "
+                         "or token modes joined by '+'")
     names = [part.strip() for part in mode.split("+")]
     for name in names:
         if name not in MODES:

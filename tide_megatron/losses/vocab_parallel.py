@@ -16,54 +16,23 @@ from typing import Iterator, Optional
 import torch
 import torch.distributed as dist
 
-ProcessGroup = Optional[dist.ProcessGroup]
+from tide_megatron.distributed.vocab_parallel import (  # noqa: F401  (re-exported for the losses)
+    ProcessGroup,
+    all_reduce,
+    global_logsumexp,
+    global_max,
+    local_vocab_limit,
+    tp_rank,
+    tp_size,
+    vocab_start,
+)
 
-# fp32 elements per row chunk: 2**24 elements = 64 MiB of fp32 per temporary.
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
-
-
-def tp_size(group: ProcessGroup) -> int:
-    """Number of ranks sharing the vocabulary (1 when unsharded)."""
-    if group is None or not dist.is_available() or not dist.is_initialized():
-        return 1
-    return dist.get_world_size(group)
-
-
-def tp_rank(group: ProcessGroup) -> int:
-    """This rank's index in the tensor-parallel group (0 when unsharded)."""
-    return dist.get_rank(group) if tp_size(group) > 1 else 0
-
-
-def all_reduce(tensor: torch.Tensor, op: dist.ReduceOp, group: ProcessGroup) -> torch.Tensor:
-    """In-place all-reduce over the tensor-parallel group; a no-op when unsharded."""
-    if tp_size(group) > 1:
-        dist.all_reduce(tensor, op=op, group=group)
-    return tensor
-
-
-def vocab_start(local_vocab: int, group: ProcessGroup) -> int:
-    """Global id of this rank's first vocabulary column (megatron-core's equal-shard layout)."""
-    return tp_rank(group) * local_vocab
-
-
-def local_vocab_limit(local_vocab: int, vocab_limit: Optional[int], group: ProcessGroup) -> int:
-    """How many of this rank's columns have a global id below ``vocab_limit`` (the shared-vocab slice, §9.1).
-
-    Slicing ``[..., :vocab_limit]`` before softmax is the same as keeping, on each rank, the first
-    ``local_vocab_limit`` local columns; a rank may keep none.
-    """
-    if vocab_limit is None:
-        return local_vocab
-    if vocab_limit <= 0:
-        raise ValueError(f"vocab_limit must be positive, got {vocab_limit}")
-    global_vocab = local_vocab * tp_size(group)
-    if vocab_limit > global_vocab:
-        raise ValueError(f"vocab_limit={vocab_limit} exceeds the logits' vocabulary of {global_vocab} columns")
-    return max(0, min(local_vocab, vocab_limit - vocab_start(local_vocab, group)))
+# fp32 elements per row chunk: 2**22 elements = 16 MiB of fp32 per temporary (27 rows at V = 151936).
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 
 def default_chunk_rows(vocab: int, chunk_rows: Optional[int] = None) -> int:
-    """Rows per chunk: ``chunk_rows`` if given, else enough rows for about 2**24 fp32 elements."""
+    """Rows per chunk: ``chunk_rows`` if given, else enough rows for about 2**22 fp32 elements."""
     if chunk_rows is not None:
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -75,27 +44,6 @@ def row_chunks(n: int, rows: int) -> Iterator[slice]:
     """Consecutive row slices of at most ``rows`` rows covering ``[0, n)``."""
     for start in range(0, n, rows):
         yield slice(start, min(n, start + rows))
-
-
-def global_max(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
-    """Row max over the full (sharded) vocabulary; ``x`` is fp32 ``[c, V_local]``, result ``[c]``.
-
-    A rank holding no columns contributes -inf. The result is detached: the max only stabilises exp.
-    """
-    if x.shape[-1] == 0:
-        m = torch.full(x.shape[:-1], float("-inf"), dtype=torch.float32, device=x.device)
-    else:
-        m = x.detach().amax(dim=-1)
-    return all_reduce(m, dist.ReduceOp.MAX, group)
-
-
-def global_logsumexp(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
-    """Row logsumexp over the full vocabulary of fp32 ``[c, V_local]`` shards, without gradient."""
-    with torch.no_grad():
-        m = global_max(x, group)
-        s = torch.exp(x - m.unsqueeze(-1)).sum(dim=-1)
-        all_reduce(s, dist.ReduceOp.SUM, group)
-        return m + torch.log(s)
 
 
 def logsumexp(logits: torch.Tensor, tp_group: ProcessGroup = None, chunk_rows: Optional[int] = None) -> torch.Tensor:
@@ -130,8 +78,11 @@ class _TokenLogprobs(torch.autograd.Function):
         m = logits.amax(dim=-1).float() if v_local else torch.full((n,), float("-inf"), device=logits.device)
         all_reduce(m, dist.ReduceOp.MAX, group)
         sumexp = torch.empty(n, dtype=torch.float32, device=logits.device)
+        work = torch.empty(min(rows, n), v_local, dtype=torch.float32, device=logits.device)
         for sl in row_chunks(n, rows):
-            sumexp[sl] = torch.exp(logits[sl].float() - m[sl].unsqueeze(1)).sum(dim=1)
+            x = work[: sl.stop - sl.start].copy_(logits[sl])
+            sumexp[sl] = x.sub_(m[sl].unsqueeze(1)).exp_().sum(dim=1)
+        del work
         stats = torch.stack([sumexp, picked])
         all_reduce(stats, dist.ReduceOp.SUM, group)
         lse = m + torch.log(stats[0])
@@ -144,12 +95,12 @@ class _TokenLogprobs(torch.autograd.Function):
         logits, safe_t, in_shard, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
         g = grad_out.float()
+        work = torch.empty(min(ctx.rows, logits.shape[0]), logits.shape[1], dtype=torch.float32, device=logits.device)
         for sl in row_chunks(logits.shape[0], ctx.rows):
-            p = torch.exp(logits[sl].float() - lse[sl].unsqueeze(1))
-            d = -p
+            d = work[: sl.stop - sl.start].copy_(logits[sl]).sub_(lse[sl].unsqueeze(1)).exp_().neg_()
             rows_idx = torch.arange(sl.start, sl.stop, device=logits.device) - sl.start
             d[rows_idx, safe_t[sl]] += in_shard[sl].float()
-            grad[sl] = (d * g[sl].unsqueeze(1)).to(grad.dtype)
+            grad[sl] = d.mul_(g[sl].unsqueeze(1))
         return grad, None, None, None
 
 
@@ -168,6 +119,12 @@ def token_logprobs(
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= v):
         raise ValueError(f"token_logprobs: targets must be vocabulary ids in [0, {v}), "
                          f"got range [{int(targets.min())}, {int(targets.max())}]")
-    flat = logits.reshape(-1, logits.shape[-1])
-    out = _TokenLogprobs.apply(flat, targets.reshape(-1).long(), tp_group, chunk_rows)
-    return out.reshape(targets.shape)
+    # Reorder the leading dims to memory order first, so a transposed view (megatron's [s, b, V] seen
+    # as [b, s, V]) is flattened without copying the logits.
+    lead = logits.dim() - 1
+    perm = sorted(range(lead), key=lambda d: -logits.stride(d))
+    logits_p, targets_p = logits.permute(*perm, lead), targets.permute(*perm)
+    flat = logits_p.reshape(-1, logits.shape[-1])
+    out = _TokenLogprobs.apply(flat, targets_p.reshape(-1).long(), tp_group, chunk_rows)
+    inverse = sorted(range(lead), key=lambda d: perm[d])
+    return out.reshape(targets_p.shape).permute(*inverse)

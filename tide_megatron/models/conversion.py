@@ -31,7 +31,11 @@ KINDS = ("replicated", "column", "row", "qkv", "gate_up")
 
 @dataclass(frozen=True)
 class ParamRule:
-    """One megatron parameter <-> its HF tensors. `{i}` in names is the (global) layer index."""
+    """One megatron parameter <-> its HF tensors.
+
+    Placeholders: `{i}` is the layer index and `{e}` the expert index; megatron names carry the local
+    (per pipeline stage / expert-parallel rank) index, HF names the global one.
+    """
 
     mcore: str
     hf: tuple[str, ...]
@@ -55,19 +59,21 @@ class WeightMapping:
 
     def __post_init__(self):
         for rule in self.rules:
-            pattern = re.escape(rule.mcore).replace(re.escape("{i}"), r"(\d+)")
+            pattern = re.escape(rule.mcore)
+            for key in ("i", "e"):
+                pattern = pattern.replace(re.escape("{" + key + "}"), rf"(?P<{key}>\d+)")
             self._by_pattern.append((re.compile(f"^{pattern}$"), rule))
 
-    def rule_for(self, mcore_name: str) -> tuple[ParamRule, Optional[int]]:
-        """The rule matching a megatron parameter name and its layer index (None for non-layer params)."""
+    def rule_for(self, mcore_name: str) -> tuple[ParamRule, dict[str, int]]:
+        """The rule matching a megatron parameter name and its local indices ({"i": layer, "e": expert})."""
         for pattern, rule in self._by_pattern:
             m = pattern.match(mcore_name)
             if m:
-                return rule, (int(m.group(1)) if m.groups() else None)
-        raise KeyError(f"no conversion rule for megatron parameter {mcore_name!r}")
+                return rule, {k: int(v) for k, v in m.groupdict().items()}
+        raise ValueError(f"no conversion rule for megatron parameter {mcore_name!r}")
 
-    def hf_names(self, rule: ParamRule, layer: Optional[int]) -> list[str]:
-        return [n.format(i=layer) for n in rule.hf]
+    def hf_names(self, rule: ParamRule, index: dict[str, int]) -> list[str]:
+        return [n.format(**index) for n in rule.hf]
 
     # ---- HF -> megatron ----------------------------------------------------------------------
     def merge(self, rule: ParamRule, hf: list[torch.Tensor]) -> torch.Tensor:
@@ -142,7 +148,7 @@ class HFCheckpointReader:
     def get(self, key: str) -> torch.Tensor:
         """One tensor, read from its (memory-mapped) shard."""
         if key not in self.key_to_file:
-            raise KeyError(f"{self.hf_dir}: tensor {key!r} not found in the checkpoint")
+            raise ValueError(f"{self.hf_dir}: tensor {key!r} not found in the checkpoint")
         file = self.key_to_file[key]
         if file not in self._handles:
             self._handles[file] = safe_open(os.path.join(self.hf_dir, file), framework="pt")
@@ -155,7 +161,7 @@ class HFCheckpointReader:
 
     def get_slice_handle(self, key: str) -> None:
         if key not in self.key_to_file:
-            raise KeyError(f"{self.hf_dir}: tensor {key!r} not found in the checkpoint")
+            raise ValueError(f"{self.hf_dir}: tensor {key!r} not found in the checkpoint")
         file = self.key_to_file[key]
         if file not in self._handles:
             self._handles[file] = safe_open(os.path.join(self.hf_dir, file), framework="pt")
@@ -165,16 +171,20 @@ class HFCheckpointReader:
 
 
 def load_hf_into_model(model: torch.nn.Module, reader: HFCheckpointReader, mapping: WeightMapping,
-                       tp_rank: int, tp_size: int, layer_offset: int = 0) -> None:
-    """Copy HF tensors into this rank's megatron parameters, one parameter at a time."""
+                       tp_rank: int, tp_size: int, layer_offset: int = 0, expert_offset: int = 0) -> None:
+    """Copy HF tensors into this rank's megatron parameters, one parameter at a time.
+
+    `layer_offset` / `expert_offset` turn this rank's local layer / expert indices into global ones.
+    """
+    offsets = {"i": layer_offset, "e": expert_offset}
     with torch.no_grad():
         for name, param in model.named_parameters():
-            rule, layer = mapping.rule_for(name)
-            global_layer = None if layer is None else layer + layer_offset
-            full = mapping.merge(rule, [reader.get(k) for k in mapping.hf_names(rule, global_layer)])
+            rule, local = mapping.rule_for(name)
+            index = {k: v + offsets[k] for k, v in local.items()}
+            full = mapping.merge(rule, [reader.get(k) for k in mapping.hf_names(rule, index)])
             local = mapping.shard(rule, full, tp_rank, tp_size)
             if local.shape != param.shape:
-                raise ValueError(f"{reader.hf_dir}: {mapping.hf_names(rule, global_layer)} give shape "
+                raise ValueError(f"{reader.hf_dir}: {mapping.hf_names(rule, index)} give shape "
                                  f"{tuple(local.shape)} for {name}, expected {tuple(param.shape)}")
             param.copy_(local.to(param.dtype))
 
@@ -182,9 +192,9 @@ def load_hf_into_model(model: torch.nn.Module, reader: HFCheckpointReader, mappi
 def iter_hf_tensors(model: torch.nn.Module, mapping: WeightMapping) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, tensor) pairs of an unsharded (TP=1, PP=1) megatron model."""
     for name, param in model.named_parameters():
-        rule, layer = mapping.rule_for(name)
-        for hf_name, tensor in zip(mapping.hf_names(rule, layer), mapping.split(rule, param.detach())):
-            yield hf_name, tensor.clone()
+        rule, index = mapping.rule_for(name)
+        for hf_name, tensor in zip(mapping.hf_names(rule, index), mapping.split(rule, param.detach())):
+            yield hf_name, tensor.to("cpu", copy=True)
 
 
 def write_hf_safetensors(out_dir: str, tensors: Iterator[tuple[str, torch.Tensor]],

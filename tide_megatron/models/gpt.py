@@ -12,17 +12,31 @@ from typing import Optional, Union
 import torch
 from megatron.core import tensor_parallel
 from megatron.core.models.gpt.gpt_model import GPTModel
+from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
 
 from tide_megatron.models.rotary import ExplicitPositionRotaryEmbedding
 
 RowSelector = Union[slice, torch.Tensor, None]
 
 
-def to_core_attention_mask(allowed: Optional[torch.Tensor], seq_len: int, device: torch.device) -> torch.Tensor:
-    """Public mask (bool, True = may attend, [s, s] / [b, s, s] / [b, 1, s, s]) -> megatron's (True = blocked)."""
+def ensure_global_memory_buffer() -> None:
+    """Sequence-parallel gathers use megatron's global scratch buffer, which only
+    `initialize_model_parallel` creates; models built on explicit process groups need it too."""
+    from megatron.core import parallel_state
+
+    if parallel_state._GLOBAL_MEMORY_BUFFER is None:
+        parallel_state._set_global_memory_buffer()
+
+
+def to_core_attention_mask(allowed: Optional[torch.Tensor], seq_len: int, device: torch.device,
+                           batch: int = 1) -> torch.Tensor:
+    """Public mask (bool, True = may attend, [s, s] / [b, s, s] / [b, 1, s, s]) -> megatron's (True = blocked).
+
+    The result is a [b, 1, s, s] view (TE's arbitrary-mask attention wants the batch dimension).
+    """
     if allowed is None:
-        return torch.zeros(1, 1, seq_len, seq_len, dtype=torch.bool, device=device)
-    if allowed.dtype != torch.bool:
+        allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device)
+    elif allowed.dtype != torch.bool:
         raise ValueError(f"attention_mask must be bool (True = may attend), got {allowed.dtype}")
     if allowed.dim() == 2:
         allowed = allowed[None, None]
@@ -31,7 +45,7 @@ def to_core_attention_mask(allowed: Optional[torch.Tensor], seq_len: int, device
     if allowed.dim() != 4 or allowed.shape[-2:] != (seq_len, seq_len):
         raise ValueError(f"attention_mask must broadcast to [b, 1, {seq_len}, {seq_len}], "
                          f"got {tuple(allowed.shape)}")
-    return ~allowed.to(device)
+    return (~allowed.to(device)).expand(batch, 1, seq_len, seq_len)
 
 
 class ExplicitMaskGPTModel(GPTModel):
@@ -43,6 +57,22 @@ class ExplicitMaskGPTModel(GPTModel):
         self.explicit_rotary = ExplicitPositionRotaryEmbedding(
             self.config.kv_channels, rotary_base, rotary_percent, self.config.rotary_interleaved)
         self._logits_rows: RowSelector = None
+
+    def tie_embeddings_and_output_weights_state_dict(self, sharded_state_dict, output_layer_weight_key: str,
+                                                     first_stage_word_emb_key: str, metadata: dict = {}) -> None:
+        """As megatron-core's, but the replica id uses this model's dp_cp group, not the global one.
+
+        mcore 0.16.1 reads `parallel_state.get_data_parallel_rank` here (the tied output layer of a last
+        pipeline stage), which fails for models built on their own process groups.
+        """
+        if not self.post_process or self.pre_process or getattr(self, "mtp_process", False):
+            return super().tie_embeddings_and_output_weights_state_dict(
+                sharded_state_dict, output_layer_weight_key, first_stage_word_emb_key, metadata)
+        dp_cp = metadata["dp_cp_group"]
+        del sharded_state_dict[output_layer_weight_key]
+        sharded_state_dict[output_layer_weight_key] = make_tp_sharded_tensor_for_checkpoint(
+            tensor=self.shared_embedding_or_output_weight(), key=first_stage_word_emb_key,
+            replica_id=(1, 0, dp_cp.rank()), allow_shape_mismatch=True, tp_group=self.tp_group, dp_cp_group=dp_cp)
 
     def _preprocess(self, input_ids, position_ids, *args, **kwargs):
         out = list(super()._preprocess(input_ids, position_ids, *args, **kwargs))
@@ -75,7 +105,7 @@ class ExplicitMaskGPTModel(GPTModel):
         """
         if position_ids is None:
             raise ValueError("position_ids are required (RoPE uses explicit positions, spec §1.4)")
-        mask = to_core_attention_mask(attention_mask, input_ids.shape[1], input_ids.device)
+        mask = to_core_attention_mask(attention_mask, input_ids.shape[1], input_ids.device, input_ids.shape[0])
         self._logits_rows = logits_rows
         try:
             return super().forward(input_ids, position_ids, mask, **kwargs)

@@ -18,8 +18,12 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 from tide_megatron.models.backend import get_backend
 
 
-def dense_layer_spec(backend: BackendSpecProvider, qk_layernorm: bool) -> ModuleSpec:
-    """Pre-norm layer: norm -> self-attention (explicit mask) -> norm -> (Swi)GLU MLP. Norms stay unfused."""
+def dense_layer_spec(backend: BackendSpecProvider, qk_layernorm: bool,
+                     mlp: Optional[ModuleSpec] = None) -> ModuleSpec:
+    """Pre-norm layer: norm -> self-attention (explicit mask) -> norm -> FFN. Norms stay unfused.
+
+    The FFN is a (Swi)GLU `MLP` unless ``mlp`` gives another spec (e.g. megatron's MoE layer).
+    """
     norm = backend.layer_norm(rms_norm=True, for_qk=False)
     qk_norm = backend.layer_norm(rms_norm=True, for_qk=True) if qk_layernorm else IdentityOp
     return ModuleSpec(
@@ -39,8 +43,8 @@ def dense_layer_spec(backend: BackendSpecProvider, qk_layernorm: bool) -> Module
             ),
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=norm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=backend.column_parallel_linear(),
-                                                                linear_fc2=backend.row_parallel_linear())),
+            mlp=mlp or ModuleSpec(module=MLP, submodules=MLPSubmodules(
+                linear_fc1=backend.column_parallel_linear(), linear_fc2=backend.row_parallel_linear())),
             mlp_bda=get_bias_dropout_add,
         ),
     )

@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from tide_megatron.distributed.vocab_parallel import all_reduce, global_logsumexp, local_vocab_limit, tp_size, vocab_start
+
 # fp32 logits computed at once per TP rank (rows x V/tp): 2^25 = 128 MiB, e.g. 213 positions of LLaDA2's
 # 157,184-id vocabulary at TP=1. Peak memory is a small multiple of this, independent of b x L.
 LOGIT_CHUNK_ELEMENTS = 2 ** 25
@@ -28,34 +30,15 @@ def chunk_rows(v_local: int, chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> int:
     return max(1, chunk_elements // max(1, v_local))
 
 
-def _tp(group: Optional[dist.ProcessGroup]) -> tuple[int, int]:
-    if group is None or not dist.is_initialized():
-        return 1, 0
-    return dist.get_world_size(group), dist.get_rank(group)
-
-
-def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
-    if _tp(group)[0] > 1:
-        dist.all_reduce(t, op=op, group=group)
-    return t
-
-
 def vocab_parallel_logsumexp_and_target(logits: torch.Tensor, targets: torch.Tensor,
-                                        tp_group: Optional[dist.ProcessGroup] = None,
-                                        vocab_start: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                        tp_group: Optional[dist.ProcessGroup] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For vocab-parallel fp32 logits [n, V/tp] and global target ids [n]: (logsumexp [n], target logit [n])."""
-    size, rank = _tp(tp_group)
     v_local = logits.shape[-1]
-    start = rank * v_local if vocab_start is None else vocab_start
-    row_max = logits.max(dim=-1).values
-    _all_reduce(row_max, dist.ReduceOp.MAX, tp_group)
-    sum_exp = (logits - row_max[:, None]).exp().sum(-1)
-    _all_reduce(sum_exp, dist.ReduceOp.SUM, tp_group)
-    local_t = targets - start
+    lse = global_logsumexp(logits, tp_group)
+    local_t = targets - vocab_start(v_local, tp_group)
     here = (local_t >= 0) & (local_t < v_local)
     picked = logits.gather(1, local_t.clamp(0, v_local - 1)[:, None]).squeeze(1) * here
-    _all_reduce(picked, dist.ReduceOp.SUM, tp_group)
-    return sum_exp.log() + row_max, picked
+    return lse, all_reduce(picked, dist.ReduceOp.SUM, tp_group)
 
 
 def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor,
@@ -96,23 +79,17 @@ class TopKRows:
     tail_mass: torch.Tensor
 
 
-def _local_vocab_window(v_local: int, rank: int, vocab_limit: int) -> tuple[int, int]:
-    """Columns [0, n_keep) of this rank's slice that fall below the shared-vocabulary limit."""
-    start = rank * v_local
-    return start, max(0, min(v_local, vocab_limit - start))
-
-
 def logit_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_limit: int,
                tp_group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
     """Payload (b): fp32 [n, vocab_limit] logits at the given hidden rows [n, h] (gathered over TP).
 
     Only the n requested rows are computed, and only ids below ``vocab_limit`` travel.
     """
-    size, rank = _tp(tp_group)
+    size = tp_size(tp_group)
     v_local = lm_head_weight.shape[0]
     if not 0 < vocab_limit <= v_local * size:
         raise ValueError(f"vocab_limit={vocab_limit} must lie in (0, {v_local * size}] (the teacher vocabulary)")
-    start, keep = _local_vocab_window(v_local, rank, vocab_limit)
+    keep = local_vocab_limit(v_local, vocab_limit, tp_group)
     local = (hidden_rows @ lm_head_weight[:keep].t()).float() if keep else hidden_rows.new_zeros(
         hidden_rows.shape[0], 0, dtype=torch.float32)
     if size == 1:
@@ -131,22 +108,18 @@ def topk_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_lim
     Each TP rank contributes its local top-k candidates and its share of the logsumexp; only
     [n, k * tp] candidates and [n] scalars cross the TP group.
     """
-    size, rank = _tp(tp_group)
+    size = tp_size(tp_group)
     v_local = lm_head_weight.shape[0]
     if not 0 < vocab_limit <= v_local * size:
         raise ValueError(f"vocab_limit={vocab_limit} must lie in (0, {v_local * size}] (the teacher vocabulary)")
     if not 0 < k <= vocab_limit:
         raise ValueError(f"top-k k={k} must lie in (0, vocab_limit={vocab_limit}]")
     n = hidden_rows.shape[0]
-    start, keep = _local_vocab_window(v_local, rank, vocab_limit)
+    start, keep = vocab_start(v_local, tp_group), local_vocab_limit(v_local, vocab_limit, tp_group)
     local = torch.full((n, v_local), float("-inf"), dtype=torch.float32, device=hidden_rows.device)
     if keep:
         local[:, :keep] = (hidden_rows @ lm_head_weight[:keep].t()).float()
-    row_max = local.max(-1).values
-    _all_reduce(row_max, dist.ReduceOp.MAX, tp_group)
-    sum_exp = (local - row_max[:, None]).exp().sum(-1)
-    _all_reduce(sum_exp, dist.ReduceOp.SUM, tp_group)
-    lse = sum_exp.log() + row_max
+    lse = global_logsumexp(local, tp_group)
     kk = min(k, v_local)
     vals, idx = local.topk(kk, dim=-1)
     idx = idx + start

@@ -4,8 +4,9 @@ Input: a checkpoint written by the trainer (``<checkpoint.dir>/step_XXXXXXX``, o
 root, whose ``latest`` names the newest step). Its ``config.yaml`` names the student the run started
 from (an HF directory or a ``tide-convert`` megatron directory): that gives the architecture, config.json
 and tokenizer files. The weights come from the checkpoint's ``model`` entries (the optimizer state is
-not read) and are written with the student converter's own mapping (`models.qwen3.convert.qwen3_mapping`,
-`conversion.iter_hf_tensors`, `write_hf_safetensors`), so there is one megatron → HF key map.
+not read) and are written with the converter's own pieces (the registered ``qwen3`` `Architecture`:
+its model builder and weight mapping; `conversion.iter_hf_tensors`, `write_hf_safetensors`), as
+`models.converter.mcore_to_hf` does, so there is one megatron → HF key map.
 
     tide-convert export --checkpoint runs/x/checkpoints [--hf-dir OUT] [--dtype bfloat16]
 
@@ -66,22 +67,22 @@ def student_source(step_dir: str) -> tuple[str, str, Optional[str]]:
 def load_student_from_checkpoint(step_dir: str, dtype: torch.dtype = torch.float32):
     """Build the Qwen3 student at TP=PP=1 in this process and load the model weights of a trainer checkpoint.
 
-    Returns ``(model, qwen3 args, assets dir, tokenizer)``. Collective when torch.distributed runs.
+    Returns ``(model, its megatron -> HF weight mapping, assets dir, tokenizer)``. Collective when torch.distributed runs.
     """
     from megatron.core import dist_checkpointing
 
     from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed
-    from tide_megatron.models.qwen3 import qwen3_args_from_hf
-    from tide_megatron.models.qwen3.convert import build_model_for
     from tide_megatron.models.llada2.model import ensure_megatron_runtime
+    from tide_megatron.models.registry import get_architecture
     from tide_megatron.training.checkpoint import CheckpointError
 
     _, assets, tokenizer = student_source(step_dir)
     init_distributed()
-    args = qwen3_args_from_hf(assets, tp=1, pp=1, params_dtype=dtype, perform_initialization=False)
+    arch = get_architecture("qwen3")
+    args = arch.args_from_hf(assets, tp=1, pp=1, params_dtype=dtype, perform_initialization=False)
     grid = build_model_grid(ParallelLayout(), name="export")
     ensure_megatron_runtime(grid.pgs)
-    model = build_model_for(args, grid.pgs, backend="local", parallel_output=False)
+    model = arch.build_model(args, grid.pgs, backend="local", parallel_output=False)
     # The trainer saves the DDP-wrapped student, whose entries are named "module.<parameter>".
     wrapped = model.sharded_state_dict(prefix=DDP_PREFIX, metadata={"dp_cp_group": model.pg_collection.dp_cp})
     try:
@@ -93,20 +94,20 @@ def load_student_from_checkpoint(step_dir: str, dtype: torch.dtype = torch.float
     missing = [k for k in model.load_state_dict(state, strict=False).missing_keys if not k.endswith("_extra_state")]
     if missing:
         raise CheckpointError(f"checkpoint {step_dir!r}: no weights for {missing[:5]}")
-    return model.eval(), args, assets, tokenizer
+    return model.eval(), arch.mapping(args), assets, tokenizer
 
 
 def export_student(checkpoint: str, out_dir: Optional[str] = None, dtype: Optional[str] = None,
                    max_shard_bytes: int = 2 * 1024**3) -> str:
     """Write the student of ``checkpoint`` as an HF Qwen3 directory (default ``<step dir>/hf``); returns it."""
     from tide_megatron.models.conversion import atomic_output_dir, copy_hf_assets, iter_hf_tensors, write_hf_safetensors
-    from tide_megatron.models.qwen3.convert import DTYPES, qwen3_mapping
+    from tide_megatron.models.converter import DTYPES
 
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     step_dir = resolve_step_dir(checkpoint)
     out_dir = out_dir or os.path.join(step_dir, "hf")
-    model, args, assets, tokenizer = load_student_from_checkpoint(step_dir)
+    model, mapping, assets, tokenizer = load_student_from_checkpoint(step_dir)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     barrier = dist.barrier if dist.is_initialized() else (lambda: None)
     with atomic_output_dir(out_dir, "--hf-dir", is_writer=rank0, barrier=barrier) as tmp:
@@ -116,7 +117,7 @@ def export_student(checkpoint: str, out_dir: Optional[str] = None, dtype: Option
                 for name in TOKENIZER_FILES:
                     if Path(tokenizer, name).is_file():
                         copy_hf_assets_file(Path(tokenizer, name), Path(tmp, name))
-            write_hf_safetensors(tmp, iter_hf_tensors(model, qwen3_mapping(args)), max_shard_bytes,
+            write_hf_safetensors(tmp, iter_hf_tensors(model, mapping), max_shard_bytes,
                                  DTYPES[dtype] if dtype else None)
     return out_dir
 

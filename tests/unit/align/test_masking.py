@@ -1,5 +1,6 @@
 """Chunk-consistent masking and active chunks (§5.5, §11.10), pair projection and CompDemo projections (§2.4, §4)."""
 
+import pytest
 import torch
 
 from tide_megatron.align.masking import (
@@ -122,3 +123,9 @@ def test_chunk_set_projection_for_chunk_level_compdemo():
     in_a = torch.tensor([[True, False, True]])
     assert project_chunk_set(t_chunk, in_a).tolist() == [[False, True, True, False, True, True, False]]
     assert project_chunk_set(t_chunk, torch.zeros(1, 0, dtype=torch.bool)).sum() == 0
+
+
+def test_pair_projection_rejects_mismatched_pair_shapes():
+    ps, pt = torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="pair_student, pair_teacher and pair_valid"):
+        project_mask_through_pairs(torch.ones(1, 3, dtype=torch.bool), ps, pt, torch.ones(1, 3, dtype=torch.bool), 4)

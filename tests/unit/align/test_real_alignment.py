@@ -8,7 +8,7 @@ import pytest
 
 from tide_megatron.align.alignment import align_chunks
 from tide_megatron.align.templates import render_conversation, resolve_template
-from tide_megatron.data.stdlib_corpus import stdlib_conversations
+from tide_megatron.data.stdlib_snippets import stdlib_snippets
 
 PAIRS = [  # (student, teacher)
     ("qwen2", "llama-spm"),  # Qwen BPE vs SentencePiece with byte fallback
@@ -20,7 +20,7 @@ PAIRS = [  # (student, teacher)
 
 @pytest.fixture(scope="module")
 def conversations():
-    convs = stdlib_conversations(200, seed=0)
+    convs = stdlib_snippets(200, seed=0)
     assert sum(c["kind"] == "code" for c in convs) >= 60 and sum(c["kind"] == "prose" for c in convs) >= 60
     return convs
 

@@ -68,12 +68,32 @@ def test_labels_mask_the_prompt_and_content_spans(tok):
     assert conv.text[a - len("assistant\n"):a] == "assistant\n"
 
 
+def test_short_content_is_not_found_inside_template_text(tok):
+    t = tok("gpt-2")
+    msgs = [{"role": "user", "content": "Pick A or B."}, {"role": "assistant", "content": "A"}]
+    conv = render_conversation(t, resolve_template("llada2", t, "llada2"), msgs)
+    a, b = conv.content_spans[1]
+    # a plain search from the previous match would stop in "<role>ASSISTANT</role>"
+    assert conv.text[a - len("</role>"):b] == "</role>A" and conv.text[b:] == "<|role_end|>"
+    msgs = [{"role": "user", "content": "user"}, {"role": "assistant", "content": "assistant"}]
+    conv = render_conversation(t, resolve_template("qwen3", t, "qwen3"), msgs)
+    assert [conv.text[a - 1:b + 10] for a, b in conv.content_spans] == ["\nuser<|im_end|>", "\nassistant<|im_end|>"]
+
+
 def test_content_not_found_in_template(tok):
     t = tok("gpt-2")
     shouting = "{%- for m in messages -%}{{ m['content'] | upper }}{%- endfor -%}"
     with pytest.raises(SampleError) as e:
         render_conversation(t, shouting, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}])
     assert e.value.reason == "content_not_in_template"
+
+
+def test_template_refusal_is_a_sample_error(tok, tmp_path):
+    t = tok("gpt-2")
+    strict = "{%- if messages[0]['role'] != 'user' -%}{{ raise_exception('first message must be user') }}{%- endif -%}x"
+    with pytest.raises(SampleError) as e:
+        render(t, strict, [{"role": "assistant", "content": "a"}])
+    assert e.value.reason == "template_error" and "first message must be user" in str(e.value)
 
 
 @pytest.mark.parametrize("messages,reason", [

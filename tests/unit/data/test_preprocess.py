@@ -15,7 +15,7 @@ from tide_megatron.data import samples as samples_mod
 from tide_megatron.data.indexed import TideAlignedDataset
 from tide_megatron.data.preprocess import preprocess
 from tide_megatron.data.samples import SampleConfig
-from tide_megatron.data.stdlib_corpus import stdlib_conversations
+from tide_megatron.data.stdlib_snippets import stdlib_snippets
 
 STUDENT, TEACHER = "qwen2", "llama-spm"
 
@@ -41,7 +41,7 @@ BAD_REASONS = {"invalid_json": 1, "unknown_role": 1, "missing_role": 1, "prompt_
 
 @pytest.fixture(scope="module")
 def corpus():
-    return stdlib_conversations(24, seed=5)
+    return stdlib_snippets(24, seed=5)
 
 
 @pytest.fixture

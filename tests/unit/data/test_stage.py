@@ -9,7 +9,7 @@ from tide_megatron.data.indexed import TideAlignedDataset
 from tide_megatron.data.preprocess import preprocess
 from tide_megatron.data.samples import SampleConfig
 from tide_megatron.data.stage import AlignmentStage, StageConfig, TideCollator, build_dataloader, collate_samples
-from tide_megatron.data.stdlib_corpus import stdlib_conversations
+from tide_megatron.data.stdlib_snippets import stdlib_snippets
 
 B = 32
 
@@ -17,7 +17,7 @@ B = 32
 def _dataset(tmp_path_factory, name, **cfg) -> TideAlignedDataset:
     out = tmp_path_factory.mktemp(name)
     src = out / "in.jsonl"
-    src.write_text("\n".join(json.dumps({"messages": c["messages"]}) for c in stdlib_conversations(16, seed=9)))
+    src.write_text("\n".join(json.dumps({"messages": c["messages"]}) for c in stdlib_snippets(16, seed=9)))
     preprocess([src], out / "ds", SampleConfig(**cfg), progress=False)
     return TideAlignedDataset(out / "ds")
 
@@ -37,6 +37,8 @@ def pair_ds(tok, tmp_path_factory):
 
 def test_student_collation_spec_1_2(chunk_ds):
     cfg = StageConfig.from_meta(chunk_ds.meta)
+    # §1.1: with the qwen3 template, eos = <|im_end|> (151645) and pad = <|endoftext|> (151643)
+    assert (cfg.student_eos_id, cfg.student_pad_id) == (151645, 151643)
     samples = [chunk_ds[i] for i in range(4)]
     batch = collate_samples(samples, cfg)
     assert batch["input_ids"].shape == (4, 256) and batch["labels"].shape == (4, 256)
@@ -103,11 +105,18 @@ def test_compdemo_passes_partition_the_teacher_mask(which, request):
     ds = request.getfixturevalue(which)
     cfg = StageConfig.from_meta(ds.meta, compdemo_ratio=0.5)
     batch = TideCollator(cfg, seed=4)([ds[i] for i in range(6)])
-    a, b = batch["demo_teacher_mask_a"], batch["demo_teacher_mask_b"]
-    assert not (a & b).any() and torch.equal(a | b, batch["teacher_mask"])
-    assert a.any() and b.any()
-    assert torch.equal(batch["demo_pass1_ids"] == cfg.teacher_mask_id, b)
-    assert torch.equal(batch["demo_pass2_ids"] == cfg.teacher_mask_id, a)
+    assert bool(batch["demo_two_pass"])
+    masked1 = batch["demo_pass1_ids"] == cfg.teacher_mask_id  # pass 1 masks B
+    masked2 = batch["demo_pass2_ids"] == cfg.teacher_mask_id  # pass 2 masks A
+    assert not (masked1 & masked2).any() and torch.equal(masked1 | masked2, batch["teacher_mask"])
+    assert masked1.any() and masked2.any()
+    assert torch.equal(batch["demo_take_pass2"], masked2)  # merged logits take pass 2 exactly on A
+    assert torch.equal(batch["demo_teacher_mask_a"], masked2) and torch.equal(batch["demo_teacher_mask_b"], masked1)
+    if which == "chunk_ds":  # chunk-level split: a chunk's teacher tokens all land in the same pass
+        tc = batch["teacher_chunk"]
+        for k in range(tc.shape[0]):
+            for c in tc[k][masked2[k]].unique().tolist():
+                assert masked2[k][tc[k] == c].all()
 
 
 def _batches(ds, cfg, seed, workers):

@@ -135,3 +135,7 @@ def test_bad_config_names_the_field():
         SamplerConfig(mask_id=0, pad_id=1, eos_id=2, block_size=0)
     with pytest.raises(ValueError, match=r"prompts\[1\]"):
         left_pad_prompts([[1], []], PAD, 4)
+    lm = PositionPreferenceLM(_favourites(8), [1.0] * 8)
+    with pytest.raises(ValueError, match="mask_id 40 is outside the model's vocabulary of 32"):
+        bd3lm_generate(RecomputeDenoiser(lm), [[1]], SamplerConfig(mask_id=40, pad_id=PAD, eos_id=EOS, block_size=4,
+                                                                  max_new_tokens=4, steps=4))

@@ -19,11 +19,13 @@ def tiny_checkpoint(tmp_path_factory):
     tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tokenizers.decoders.ByteLevel()
     corpus = [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
-    specials = ["<|endoftext|>", "<|im_end|>", "<|mask|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
     tok.train_from_iterator(corpus, tokenizers.trainers.BpeTrainer(
         vocab_size=500, special_tokens=specials, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>",
                                                 eos_token="<|im_end|>", mask_token="<|mask|>")
+    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     fast.save_pretrained(out)
     cfg = transformers.Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -58,7 +60,7 @@ def test_tide_eval_writes_json_and_prints_a_table(tiny_checkpoint, tmp_path, cap
     assert not list((tmp_path / "eval").glob(".tmp-*"))
 
 
-def test_bad_flags_are_named(tiny_checkpoint, tmp_path):
+def test_bad_flags_are_named(tiny_checkpoint, tmp_path, capsys):
     ckpt, _ = tiny_checkpoint
     with pytest.raises(SystemExit, match="--tasks"):
         main(["--hf-dir", str(ckpt), "--tasks", "bleu"])
@@ -70,6 +72,10 @@ def test_bad_flags_are_named(tiny_checkpoint, tmp_path):
         main(["--tasks", "throughput"])
     with pytest.raises(SystemExit, match="no such directory"):
         main(["--mcore-dir", str(tmp_path / "missing"), "--tasks", "throughput"])
+    short = tmp_path / "short.txt"
+    short.write_text("x = 1\n")
+    assert main(["--hf-dir", str(ckpt), "--tasks", "bpb", "--heldout", str(short), "--seq-len", "64"]) == 2
+    assert "no held-out window" in capsys.readouterr().err
 
 
 def test_tide_eval_on_the_megatron_student_matches_the_hf_run(tiny_checkpoint, tmp_path):
@@ -89,3 +95,26 @@ def test_tide_eval_on_the_megatron_student_matches_the_hf_run(tiny_checkpoint, t
     assert mc["parameters"] == hf["parameters"]
     assert mc["tasks"]["bpb"]["elbo_bpb"] == pytest.approx(hf["tasks"]["bpb"]["elbo_bpb"], rel=1e-5)
     assert mc["tasks"]["throughput"]["decoded_tokens"] == hf["tasks"]["throughput"]["decoded_tokens"]
+
+
+def test_tide_eval_humaneval_instruct_prompts_through_the_chat_template(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    out = tmp_path / "he.json"
+    assert main(["--hf-dir", str(ckpt), "--tasks", "humaneval", "--chat-template", "--humaneval-limit", "2",
+                 "--block-size", "8", "--max-new-tokens", "8", "--steps", "2", "--workers", "1",
+                 "--output", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["tasks"]["humaneval"]["problems"] == 2
+    assert all(r["result"] != "passed" for r in res["humaneval_results"])  # a random model
+
+
+def test_chat_rendering_adds_an_empty_think_block_when_the_vocabulary_has_one(tiny_checkpoint, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tide_megatron.cli.evaluate import _chat
+
+    ckpt, _ = tiny_checkpoint
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert _chat(tok)("hi") == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    tok.add_tokens(["<think>", "</think>"])
+    assert _chat(tok)("hi").endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")

@@ -187,3 +187,13 @@ def test_bad_chunk_ids_raise():
         chunk_loglik(torch.zeros(1, 3), torch.tensor([[0, 2, -1]]), 2)
     with pytest.raises(ValueError, match="active must be bool"):
         calm_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("reverse", [True, False])
+def test_hard_clamp_gives_zero_gradient_outside_range(reverse):
+    """§9.13: chunk probabilities outside [1e-7, 1-1e-7] are clamped with zero gradient (no smooth log1mexp)."""
+    s_ll = torch.tensor([[0.0, -100.0, -1.0]], requires_grad=True)  # s = 1 (above), s = e^-20 (below), inside
+    t_ll = torch.tensor([[-0.5, -0.5, -0.5]])
+    calm_loss(s_ll, t_ll, torch.ones(1, 3, dtype=torch.bool), 5.0, reverse).backward()
+    assert s_ll.grad[0, 0].item() == 0.0 and s_ll.grad[0, 1].item() == 0.0
+    assert s_ll.grad[0, 2].item() != 0.0

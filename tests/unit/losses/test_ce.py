@@ -94,3 +94,27 @@ def test_bad_targets_raise():
     with pytest.raises(ValueError, match="masked"):
         bd3lm_ce(torch.randn(1, 2, 5), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2),
                  torch.ones(1, 2, dtype=torch.bool), torch.tensor([0.5]))
+
+
+def test_token_logprobs_on_transposed_view_does_not_copy_logits():
+    """megatron's [s, b, V] output seen as [b, s, V]: same values, and no copy of the logits is made."""
+    g = torch.Generator().manual_seed(4)
+    sbv = torch.randn(5, 3, 11, generator=g).requires_grad_()
+    bsv = sbv.transpose(0, 1)
+    tgt = torch.randint(0, 11, (3, 5), generator=g)
+    seen = []
+
+    def pack(t):
+        seen.append(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lp = token_logprobs(bsv, tgt)
+    assert sbv.untyped_storage().data_ptr() in seen
+    ref = torch.log_softmax(bsv.detach().double(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(lp.double(), ref, rtol=0, atol=1e-6)
+    w = torch.rand(3, 5, generator=g)
+    (lp * w).sum().backward()
+    s64 = sbv.detach().double().requires_grad_()
+    (torch.log_softmax(s64.transpose(0, 1), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1) * w).sum().backward()
+    torch.testing.assert_close(sbv.grad.double(), s64.grad, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tide_megatron.losses.compdemo import merge, pairs_to_teacher, plan_chunk_level, plan_token_level, split
+from tide_megatron.align.masking import project_mask_through_pairs
+from tide_megatron.losses.compdemo import merge, plan_chunk_level, plan_token_level, split
 
 
 def test_token_level_vector_11_10():
@@ -34,7 +35,7 @@ def test_unpaired_positions_masked_in_neither_pass():
     plan = plan_token_level(masked, ps, pt, valid, 5, 0.5, u)
     assert plan.passes[0].tolist() == [[False, False, True, False, False]]
     assert plan.passes[1].tolist() == [[False, False, False, False, True]]
-    assert not pairs_to_teacher(masked, ps, pt, valid, 5)[0, 0]  # padded pair never scatters to index 0
+    assert not project_mask_through_pairs(masked, ps, pt, valid, 5)[0, 0]  # padded pair never scatters to index 0
 
 
 def test_no_masked_positions_single_pass():

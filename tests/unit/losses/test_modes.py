@@ -103,8 +103,8 @@ def test_every_mode_matches_reference(mode):
 def test_aligned_rows_use_only_valid_masked_pairs():
     d = make_batch()
     rows = aligned_rows(d["masked"], d["pair_s"], d["pair_t"], d["pair_valid"])
-    expect = [(b, int(s), int(t)) for b in range(B) for s, t, v in zip(d["pair_s"][b], d["pair_t"][b], d["pair_valid"][b])
-              if v and d["masked"][b, s]]
+    expect = [(b, int(s), int(t)) for b in range(B)
+              for s, t, v in zip(d["pair_s"][b], d["pair_t"][b], d["pair_valid"][b]) if v and d["masked"][b, s]]
     got = list(zip(rows.batch.tolist(), rows.student_pos.tolist(), rows.teacher_pos.tolist()))
     assert got == expect
 

@@ -30,7 +30,8 @@ def test_lambda_axes_and_omega_vectors_11_1():
     torch.testing.assert_close(TidalSchedule().omega(t), torch.ones(4))
     # Mean of the midrange weight over t ~ U(0, 1) is about 0.376 (§3.5).
     grid = (torch.arange(200000, dtype=torch.float64) + 0.5) / 200000
-    assert TidalSchedule(timestep_weight="midrange").omega(grid).double().mean().item() == pytest.approx(0.376, abs=1e-3)
+    mean = TidalSchedule(timestep_weight="midrange").omega(grid).double().mean().item()
+    assert mean == pytest.approx(0.376, abs=1e-3)
 
 
 def test_schedule_validation():
@@ -153,3 +154,14 @@ def test_bad_shapes_raise():
         kl_loss(torch.randn(2, 5), torch.randn(2, 5), vocab_limit=6)
     with pytest.raises(ValueError, match="temperature"):
         kl_loss(torch.randn(2, 5), torch.randn(2, 5), temperature=0.0)
+
+
+def test_tidal_divides_by_row_count_not_sum_of_omega():
+    """§9.9: L_TIDAL = T^2 * sum(omega * KL) / |K|, so halving every omega halves the loss."""
+    zs, zt = torch.randn(4, 9), torch.randn(4, 9)
+    full = tidal_loss(zs, zt, 0.3, torch.ones(4))
+    half = tidal_loss(zs, zt, 0.3, torch.full((4,), 0.5))
+    assert half.item() == pytest.approx(0.5 * full.item(), rel=1e-6)
+    one_row = tidal_loss(zs[:1], zt[:1], 0.3)
+    with_zero = tidal_loss(zs[:2], zt[:2], 0.3, torch.tensor([1.0, 0.0]))
+    assert with_zero.item() == pytest.approx(one_row.item() / 2, rel=1e-5)

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from tide_megatron.cli.convert import main as tide_convert
 from tide_megatron.models.conversion import HFCheckpointReader
@@ -32,13 +31,15 @@ def converted(request, tmp_path_factory):
     return hf, mcore, root
 
 
-def test_megatron_logits_equal_transformers_under_both_masks(converted):
+def test_megatron_logits_equal_transformers_under_both_masks(converted, capsys):
     from tide_megatron.cli.convert import run
 
     hf, mcore, _ = converted
     diffs = run(["verify", "--hf-dir", hf, "--mcore-dir", mcore, "--seq-length", "16", "--block-size", "4"])
     assert set(diffs) == {"causal", "block_diffusion"}
     assert max(diffs.values()) <= 1e-4, diffs
+    printed = capsys.readouterr().out
+    assert "causal: max abs logit difference" in printed and "block_diffusion: max abs logit difference" in printed
 
 
 def test_megatron_to_hf_reproduces_every_tensor_exactly(converted):
@@ -84,9 +85,10 @@ def test_other_architecture_is_refused(hf_copy, tmp_path, capsys):
 
 def test_missing_shard_is_refused(hf_copy, tmp_path, capsys):
     index = os.path.join(hf_copy, "model.safetensors.index.json")
-    if not os.path.isfile(index):
-        pytest.skip("single-file checkpoint")
-    shard = sorted(set(json.load(open(index))["weight_map"].values()))[-1]
+    if os.path.isfile(index):
+        shard = sorted(set(json.load(open(index))["weight_map"].values()))[-1]
+    else:
+        shard = "model.safetensors"  # the single-file checkpoint's only weights file
     os.remove(os.path.join(hf_copy, shard))
     out = str(tmp_path / "out")
     _assert_clean_failure(capsys, ["hf-to-mcore", "--hf-dir", hf_copy, "--mcore-dir", out], out, shard)

@@ -115,6 +115,7 @@ def qwen3_args_from_hf(
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         fp16=params_dtype == torch.float16,
         use_cpu_initialization=not torch.cuda.is_available(),

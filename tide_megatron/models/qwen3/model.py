@@ -6,7 +6,7 @@ from typing import Optional
 
 from megatron.core.process_groups_config import ProcessGroupCollection
 
-from tide_megatron.models.gpt import ExplicitMaskGPTModel
+from tide_megatron.models.gpt import ExplicitMaskGPTModel, ensure_global_memory_buffer
 from tide_megatron.models.qwen3.config import Qwen3Args
 from tide_megatron.models.qwen3.spec import qwen3_block_spec
 
@@ -23,6 +23,8 @@ def build_qwen3_model(args: Qwen3Args, pgs: ProcessGroupCollection, backend: Opt
     if (cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size) != (tp, pp):
         raise ValueError(f"config was made for tp={cfg.tensor_model_parallel_size}, "
                          f"pp={cfg.pipeline_model_parallel_size} but the process groups have tp={tp}, pp={pp}")
+    if cfg.sequence_parallel:
+        ensure_global_memory_buffer()
     pp_rank = pgs.pp.rank()
     return ExplicitMaskGPTModel(
         config=cfg,

@@ -1,4 +1,4 @@
-"""Real tokenizers for the data tests: fetched once per machine from registry sdists (see align/artifacts.py)."""
+"""Real tokenizers for the unit tests: fetched once per machine from registry sdists (see align/artifacts.py)."""
 
 import pytest
 

@@ -1,23 +1,16 @@
-"""Real text for tests, demos and benchmarks without network: the CPython standard library (DESIGN §5).
+"""Varied real snippets for alignment tests and benchmarks: stdlib code and docstring prose (DESIGN §5).
 
-Snippets are code (consecutive source lines of stdlib modules) and prose (module and function docstrings),
-each wrapped as a two-turn conversation. Selection is deterministic given the seed.
+Unlike `data.corpus` (the training corpus: module continuations with a stable train/held-out split), this
+samples files at random (seeded) and mixes two kinds of text: code windows (with a system turn) and
+docstrings (prose), so tokenizer pairs are exercised on both indentation-heavy code and natural language.
 """
 
 from __future__ import annotations
 
 import ast
 import random
-import sysconfig
-from pathlib import Path
 
-
-def stdlib_files() -> list[Path]:
-    """The stdlib's top-level and package .py files, excluding tests, sorted for determinism."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py")
-             if not any(part in ("test", "tests", "idlelib", "site-packages", "lib2to3") for part in p.parts)]
-    return sorted(files)
+from tide_megatron.data.corpus import stdlib_modules, stdlib_root
 
 
 def _docstrings(tree: ast.AST) -> list[str]:
@@ -30,10 +23,10 @@ def _docstrings(tree: ast.AST) -> list[str]:
     return out
 
 
-def stdlib_conversations(n: int, seed: int = 0, code_lines: int = 24, prose_fraction: float = 0.5) -> list[dict]:
+def stdlib_snippets(n: int, seed: int = 0, code_lines: int = 24, prose_fraction: float = 0.5) -> list[dict]:
     """`n` conversations `{"messages": [...], "kind": "code"|"prose", "source": "<module>"}` from the stdlib."""
     rng = random.Random(seed)
-    files = stdlib_files()
+    files = stdlib_modules()
     rng.shuffle(files)
     out: list[dict] = []
     for path in files:
@@ -66,5 +59,5 @@ def stdlib_conversations(n: int, seed: int = 0, code_lines: int = 24, prose_frac
                 {"role": "user", "content": f"Show lines {start + 1}-{start + code_lines} of `{module}`."},
                 {"role": "assistant", "content": code}]})
     if len(out) < n:
-        raise RuntimeError(f"only {len(out)} stdlib snippets found (wanted {n}) under {sysconfig.get_paths()['stdlib']}")
+        raise RuntimeError(f"only {len(out)} stdlib snippets found (wanted {n}) under {stdlib_root()}")
     return out
