@@ -70,9 +70,9 @@ def main() -> int:
     init_distributed()
     grid = build_model_grid(ParallelLayout(), "gpu_check")
     seed_model_parallel_rng(0)
-    from tide_megatron.models.llada2.model import ensure_megatron_buffers
+    from tide_megatron.models.gpt import ensure_global_memory_buffer
 
-    ensure_megatron_buffers()
+    ensure_global_memory_buffer()
     name = torch.cuda.get_device_name()
     te = transformer_engine_available()
     print(f"gpu_check on {name}; Transformer Engine: {'yes' if te else 'no'}")

@@ -183,10 +183,13 @@ class StudentConfig:
     block_size: int = 32  # B (§1.4)
     mask_id: Optional[int] = None  # None: the tokenizer's mask token (§1.1, ≈151669)
     recompute: bool = False  # full activation recomputation for large micro-batches
+    logits_chunk_seqs: int = 1  # sequences per output-layer + loss group (0 = the whole micro-batch at once, §9.21)
+    skip_unmasked_blocks: bool = True  # leave out xt blocks without a masked token and the x0 blocks after them
 
     def __post_init__(self) -> None:
         _require(self.tp >= 1, "student.tp", "an integer >= 1", self.tp)
         _require(self.block_size >= 1, "student.block_size", "an integer >= 1", self.block_size)
+        _require(self.logits_chunk_seqs >= 0, "student.logits_chunk_seqs", "an integer >= 0", self.logits_chunk_seqs)
         if self.seq_length % self.block_size:
             raise ConfigError(f"student.seq_length: {self.seq_length} is not a multiple of student.block_size "
                               f"{self.block_size} (spec §9.6)")

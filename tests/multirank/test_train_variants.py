@@ -151,3 +151,74 @@ def test_sigterm_mid_run_leaves_a_checkpoint_that_loads(artifacts):
         assert torch.equal(p_saved, p_loaded)
     resumed.run(stop_after=1)
     assert resumed.state.step == 3
+
+
+@pytest.mark.parametrize("variant", ["a_tide_shared", "b_tide_cross"])
+def test_chunked_student_head_matches_full_logits_on_the_real_student(artifacts, variant):
+    """The trainer's sequence-chunked output layer + loss equals the loss on full [b, L, V] logits."""
+    from tide_megatron.training.data import micro_batches
+
+    cfg, pipe = _config(artifacts, variant, _shared_dir(f"chunked-{variant}"))
+    trainer = _trainer(cfg, pipe)
+    batch = next(iter(micro_batches(trainer.train_data, trainer.batches, trainer.collator, 0, 1)))
+    payload = trainer.teacher_payload(batch)
+    chunked = trainer.student_loss(batch, payload)
+    trainer.cfg.student.logits_chunk_seqs = 0
+    full = trainer.student_loss(batch, payload)
+    assert chunked.keys() == full.keys()
+    for key in full:
+        assert chunked[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
+
+
+def test_gradient_accumulation_counts_optimizer_steps(artifacts):
+    """grad_accum=2: two micro-batches per optimizer step; TIDAL progress and the data position count steps."""
+    cfg, pipe = _config(artifacts, "b_tide_shared", _shared_dir("accum"),
+                        optim={"train_steps": 3, "grad_accum": 2}, logging={"tensorboard": False})
+    trainer = _trainer(cfg, pipe, n_train=24)
+    seen = []
+    original = trainer.train_step
+
+    def record(batches):
+        seen.append((len(batches), trainer.state.step))
+        return original(batches)
+
+    trainer.train_step = record
+    trainer.run()
+    assert seen == [(2, 0), (2, 1), (2, 2)]
+    assert trainer.state.step == 3 and trainer.state.consumed_micro_batches == 6
+    assert trainer.batches.per_epoch == 6 and trainer.state.total_steps == 3
+
+
+def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(artifacts):
+    """Pipeline B: [x0 ; xt_1 ; xt_2] in one forward gives the rows of two [x0 ; xt_p] forwards (TP=2 teacher)."""
+    from tide_megatron.diffusion.inputs import bd3lm_inputs
+    from tide_megatron.diffusion.masks import block_diffusion_mask
+    from tide_megatron.distributed import payload_exchange as px
+    from tide_megatron.losses import aligned_rows
+    from tide_megatron.training.data import micro_batches
+
+    cfg, pipe = _config(artifacts, "b_tide_shared", _shared_dir("sharedx0"))
+    trainer = _trainer(cfg, pipe)
+    batch = next(iter(micro_batches(trainer.train_data, trainer.batches, trainer.collator, 0, 1)))
+    assert batch.num_passes == 2
+    got = trainer.teacher_payload(batch)
+
+    ids, att, passes = trainer._padded_teacher(batch)
+    _, b, Lt = passes.shape
+    rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
+    which = batch.take_pass2[rows.batch, rows.teacher_pos]
+    expected = torch.empty_like(got)
+    for p in range(2):
+        xt = torch.where(passes[p], trainer.teacher_mask_id, ids)
+        seq, pos = bd3lm_inputs(xt, ids, order="x0_xt")
+        gathered, info = px.gather_teacher_inputs({"ids": seq, "pos": pos, "att": att.repeat(1, 2)},
+                                                  {"ids": trainer.teacher_pad_id, "pos": 0, "att": False},
+                                                  trainer.teacher_group)
+        sel = which == bool(p)
+        req = torch.stack([rows.batch[sel], Lt + rows.teacher_pos[sel]], 1)
+        all_rows, counts = px.gather_rows(req, info, trainer.teacher_group)
+        mask = block_diffusion_mask(Lt, cfg.student.block_size, "x0_xt")[None] & gathered["att"][:, None, :]
+        out = trainer.teacher.engine.logit_rows(gathered["ids"], all_rows, cfg.objective.shared_vocab,
+                                                attention_mask=mask, position_ids=gathered["pos"])
+        expected[sel] = px.own_rows(out, counts, trainer.teacher_group)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -44,7 +44,7 @@ class TrainState:
 
     step: int = 0  # optimizer steps taken
     total_steps: int = 0  # optimizer steps in the whole run (TIDAL progress denominator)
-    consumed_samples: int = 0  # per data-parallel rank, across epochs (the data position)
+    consumed_micro_batches: int = 0  # per data-parallel rank, across epochs (the data position)
     epoch: int = 0
 
     def to_dict(self) -> dict:

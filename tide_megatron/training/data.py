@@ -73,6 +73,15 @@ class ResumableBatches:
             position = end
 
 
+def _ignore_preemption_signals(worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGUSR1 to the trainer (SLURM signals every process of the job): the main
+    process checkpoints at the next step boundary and shuts the workers down itself."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def micro_batches(dataset: Dataset, batches: ResumableBatches, collator: TideCollator, start: int, stop: int,
                   num_workers: int = 0, prefetch_factor: int = 2) -> Iterator[DistillBatch]:
     """This rank's micro-batches ``start .. stop-1``; collation, noising and alignment run in the workers."""
@@ -80,7 +89,8 @@ def micro_batches(dataset: Dataset, batches: ResumableBatches, collator: TideCol
         collator.set_epoch(epoch)
         kwargs = {"num_workers": num_workers}
         if num_workers > 0:
-            kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
+            kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False,
+                          worker_init_fn=_ignore_preemption_signals)
         loader = DataLoader(dataset, batch_sampler=index_lists, collate_fn=collator, **kwargs)
         for out in loader:
             yield DistillBatch.from_stage(out)

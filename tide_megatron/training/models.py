@@ -25,7 +25,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 def is_mcore_dir(path: str) -> bool:
     """A directory written by ``tide-convert hf-to-mcore`` (has its metadata file)."""
-    from tide_megatron.models.qwen3.convert import META_FILE
+    from tide_megatron.models.converter import META_FILE
 
     return os.path.isfile(os.path.join(path, META_FILE))
 
@@ -47,7 +47,8 @@ def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGri
     """The Qwen3 BD3LM student on the student grid, weights loaded from ``cfg.checkpoint``."""
     from tide_megatron.models.conversion import HFCheckpointReader, load_hf_into_model
     from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
-    from tide_megatron.models.qwen3.convert import load_mcore_checkpoint, qwen3_args_from_mcore, qwen3_mapping
+    from tide_megatron.models.converter import load_mcore_checkpoint
+    from tide_megatron.models.qwen3.convert import qwen3_args_from_mcore, qwen3_mapping
     from tide_megatron.training.fp8 import fp8_settings
 
     dtype = DTYPES[precision.dtype]
@@ -105,19 +106,9 @@ def build_teacher(cfg: TeacherConfig, grid: ModelGrid, backend: Optional[str] = 
         load_llada2_from_hf(model, cfg.checkpoint, lcfg, grid.pgs)
         vocab = lcfg.vocab_size
     else:
-        from tide_megatron.models.conversion import HFCheckpointReader, load_hf_into_model
-        from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
-        from tide_megatron.models.qwen3.convert import qwen3_mapping
+        from tide_megatron.models.wedlm import load_wedlm_teacher
 
-        hf_for_args = dict(hf)
-        if hf_for_args.get("model_type") not in ("qwen3",):  # WeDLM ships the Qwen3 layout under its own name
-            hf_for_args["model_type"] = "qwen3"
-        args = qwen3_args_from_hf(hf_for_args, tp=cfg.tp, pp=cfg.pp, params_dtype=dtype,
-                                  source=os.path.join(cfg.checkpoint, "config.json"))
-        model = build_qwen3_model(args, grid.pgs, backend=backend)
-        pp_rank = dist.get_rank(grid.pgs.pp)
-        load_hf_into_model(model, HFCheckpointReader(cfg.checkpoint), qwen3_mapping(args), grid.tp_rank,
-                           dist.get_world_size(grid.pgs.tp), layer_offset=pp_rank * (args.config.num_layers // cfg.pp))
+        model, args = load_wedlm_teacher(cfg.checkpoint, grid.pgs, params_dtype=dtype)
         vocab = args.vocab_size
     engine = TeacherEngine(model, grid.pgs, pad_token_id=pad)
     return TeacherBundle(engine=engine, vocab_size=vocab, mask_id=mask, pad_id=pad, eos_id=eos)

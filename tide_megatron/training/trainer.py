@@ -4,7 +4,8 @@
       → teacher inputs of every pass, batched together (CompDemo = 2 passes in one forward)
       → gathered over the teacher model-parallel group → teacher engine → loss-sized payload
       → this rank's payload, CompDemo-merged, in student coordinates
-      → student forward (logits of the xt half only) → CE + TIDE term → backward
+      → student trunk over [xt ; x0] → output layer + CE + TIDE term per group of sequences (xt half only)
+        → backward
       → DDP gradient reduction → distributed-optimizer step → LR schedule
       → metrics, periodic atomic checkpoint, SIGTERM/SIGUSR1 → checkpoint and stop
 
@@ -34,11 +35,16 @@ from tide_megatron.losses import LossInputs, aligned_rows, bd3lm_ce, build_objec
 from tide_megatron.losses import ObjectiveConfig as LossObjectiveConfig
 from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.training.batch import DistillBatch
+from tide_megatron.training.compact import (compact_student_inputs, compact_teacher_inputs, scatter_xt_rows,
+                                             segment_block_mask)
 from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from tide_megatron.training.data import ResumableBatches, micro_batches
+from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
+from tide_megatron.training.student_loss import (chunked_loss_backward, hidden_states_output, loss_chunk_rows,
+                                                  supports_chunked_head)
 
 
 @dataclass
@@ -85,14 +91,16 @@ class DistillTrainer:
             cpu_compat.use_fork_checkpoint_manager()  # spawn would re-import megatron at the first save (+5-8 s)
         world = dist.get_world_size()
         self.teacher_dp, self.student_dp = cfg.check_world_size(world)
+        check_fp8_available(cfg.precision)
+        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)  # a bad checkpoint fails before any build
         self.needs_teacher = cfg.objective.needs_teacher
         self.chunk_level = is_chunk_mode(cfg.objective.mode)
         self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
             cfg.teacher.layout if self.needs_teacher else _no_teacher_layout(), cfg.student.layout)
         seed_model_parallel_rng(cfg.optim.seed, tp_rank=self.student_grid.tp_rank)
-        from tide_megatron.models.llada2.model import ensure_megatron_buffers
+        from tide_megatron.models.gpt import ensure_global_memory_buffer
 
-        ensure_megatron_buffers()
+        ensure_global_memory_buffer()
 
         # Student: megatron DDP + distributed optimizer + cosine schedule.
         bf16 = cfg.precision.dtype == "bf16"
@@ -116,7 +124,7 @@ class DistillTrainer:
                 taid_weight=o.distill_weight, alm_weight=o.distill_weight, taid_lambda_init=o.lambda_init,
                 taid_lambda_max=o.lambda_max, taid_decay=o.lambda_schedule, taid_axis_mode=o.axis_mode,
                 taid_timestep_weight=o.timestep_weight, shared_vocab=o.shared_vocab,
-                chunk_rows=o.chunk_rows or None))
+                chunk_rows=o.chunk_rows or loss_chunk_rows(self.student_vocab)))
 
         # Data: this rank's micro-batches; collation + noising + teacher projection run in workers.
         self.collator = TideCollator(StageConfig.from_meta(
@@ -134,10 +142,12 @@ class DistillTrainer:
         self.logger = MetricsLogger(cfg.logging.dir, cfg.logging.log_interval, cfg.logging.tensorboard, stream,
                                     group=self.student_grid.pgs.dp, total_steps=total)
         self.preemption = PreemptionFlag()
-        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)
         if resume is not None:
             self.state = load_checkpoint(resume, self.model, self.optimizer, self.scheduler, self.student_grid.pgs)
             self._print(f"resumed from {resume} at step {self.state.step}/{self.state.total_steps}")
+            if self.state.total_steps != total:
+                self._print(f"note: keeping the checkpoint's total of {self.state.total_steps} optimizer steps (the "
+                            f"TIDAL progress denominator and the LR schedule); this config would give {total}")
 
     # ------------------------------------------------------------------------------------------------
     # One step, top to bottom
@@ -154,8 +164,7 @@ class DistillTrainer:
             t0 = time.perf_counter()
             payload = self.teacher_payload(batch)  # no gradients; collective over the teacher group
             t1 = time.perf_counter()
-            loss, terms = self.student_loss(batch, payload)
-            (loss / len(micro_batches)).backward()
+            terms = self.student_loss(batch, payload, backward_scale=1.0 / len(micro_batches))
             student_s += time.perf_counter() - t1
             teacher_s += t1 - t0
             for key, value in terms.items():
@@ -167,8 +176,9 @@ class DistillTrainer:
         student_s += time.perf_counter() - t2
         lr = self.optimizer.param_groups[0]["lr"]
         self.state.step += 1
-        self.state.consumed_samples += len(micro_batches)
-        tokens = sum(int(b.x0.numel()) for b in micro_batches)
+        self.state.consumed_micro_batches += len(micro_batches)
+        # Student tokens of the whole job this step (every data-parallel rank trains on as many).
+        tokens = sum(int(b.x0.numel()) for b in micro_batches) * self.student_dp
         scalars = {**sums, "lr": lr, "grad_norm": float(grad_norm or 0.0), "tokens": tokens,
                    "time/teacher_s": teacher_s, "time/student_s": student_s,
                    "tokens_per_s": tokens / max(teacher_s + student_s, 1e-9)}
@@ -215,23 +225,31 @@ class DistillTrainer:
         return compdemo.merge(mine[0], mine[1], batch.take_pass2)
 
     def _teacher_logit_rows(self, batch: DistillBatch) -> torch.Tensor:
-        """WeDLM-style teacher: ``[x0 ; xt]`` with the x0-first block mask (§2.2); rows of the xt half."""
+        """WeDLM-style teacher (§2.2): ``[x0 ; xt]`` with the x0-first block mask; rows of the xt half.
+
+        CompDemo's passes share their clean half and x0 never sees xt (§1.4), so all passes run as one
+        sequence ``[x0 ; xt_1 ; xt_2]`` in which each xt half sees x0 and only itself; and only the xt blocks
+        holding a requested row, with the x0 blocks before them, are kept (training/compact.py). Each row
+        gets the attention it would have in its own full ``[x0 ; xt_p]`` forward.
+        """
         ids, att, passes = self._padded_teacher(batch)
         P, b, Lt = passes.shape
-        xt = torch.where(passes, self.teacher_mask_id, ids[None]).reshape(P * b, Lt)
-        x0 = ids[None].expand(P, b, Lt).reshape(P * b, Lt)
-        seq, pos = bd3lm_inputs(xt, x0, order="x0_xt")
-        key_pad = att[None].expand(P, b, Lt).reshape(P * b, Lt).repeat(1, 2)
+        block = self.cfg.student.block_size
+        xts = torch.where(passes, self.teacher_mask_id, ids[None])
         rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
         pass_of_row = torch.zeros_like(rows.batch)
         if P == 2:
             pass_of_row = batch.take_pass2[rows.batch, rows.teacher_pos].long()
-        req = torch.stack([pass_of_row * b + rows.batch, Lt + rows.teacher_pos], dim=1)
-        gathered, info = px.gather_teacher_inputs({"ids": seq, "pos": pos, "att": key_pad},
-                                                  {"ids": self.teacher_pad_id, "pos": 0, "att": False},
-                                                  self.teacher_group)
+        need = torch.zeros(P, b, Lt // block, dtype=torch.bool)
+        need[pass_of_row, rows.batch, rows.teacher_pos // block] = True
+        c = compact_teacher_inputs(ids, xts, need, block, self.teacher_pad_id)
+        key_valid = (c.segment >= 0) & att.gather(1, c.position_ids)
+        req = torch.stack([rows.batch, c.index[pass_of_row, rows.batch, rows.teacher_pos]], dim=1)
+        gathered, info = px.gather_teacher_inputs(
+            {"ids": c.ids, "pos": c.position_ids, "seg": c.segment, "blk": c.block, "kv": key_valid},
+            {"ids": self.teacher_pad_id, "pos": 0, "seg": -1, "blk": -1, "kv": False}, self.teacher_group)
         all_rows, counts = px.gather_rows(req, info, self.teacher_group)
-        mask = block_diffusion_mask(Lt, self.cfg.student.block_size, "x0_xt")[None] & gathered["att"][:, None, :]
+        mask = segment_block_mask(gathered["seg"], gathered["blk"], gathered["kv"])
         out = self.teacher.engine.logit_rows(gathered["ids"], all_rows, self.cfg.objective.shared_vocab,
                                              attention_mask=mask, position_ids=gathered["pos"])
         return px.own_rows(out, counts, self.teacher_group)
@@ -239,31 +257,67 @@ class DistillTrainer:
     def student_forward(self, batch: DistillBatch) -> torch.Tensor:
         """Student logits of the xt half only ``[b, L, V]`` (§1.4: [xt ; x0], duplicated positions)."""
         ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
-        L = batch.x0.shape[1]
-        return self.model(ids, pos, self.block_mask, logits_rows=slice(0, L))
+        return self.model(ids, pos, self.block_mask, logits_rows=slice(0, batch.x0.shape[1]))
 
-    def student_loss(self, batch: DistillBatch, payload) -> tuple[torch.Tensor, dict[str, float]]:
-        """CE + the mode's TIDE term on this micro-batch (per-micro-batch normalisation, §9.9)."""
-        logits = self.student_forward(batch)
-        tp_group = self.student_grid.pgs.tp if self.student_grid.layout.tp > 1 else None
-        if self.objective is None:
-            ce = bd3lm_ce(logits, batch.x0, batch.masked, batch.maskable, batch.t, tp_group)
-            return ce, {"loss/total": float(ce.detach()), "loss/ce": float(ce.detach())}
+    def _loss_inputs(self, batch: DistillBatch, payload, logits: Optional[torch.Tensor]) -> LossInputs:
         inputs = LossInputs(student_logits=logits, x0=batch.x0, masked=batch.masked, maskable=batch.maskable,
                             t=batch.t)
+        if self.objective is None:
+            return inputs
         if self.chunk_level:
             inputs.student_chunk, inputs.teacher_chunk = batch.student_chunk, batch.teacher_chunk
             inputs.teacher_token_logp, inputs.active = payload, batch.active
         else:
             inputs.rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
             inputs.teacher_rows = payload
-        out = self.objective(inputs, step=self.state.step, total_steps=self.state.total_steps, tp_group=tp_group)
-        terms = {"loss/total": float(out.total.detach()), "loss/ce": float(out.ce.detach())}
-        terms.update({f"loss/{k}": float(v.detach()) for k, v in out.terms.items()})
-        lam = self._mean_lambda(batch)
-        if lam is not None:
-            terms["lambda"] = lam
-        return out.total, terms
+        return inputs
+
+    def student_loss(self, batch: DistillBatch, payload, backward_scale: Optional[float] = None) -> dict[str, float]:
+        """CE + the mode's TIDE term on this micro-batch (per-micro-batch normalisation, §9.9); with
+        ``backward_scale`` also backpropagates ``scale * loss``. Returns the loss terms (and λ)."""
+        backward = backward_scale is not None
+        module = self.model.module
+        chunk = self.cfg.student.logits_chunk_seqs
+        if chunk and supports_chunked_head(module):
+            L = batch.x0.shape[1]
+            with torch.set_grad_enabled(backward), hidden_states_output(module) as weight:
+                if self.cfg.student.skip_unmasked_blocks:  # same loss, fewer blocks (training/compact.py)
+                    c = compact_student_inputs(batch.xt, batch.x0, batch.masked, self.cfg.student.block_size,
+                                               self.meta["student"]["pad_id"])
+                    hidden = scatter_xt_rows(self.model(c.ids, c.position_ids, c.mask,
+                                                        logits_rows=slice(0, c.xt_rows)), c.xt_positions, L)
+                else:
+                    ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
+                    hidden = self.model(ids, pos, self.block_mask, logits_rows=slice(0, L))
+            terms = chunked_loss_backward(hidden, weight, self._loss_inputs(batch, payload, None), self.objective,
+                                          self.state.step, self.state.total_steps, chunk, self._term_weights(),
+                                          backward_scale or 1.0, backward)
+        else:
+            tp_group = self.student_grid.pgs.tp if self.student_grid.layout.tp > 1 else None
+            with torch.set_grad_enabled(backward):
+                logits = self.student_forward(batch)
+                if self.objective is None:
+                    loss = bd3lm_ce(logits, batch.x0, batch.masked, batch.maskable, batch.t, tp_group)
+                    out_terms = {}
+                    ce = loss
+                else:
+                    out = self.objective(self._loss_inputs(batch, payload, logits), step=self.state.step,
+                                         total_steps=self.state.total_steps, tp_group=tp_group)
+                    loss, ce, out_terms = out.total, out.ce, out.terms
+            if backward:
+                (loss * backward_scale).backward()
+            terms = {"loss/total": float(loss.detach()), "loss/ce": float(ce.detach())}
+            terms.update({f"loss/{k}": float(v.detach()) for k, v in out_terms.items()})
+        if self.objective is not None:
+            lam = self._mean_lambda(batch)
+            if lam is not None:
+                terms["lambda"] = lam
+        return terms
+
+    def _term_weights(self) -> dict[str, float]:
+        if self.objective is None:
+            return {}
+        return {c.name: self.cfg.objective.distill_weight for c in self.objective.components}  # §9.20
 
     def _mean_lambda(self, batch: DistillBatch) -> Optional[float]:
         comps = self.objective.components
@@ -283,8 +337,9 @@ class DistillTrainer:
         accum = cfg.optim.grad_accum
         last = self.state.total_steps if stop_after is None else min(self.state.total_steps,
                                                                       self.state.step + stop_after)
-        loader = micro_batches(self.train_data, self.batches, self.collator, self.state.step * accum, last * accum,
-                               cfg.data.num_workers, cfg.data.prefetch_factor)
+        start = self.state.consumed_micro_batches  # the data position restored from the checkpoint
+        loader = micro_batches(self.train_data, self.batches, self.collator, start,
+                               start + (last - self.state.step) * accum, cfg.data.num_workers, cfg.data.prefetch_factor)
         if cfg.checkpoint.save_on_signal:
             self.preemption.install()
         preempted = False
@@ -336,7 +391,7 @@ class DistillTrainer:
         sums: dict[str, float] = {}
         for batch in loader:
             payload = self.teacher_payload(batch)
-            _, terms = self.student_loss(batch, payload)
+            terms = self.student_loss(batch, payload)
             for key, value in terms.items():
                 if key.startswith("loss/"):
                     sums["eval/" + key[5:]] = sums.get("eval/" + key[5:], 0.0) + value / n

@@ -118,3 +118,12 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, capsys):
     cfg.write_text("preset: a_tide_cross\nstudent: {checkpoint: nowhere}\n")
     assert main(["--config", str(cfg)]) == 2
     assert "student.checkpoint: file or directory 'nowhere' does not exist" in capsys.readouterr().err
+
+
+def test_keep_last_prunes_the_oldest_checkpoints(tmp_path):
+    from tide_megatron.training.checkpoint import _prune
+
+    for step in (2, 4, 6, 8):
+        _fake_complete(tmp_path / f"step_{step:07d}", step)
+    _prune(tmp_path, keep_last=2)
+    assert [p.name for p in list_checkpoints(str(tmp_path))] == ["step_0000006", "step_0000008"]

@@ -144,3 +144,16 @@ def test_layout_that_does_not_divide_the_world_is_named(files):
 
 def test_parse_overrides_nests():
     assert parse_overrides(["optim.lr=1", "optim.x=a", "name=y"]) == {"optim": {"lr": 1, "x": "a"}, "name": "y"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_tiny_cpu_examples_keep_the_paper_objective(name):
+    """examples/tiny/ changes sizes, never the objective (only the shared-vocab cut of the tiny tokenizer)."""
+    import dataclasses
+
+    with paths_unchecked():
+        tiny = load_config(str(EXAMPLES / "tiny" / f"tiny_pipeline_{name}.yaml"))
+        full = load_config(str(EXAMPLES / f"pipeline_{name}.yaml"))
+    assert dataclasses.replace(tiny.objective, shared_vocab=full.objective.shared_vocab) == full.objective
+    assert tiny.check_world_size(2) == (1 if name.startswith("b_") else 2, 2)
+    assert tiny.precision.fp8 is False and tiny.precision.dtype == "fp32"
