@@ -51,13 +51,13 @@ class DemoSettings:
     block_size: int = 32
     # teacher (LLaDA2 MoE) pretraining
     teacher_hidden: int = 128
-    teacher_steps: int = 120
+    teacher_steps: int = 160
     teacher_batch: int = 16
     teacher_lr: float = 3e-3
     # students (Qwen3 BD3LM)
     student_hidden: int = 64
     student_layers: int = 2
-    student_steps: int = 60
+    student_steps: int = 100
     student_batch: int = 8
     student_lr: float = 3e-3
     bpb_draws: int = 2

@@ -23,7 +23,10 @@ def _env(cache: Path) -> dict:
     for name in ("gguf-vocabs", "sentencepiece", "tokenizers"):
         if (cache_dir() / name).is_dir() and not (cache / name).exists():
             (cache / name).symlink_to(cache_dir() / name)
-    return {**os.environ, "TIDE_CACHE_DIR": str(cache), "TORCHDYNAMO_DISABLE": "1", "OMP_NUM_THREADS": "1",
+    # a world of one of its own: not the launcher variables an earlier in-process test may have set
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    return {**env, "TIDE_CACHE_DIR": str(cache), "TORCHDYNAMO_DISABLE": "1", "OMP_NUM_THREADS": "1",
             "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
