@@ -439,6 +439,17 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _moving_average(values: Sequence[float], window: int = 10) -> list[float]:
+    """Trailing mean over up to ``window`` points (per-step diffusion losses are noisy: one t per sequence)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_losses(results: dict, path: Path) -> None:
     """Both students' training losses (and the teacher's pretraining loss) as a PNG (Agg backend)."""
     import matplotlib
@@ -448,19 +459,23 @@ def plot_losses(results: dict, path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     runs = results["students"]
-    for name, label, style in (("tide_cross", "TIDE-Cross: CE term", "-"), ("ce_only", "CE only", "--")):
-        steps, values = zip(*runs[name]["history"]["loss/ce"]) if runs[name]["history"]["loss/ce"] else ((), ())
-        ax1.plot(steps, values, style, label=label)
-    total = runs["tide_cross"]["history"]["loss/total"]
-    if total:
-        steps, values = zip(*total)
-        ax1.plot(steps, values, ":", label="TIDE-Cross: CE + Reverse CALM")
+    curves = (("tide_cross", "loss/ce", "TIDE-Cross: CE term", "tab:blue"),
+              ("ce_only", "loss/ce", "CE only", "tab:orange"),
+              ("tide_cross", "loss/total", "TIDE-Cross: CE + Reverse CALM", "tab:green"))
+    for name, key, label, color in curves:  # raw per-step values faint, a moving average on top
+        points = runs[name]["history"][key]
+        if not points:
+            continue
+        steps, values = zip(*points)
+        ax1.plot(steps, values, color=color, alpha=0.2, linewidth=0.8)
+        ax1.plot(steps, _moving_average(values), color=color, label=f"{label} (moving avg)")
     ax1.set_xlabel("optimizer step")
     ax1.set_ylabel("training loss")
     ax1.set_title("students (same init, data, noise)")
     ax1.legend()
     steps, values = zip(*results["teacher"]["losses"])
-    ax2.plot(steps, values, color="tab:green")
+    ax2.plot(steps, values, color="tab:purple", alpha=0.25, linewidth=0.8)
+    ax2.plot(steps, _moving_average(values), color="tab:purple")
     ax2.set_xlabel("optimizer step")
     ax2.set_ylabel("masked-diffusion loss")
     ax2.set_title("teacher pretraining (LLaDA2 MoE)")
