@@ -100,7 +100,8 @@ def load_student_from_checkpoint(step_dir: str, dtype: torch.dtype = torch.float
 def export_student(checkpoint: str, out_dir: Optional[str] = None, dtype: Optional[str] = None,
                    max_shard_bytes: int = 2 * 1024**3) -> str:
     """Write the student of ``checkpoint`` as an HF Qwen3 directory (default ``<step dir>/hf``); returns it."""
-    from tide_megatron.models.conversion import atomic_output_dir, copy_hf_assets, iter_hf_tensors, write_hf_safetensors
+    from tide_megatron.models.conversion import (atomic_output_dir, copy_hf_assets, iter_hf_tensors,
+                                                 write_hf_safetensors)
     from tide_megatron.models.converter import DTYPES
 
     if dtype is not None and dtype not in DTYPES:

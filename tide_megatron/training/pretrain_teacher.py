@@ -4,7 +4,9 @@ The teacher is megatron-core's LLaDA2 model (``models/llada2``: MoE layers, sigm
 bias, partial RoPE), run **fully bidirectionally** with key-padding masks only, as the teacher engine runs
 it. One step: ``t ~ U[eps, 1)`` per sequence, each real token masked with probability t (the teacher's own
 mask id), CE weighted ``1/t`` over the masked tokens and normalised by the number of maskable tokens
-(the same `losses.ce.bd3lm_ce` the student uses); megatron DDP + distributed optimizer (AdamW) + cosine LR.
+(`losses.ce.bd3lm_ce_from_logprobs`, the student's formula; log-probs in fp32 at masked rows only);
+megatron DDP + distributed optimizer (AdamW) + cosine LR. Pretraining is data-parallel only (TP = EP = 1
+per replica): the teacher is tiny, and the trainer reshards nothing because it reads the HF layout.
 
 The result is written as a Hugging Face LLaDA2 directory (config.json, safetensors in the released key
 layout, tokenizer files), which is what the trainer's teacher loader (`training.models.build_teacher`,
@@ -18,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -326,10 +328,3 @@ def export_llada2_hf(model: torch.nn.Module, hf_config: dict, out_dir: str, toke
             Path(tmp, name).write_text(text)
     return out_dir
 
-
-def config_fingerprint(*parts) -> str:
-    """A short stable hash of JSON-able parts (the teacher cache key)."""
-    import hashlib
-
-    blob = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
