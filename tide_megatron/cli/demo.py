@@ -57,7 +57,7 @@ class DemoSettings:
     # students (Qwen3 BD3LM)
     student_hidden: int = 64
     student_layers: int = 2
-    student_steps: int = 100
+    student_steps: int = 250
     student_batch: int = 8
     student_lr: float = 3e-3
     bpb_draws: int = 2
