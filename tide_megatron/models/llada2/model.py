@@ -34,12 +34,6 @@ def ensure_megatron_runtime(pgs: ProcessGroupCollection, seed: int = 1234) -> No
         seed_model_parallel_rng(seed, dist.get_rank(pgs.tp), dist.get_rank(pgs.ep), dist.get_rank(pgs.expt_tp))
 
 
-def ensure_megatron_buffers() -> None:
-    """megatron's global scratch buffer only (the name the trainer imports; see `ensure_megatron_runtime`)."""
-    if getattr(parallel_state, "_GLOBAL_MEMORY_BUFFER", None) is None:
-        parallel_state._set_global_memory_buffer()
-
-
 def layout_of(pgs: ProcessGroupCollection) -> ParallelLayout:
     """The TP/PP/EP/ETP sizes of a process-group collection."""
     return ParallelLayout(tp=dist.get_world_size(pgs.tp), pp=dist.get_world_size(pgs.pp),
