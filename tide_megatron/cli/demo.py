@@ -229,6 +229,9 @@ def build_teacher(s: DemoSettings, teacher_tok, train_dir: str, cache_root: Path
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
         metrics["cached"] = True
+    elif out_dir.exists():
+        raise DemoError(f"{out_dir}: a teacher directory without pretrain_metrics.json (not written by tide-demo, "
+                        f"or damaged); remove it and run again to retrain the teacher")
     else:
         from torch.utils.tensorboard import SummaryWriter
 
