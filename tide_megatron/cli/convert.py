@@ -3,6 +3,7 @@
   tide-convert hf-to-mcore --hf-dir D --mcore-dir M [--arch qwen3|llada2 --tp N --pp N --ep N --dtype bfloat16]
   tide-convert mcore-to-hf --mcore-dir M --hf-dir D [--dtype bfloat16]
   tide-convert verify      --hf-dir D --mcore-dir M [--seq-length 16 --block-size 4]
+  tide-convert export      --checkpoint RUN/checkpoints [--hf-dir D --dtype bfloat16]   (a trained student)
 
 Run under torchrun for TP/PP/EP > 1 (world = tp*pp*dp); a plain process is a world of one.
 """
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (to_mcore, to_hf, verify):
         p.add_argument("--arch", default=None, choices=CLI_ARCHITECTURES,
                        help="model family (default: qwen3; later commands read it from the checkpoint)")
+    export = sub.add_parser("export", help="trainer checkpoint (student) -> HF Qwen3 directory (training/export.py)")
+    export.add_argument("--checkpoint", required=True, help="a step_XXXXXXX directory or the checkpoint root")
+    export.add_argument("--hf-dir", default=None, help="output directory (must not exist; default STEP_DIR/hf)")
+    export.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    export.add_argument("--max-shard-mb", type=int, default=2048)
     return parser
 
 
@@ -55,6 +61,17 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     init_distributed()
     if cpu_compat.is_applied():
         cpu_compat.use_fork_checkpoint_manager()
+    if args.command == "export":
+        from tide_megatron.training.checkpoint import CheckpointError
+        from tide_megatron.training.export import export_student
+
+        try:
+            out = export_student(args.checkpoint, args.hf_dir, dtype=args.dtype,
+                                 max_shard_bytes=args.max_shard_mb * 1024**2)
+        except CheckpointError as err:
+            raise ValueError(str(err)) from None
+        _rank0_print(f"exported {args.checkpoint} -> {out}")
+        return None
     if args.arch == "llada2":
         return _run_llada2(args)
     from tide_megatron.models import converter

@@ -1,0 +1,330 @@
+"""Pretrain an LLaDA2-architecture MoE teacher from scratch with the masked-diffusion objective (spec §2.1, §1.3-1.5).
+
+The teacher is megatron-core's LLaDA2 model (``models/llada2``: MoE layers, sigmoid router with expert
+bias, partial RoPE), run **fully bidirectionally** with key-padding masks only, as the teacher engine runs
+it. One step: ``t ~ U[eps, 1)`` per sequence, each real token masked with probability t (the teacher's own
+mask id), CE weighted ``1/t`` over the masked tokens and normalised by the number of maskable tokens
+(`losses.ce.bd3lm_ce_from_logprobs`, the student's formula; log-probs in fp32 at masked rows only);
+megatron DDP + distributed optimizer (AdamW) + cosine LR. Pretraining is data-parallel only (TP = EP = 1
+per replica): the teacher is tiny, and the trainer reshards nothing because it reads the HF layout.
+
+The result is written as a Hugging Face LLaDA2 directory (config.json, safetensors in the released key
+layout, tokenizer files), which is what the trainer's teacher loader (`training.models.build_teacher`,
+`models.llada2.convert.load_llada2_from_hf`) reads. `export_llada2_hf` is the megatron → HF key map, the
+inverse of ``models/llada2/convert.py`` at TP = EP = 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from tide_megatron.diffusion.noise import IGNORE_INDEX, mask_tokens, sample_t
+
+
+@dataclass
+class TinyLLaDA2Shape:
+    """Sizes of a small LLaDA2-MoE (first layer dense, the rest MoE with a shared expert)."""
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    intermediate_size: int = 256  # the dense first layer
+    num_experts: int = 4
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int = 64
+    num_shared_experts: int = 1
+    first_k_dense_replace: int = 1
+    rope_theta: float = 600000.0
+    max_position_embeddings: int = 2048
+
+
+def llada2_hf_config(shape: TinyLLaDA2Shape, vocab_size: int, mask_id: int, pad_id: int, eos_id: int) -> dict:
+    """config.json of an LLaDA2-MoE checkpoint with these sizes (field names of the released configs, §2.1)."""
+    return {
+        "architectures": ["LLaDA2MoeModelLM"], "model_type": "llada2_moe",
+        "vocab_size": vocab_size, "hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_hidden_layers, "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads, "head_dim": shape.head_dim, "rms_norm_eps": 1e-6,
+        "rope_theta": shape.rope_theta, "partial_rotary_factor": 0.5, "rope_scaling": None,
+        "num_experts": shape.num_experts, "num_shared_experts": shape.num_shared_experts,
+        "num_experts_per_tok": shape.num_experts_per_tok, "n_group": 1, "topk_group": 1,
+        "routed_scaling_factor": 2.5, "moe_intermediate_size": shape.moe_intermediate_size,
+        "first_k_dense_replace": shape.first_k_dense_replace, "norm_topk_prob": True, "score_function": "sigmoid",
+        "moe_router_enable_expert_bias": True, "use_qk_norm": True, "use_qkv_bias": False, "use_bias": False,
+        "hidden_act": "silu", "tie_word_embeddings": False,
+        "max_position_embeddings": shape.max_position_embeddings,
+        "pad_token_id": pad_id, "eos_token_id": eos_id, "mask_token_id": mask_id, "torch_dtype": "float32",
+    }
+
+
+@dataclass
+class TeacherPretrainConfig:
+    """Optimisation of the masked-diffusion pretraining (AdamW, warmup + cosine, clipping)."""
+
+    steps: int = 150
+    micro_batch_size: int = 16
+    max_length: int = 256  # teacher tokens per sequence (longer sequences are cut)
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0
+    time_epsilon: float = 1e-3
+    seed: int = 0
+    log_interval: int = 10
+    expert_bias_update_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "micro_batch_size", "max_length", "log_interval"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"teacher pretraining: {name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 < self.time_epsilon < 1:
+            raise ValueError(f"teacher pretraining: time_epsilon must lie in (0, 1), got {self.time_epsilon}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"teacher pretraining: expected 0 <= min_lr <= lr, got {self.min_lr}, {self.lr}")
+
+
+@dataclass
+class PretrainResult:
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, masked-diffusion loss)
+    seconds: float = 0.0
+    tokens: int = 0
+    parameters: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def padded_batch(sequences: Sequence[Sequence[int]], pad_id: int, max_length: int,
+                 multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (and cut) sequences to one length: ids ``[b, L]`` int64 and key-padding ``[b, L]`` bool."""
+    if not sequences:
+        raise ValueError("padded_batch: no sequence")
+    L = min(max_length, max(len(s) for s in sequences))
+    L += -L % multiple
+    ids = torch.full((len(sequences), L), pad_id, dtype=torch.long)
+    real = torch.zeros((len(sequences), L), dtype=torch.bool)
+    for i, seq in enumerate(sequences):
+        seq = list(seq)[:L]
+        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        real[i, : len(seq)] = True
+    return ids, real
+
+
+def masked_diffusion_loss(model: torch.nn.Module, ids: torch.Tensor, real: torch.Tensor, mask_id: int,
+                          generator: torch.Generator, time_epsilon: float) -> tuple[torch.Tensor, int]:
+    """MDLM loss of one batch on the bidirectional teacher; returns (fp32 scalar, number of masked tokens).
+
+    ``t_b = eps + (1 - eps) u_b``; real tokens masked i.i.d. with probability t_b; padding is never masked,
+    never a key, and not in the normaliser: ``(1/N_real) sum_masked (1/(t+1e-6)) (-log p(x0_i))``, the
+    `bd3lm_ce` formula. Logits are computed only at masked positions (§9.21: the LM head dominates here).
+    """
+    from tide_megatron.losses.ce import bd3lm_ce_from_logprobs
+    from tide_megatron.models.llada2.model import key_padding_allowed
+
+    t = sample_t(ids.shape[0], time_epsilon, generator)
+    labels = torch.where(real, ids, torch.full_like(ids, IGNORE_INDEX))
+    xt, masked = mask_tokens(ids, labels, t, mask_id, generator)
+    b, L = ids.shape
+    module = getattr(model, "module", model)
+    captured: list[torch.Tensor] = []
+    hook = module.decoder.register_forward_hook(lambda mod, args, out: captured.append(out))
+    try:  # the decoder's output is the final-normed hidden state [s, b, h]; no logits are built here
+        model(xt, torch.arange(L).expand(b, L), key_padding_allowed(real.long(), xt), logits_rows=slice(0, 0))
+    finally:
+        hook.remove()
+    hidden = captured[0]
+    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    pos, row = masked.T.nonzero(as_tuple=True)  # [s, b] order, like the hidden states
+    logits, _ = module.output_layer(hidden[pos, row])  # [n, V], full vocabulary (TP = 1)
+    # fp32 fused log-softmax + gather (torch's cross_entropy): the elementwise passes over [n, V] dominate here
+    logp_masked = -torch.nn.functional.cross_entropy(logits.float(), ids[row, pos], reduction="none")
+    token_logp = torch.zeros(b, L, dtype=torch.float32).index_put((row, pos), logp_masked)
+    return bd3lm_ce_from_logprobs(token_logp, masked, real, t), int(masked.sum())
+
+
+def pretrain_llada2_teacher(hf_config: dict, sequences: Sequence[Sequence[int]], cfg: TeacherPretrainConfig,
+                            log: Callable[[int, dict], None] = lambda step, scalars: None):
+    """Train a fresh LLaDA2 teacher on ``sequences`` (teacher token ids); returns (megatron model, result).
+
+    Runs in the current torch.distributed world (started if needed) as one data-parallel replica per rank.
+    """
+    from tide_megatron.config import OptimConfig
+    from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
+    from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
+    from tide_megatron.models.llada2.config import LLaDA2Config
+    from tide_megatron.models.llada2.model import build_llada2_model
+    from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
+
+    if len(sequences) < cfg.micro_batch_size:
+        raise ValueError(f"teacher pretraining: {len(sequences)} sequences are fewer than one micro-batch "
+                         f"({cfg.micro_batch_size})")
+    init_distributed()
+    lcfg = LLaDA2Config.from_dict(hf_config, source="teacher config")
+    grid = build_model_grid(ParallelLayout(), name="teacher-pretrain")
+    _ensure_global_data_parallel_state()
+    seed_model_parallel_rng(cfg.seed)
+    model = build_llada2_model(lcfg, grid.pgs, params_dtype=torch.float32)
+    model.requires_grad_(True)
+    model.train()
+    # Aux-loss-free load balancing (LLaDA2's expert bias, selection only): megatron nudges the bias of
+    # under-used experts up after each step. The released config freezes it (rate 0) for inference.
+    model.config.moe_router_bias_update_rate = cfg.expert_bias_update_rate
+    _init_weights(model, cfg.seed)
+    ddp = wrap_ddp(model, grid.pgs)
+    optim = OptimConfig(lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay, clip_grad=cfg.clip_grad,
+                        warmup_ratio=cfg.warmup_ratio, lr_schedule="cosine", train_steps=cfg.steps, seed=cfg.seed)
+    optimizer = build_optimizer(ddp, optim, grid.pgs, bf16=False)
+    scheduler = build_lr_scheduler(optimizer, optim, cfg.steps)
+
+    mask_id, pad_id = int(hf_config["mask_token_id"]), int(hf_config["pad_token_id"])
+    rank, world = dist.get_rank(grid.pgs.dp), dist.get_world_size(grid.pgs.dp)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
+    result = PretrainResult(parameters=sum(p.numel() for p in model.parameters()))
+    start = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        if len(order) < cfg.micro_batch_size * world:
+            order += torch.randperm(len(sequences), generator=order_gen).tolist()
+        picked = order[: cfg.micro_batch_size * world][rank::world]
+        del order[: cfg.micro_batch_size * world]
+        ids, real = padded_batch([sequences[i] for i in picked], pad_id, cfg.max_length)
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        loss, _ = masked_diffusion_loss(ddp, ids, real, mask_id, gen, cfg.time_epsilon)
+        loss.backward()
+        reduce_gradients(ddp, grid.pgs)
+        _, grad_norm, _ = optimizer.step()
+        scheduler.step(1)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"teacher pretraining: loss is {value} at step {step}")
+        result.tokens += int(real.sum())
+        result.losses.append((step, value))
+        log(step, {"loss/mdlm": value, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm or 0.0)})
+    result.seconds = time.perf_counter() - start
+    model.config.moe_router_bias_update_rate = 0.0
+    model.eval()
+    model.requires_grad_(False)
+    return model, result
+
+
+def _ensure_global_data_parallel_state() -> None:
+    """megatron's expert-bias update reads the global tensor+data-parallel group: a pure data-parallel one."""
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state._GLOBAL_MEMORY_BUFFER = None  # initialize_model_parallel insists on creating it itself
+        parallel_state.initialize_model_parallel()
+
+
+def _init_weights(model: torch.nn.Module, seed: int) -> None:
+    """Small normal init (std 0.02; output projections scaled by depth) and unit norms, reproducibly."""
+    gen = torch.Generator().manual_seed(seed)
+    layers = max(1, len(getattr(getattr(model, "decoder", None), "layers", [])))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.fill_(1.0) if "norm" in name else p.zero_()
+            else:
+                std = 0.02 / math.sqrt(2 * layers) if name.endswith(("linear_proj.weight", "linear_fc2.weight")) \
+                    else 0.02
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+# ---- megatron (TP = EP = 1) -> HF LLaDA2 layout ---------------------------------------------------------
+
+def llada2_hf_state_dict(model: torch.nn.Module, hf_config: dict) -> dict[str, torch.Tensor]:
+    """The released HF key layout of an unsharded megatron LLaDA2 model (inverse of ``load_llada2_from_hf``)."""
+    c = hf_config
+    hd, nh, ng, h = c["head_dim"], c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
+    out: dict[str, torch.Tensor] = {}
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()
+             if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
+    for name, value in state.items():
+        if name == "embedding.word_embeddings.weight":
+            out["model.word_embeddings.weight"] = value
+        elif name == "output_layer.weight":
+            out["lm_head.weight"] = value
+        elif name == "decoder.final_layernorm.weight":
+            out["model.norm.weight"] = value
+        elif name.startswith("decoder.layers."):
+            j, local = name[len("decoder.layers."):].split(".", 1)
+            layer = model.decoder.layers[int(j)].layer_number - 1
+            for key, tensor in _layer_tensors(local, value, f"model.layers.{layer}", hd, nh, ng, h):
+                out[key] = tensor
+        else:
+            raise KeyError(f"megatron parameter {name!r} has no LLaDA2 HF name")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _layer_tensors(local: str, value: torch.Tensor, p: str, hd: int, nh: int, ng: int, h: int):
+    if local in ("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight"):
+        return [(f"{p}.input_layernorm.weight", value)]
+    if local == "self_attention.linear_qkv.weight":  # per group [q_g; k_g; v_g] -> [q; k; v]
+        per = nh // ng
+        grouped = value.view(ng, (per + 2) * hd, h)
+        q = grouped[:, : per * hd].reshape(-1, h)
+        k = grouped[:, per * hd: (per + 1) * hd].reshape(-1, h)
+        v = grouped[:, (per + 1) * hd:].reshape(-1, h)
+        return [(f"{p}.attention.query_key_value.weight", torch.cat([q, k, v], 0))]
+    if local == "self_attention.q_layernorm.weight":
+        return [(f"{p}.attention.query_layernorm.weight", value)]
+    if local == "self_attention.k_layernorm.weight":
+        return [(f"{p}.attention.key_layernorm.weight", value)]
+    if local == "self_attention.linear_proj.weight":
+        return [(f"{p}.attention.dense.weight", value)]
+    if local in ("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"):
+        return [(f"{p}.post_attention_layernorm.weight", value)]
+    if local == "mlp.router.weight":
+        return [(f"{p}.mlp.gate.weight", value)]
+    if local == "mlp.router.expert_bias":
+        return [(f"{p}.mlp.gate.expert_bias", value)]
+    if local.endswith("local_tokens_per_expert"):
+        return []  # router load statistics, not weights
+    for prefix, hf_prefix in (("mlp.shared_experts.", f"{p}.mlp.shared_experts"), ("mlp.", f"{p}.mlp")):
+        if local in (prefix + "linear_fc1.weight", prefix + "linear_fc2.weight"):
+            return _gated(local.endswith("fc1.weight"), value, hf_prefix)
+    if local.startswith("mlp.experts.local_experts."):
+        e, rest = local[len("mlp.experts.local_experts."):].split(".", 1)
+        return _gated(rest == "linear_fc1.weight", value, f"{p}.mlp.experts.{e}")
+    raise KeyError(f"megatron layer parameter {local!r} has no LLaDA2 HF name")
+
+
+def _gated(is_fc1: bool, value: torch.Tensor, prefix: str):
+    if is_fc1:
+        gate, up = value.chunk(2, dim=0)
+        return [(f"{prefix}.gate_proj.weight", gate), (f"{prefix}.up_proj.weight", up)]
+    return [(f"{prefix}.down_proj.weight", value)]
+
+
+def export_llada2_hf(model: torch.nn.Module, hf_config: dict, out_dir: str, tokenizer=None,
+                     extra_files: Optional[dict[str, str]] = None) -> str:
+    """Write ``out_dir`` (config.json, model.safetensors, tokenizer files) atomically; returns it."""
+    from safetensors.torch import save_file
+
+    from tide_megatron.models.conversion import atomic_output_dir
+
+    tensors = llada2_hf_state_dict(model, hf_config)
+    with atomic_output_dir(out_dir, "teacher output directory") as tmp:
+        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        Path(tmp, "config.json").write_text(json.dumps(hf_config, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            Path(tmp, name).write_text(text)
+    return out_dir
+
