@@ -53,17 +53,21 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
     if targets.shape != hidden.shape[:2]:
         raise ValueError(f"targets shape {tuple(targets.shape)} must equal hidden states' [b, L] "
                          f"{tuple(hidden.shape[:2])}")
-    flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1)
     out = torch.zeros(flat_t.shape, dtype=torch.float32, device=hidden.device)
+    # Only positions with a target go through the LM head (e.g. Pipeline A asks for active chunks only).
+    # Every TP rank holds the same targets, so all ranks run the same number of collectives.
+    wanted = (flat_t >= 0).nonzero().squeeze(1)
+    rows_h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, wanted)
+    rows_t = flat_t.index_select(0, wanted)
     w = lm_head_weight
     chunk_tokens = chunk_tokens or chunk_rows(w.shape[0])
-    for s in range(0, flat_h.shape[0], chunk_tokens):
-        logits = (flat_h[s:s + chunk_tokens] @ w.t()).float()
-        lse, picked = vocab_parallel_logsumexp_and_target(logits, flat_t[s:s + chunk_tokens], tp_group)
+    for s in range(0, rows_h.shape[0], chunk_tokens):
+        logits = (rows_h[s:s + chunk_tokens] @ w.t()).float()
+        lse, picked = vocab_parallel_logsumexp_and_target(logits, rows_t[s:s + chunk_tokens], tp_group)
         del logits
-        out[s:s + chunk_tokens] = picked - lse
-    return out.masked_fill(flat_t < 0, 0.0).view(targets.shape)
+        out[wanted[s:s + chunk_tokens]] = picked - lse
+    return out.view(targets.shape)
 
 
 @dataclass

@@ -25,6 +25,20 @@ def test_token_logprobs_chunked_equal_full(data):
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_token_logprobs_runs_the_lm_head_only_where_a_target_is_asked(data):
+    hidden, weight, logits = data
+    targets = torch.full((3, 7), -1)
+    targets[0, 1], targets[1, 4], targets[2, 6] = 5, 17, 39
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = token_logprobs(hidden, weight, targets, chunk_tokens=1)
+    matmuls = sum(e.count for e in prof.key_averages() if e.key == "aten::mm")
+    assert matmuls == 3  # one LM-head chunk per requested position, none for the 18 others
+    want = torch.zeros(3, 7)
+    for b, i in ((0, 1), (1, 4), (2, 6)):
+        want[b, i] = logits[b, i].log_softmax(-1)[targets[b, i]]
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_token_logprobs_bf16_inputs_use_fp32_math(data):
     hidden, weight, _ = data
     targets = torch.zeros(3, 7, dtype=torch.long)
