@@ -23,6 +23,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-eos-token", default=None, help="e.g. <|im_end|> for Qwen3")
     p.add_argument("--teacher-eos-token", default=None)
     p.add_argument("--text-prompt", default=SampleConfig.text_prompt, help="user prompt for plain-text inputs")
+    p.add_argument("--check-pair-ids", action="store_true",
+                   help="pairs mode: skip samples whose paired student/teacher ids differ (§9.16)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         student_template=args.student_template, teacher_template=args.teacher_template,
         student_max_len=args.student_max_len, teacher_max_len=args.teacher_max_len, align=args.align,
         student_eos_token=args.student_eos_token, teacher_eos_token=args.teacher_eos_token,
-        text_prompt=args.text_prompt,
+        text_prompt=args.text_prompt, check_pair_ids=args.check_pair_ids,
     )
     summary = preprocess(args.inputs, args.output, config, workers=args.workers, overwrite=args.overwrite,
                          progress=not args.no_progress)

@@ -43,6 +43,7 @@ class SampleConfig:
     student_eos_token: str | None = None  # default: the template's eos (qwen3: <|im_end|>), else the tokenizer's
     teacher_eos_token: str | None = None
     text_prompt: str = "Write the following text."
+    check_pair_ids: bool = False  # pairs mode: skip a sample whose paired ids differ (§9.16, optional)
 
     def __post_init__(self) -> None:
         if self.align not in ("chunks", "pairs"):
@@ -114,6 +115,11 @@ class SampleBuilder:
             cut = (max(t for _, t in pairs) + 1) if pairs else len(t_conv.ids)
             cut = min(cut, cfg.teacher_max_len)
             pairs = [(s, t) for s, t in pairs if t < cut]
+            if cfg.check_pair_ids:
+                differ = sum(s_ids[s] != t_conv.ids[t] for s, t in pairs)
+                if differ:
+                    raise SampleError("pair_ids_differ", f"{differ} of {len(pairs)} paired ids differ "
+                                      "(pairs assume one shared tokenizer, §2.4)")
             if pairs:
                 pair_rows = np.asarray(pairs, dtype=np.int32)
         if cut <= 0:

@@ -193,3 +193,21 @@ def test_cli_preprocess_and_inspect(tmp_path, corpus, capsys):
     assert cli_main(["inspect", str(tmp_path / "ds"), "-i", "1", "--max-rows", "5"]) == 0
     shown = capsys.readouterr().out
     assert shown.startswith("sample 1:") and "[   0]" in shown and "more" in shown
+
+
+def test_pair_id_check_keeps_shared_tokenizers_and_skips_mismatched_pairs(tok, tmp_path, corpus):
+    """§9.16 (optional check): pairs assume identical BPE; with --check-pair-ids a mismatch is a counted skip."""
+    src = _write_jsonl(tmp_path / "in.jsonl", [{"messages": c["messages"]} for c in corpus[:6]])
+    shared = SampleConfig(student_tokenizer="qwen2", teacher_tokenizer="qwen2", student_template="qwen3",
+                          teacher_template="wedlm", align="pairs", student_max_len=256, teacher_max_len=200,
+                          check_pair_ids=True)
+    summary = preprocess([src], tmp_path / "shared", shared, progress=False)
+    assert summary.kept == 6 and not summary.dropped
+    mismatched = SampleConfig(student_tokenizer="qwen2", teacher_tokenizer="gpt-2", student_template="qwen3",
+                              teacher_template="wedlm", align="pairs", student_max_len=256, teacher_max_len=200,
+                              check_pair_ids=True)
+    with pytest.raises(ValueError, match="pair_ids_differ: 6"):  # nothing survives: one clear error
+        preprocess([src], tmp_path / "mismatched", mismatched, progress=False)
+    assert not (tmp_path / "mismatched").exists()
+    unchecked = SampleConfig(**{**mismatched.to_json(), "check_pair_ids": False})
+    assert preprocess([src], tmp_path / "unchecked", unchecked, progress=False).kept == 6
