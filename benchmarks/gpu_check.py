@@ -65,7 +65,7 @@ def main() -> int:
     from tide_megatron.models.conversion import HFCheckpointReader, load_hf_into_model
     from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
     from tide_megatron.models.qwen3.convert import qwen3_mapping
-    from tests.helpers.tiny_distill import write_qwen3
+    from tide_megatron.models.qwen3.tiny import save_tiny_qwen3
 
     init_distributed()
     grid = build_model_grid(ParallelLayout(), "gpu_check")
@@ -77,7 +77,11 @@ def main() -> int:
     te = transformer_engine_available()
     print(f"gpu_check on {name}; Transformer Engine: {'yes' if te else 'no'}")
     work = Path(tempfile.mkdtemp(prefix="tide-gpu-check-"))
-    hf_dir = write_qwen3(work / "student", args.hidden, args.layers, args.heads, args.kv_heads, args.vocab, seed=0)
+    hf_dir = work / "student"
+    save_tiny_qwen3(str(hf_dir), seed=0, vocab_size=args.vocab, hidden_size=args.hidden,
+                    intermediate_size=3 * args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                    num_key_value_heads=args.kv_heads, head_dim=args.hidden // args.heads,
+                    max_position_embeddings=4096, rope_theta=1e6)
     L = args.seq
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, args.vocab, (args.batch, L), generator=g)
@@ -159,18 +163,18 @@ def main() -> int:
         print("    FP8: skipped (needs Transformer Engine and compute capability >= 8.9)")
 
     # 3. One teacher forward through the engine (LLaDA2-architecture MoE, bf16).
-    from tests.reference.llada2_checkpoint import write_tiny_llada2
+    from tide_megatron.training.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
     from tide_megatron.models.llada2.config import LLaDA2Config
     from tide_megatron.models.llada2.convert import load_llada2_from_hf
     from tide_megatron.models.llada2.model import build_llada2_model
     from tide_megatron.teacher import TeacherEngine
 
-    tdir = write_tiny_llada2(work / "teacher", seed=1, num_shards=1, vocab_size=args.vocab, hidden_size=args.hidden,
-                             intermediate_size=4 * args.hidden, num_hidden_layers=max(2, args.layers // 2),
-                             num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                             head_dim=args.hidden // args.heads, num_experts=16, num_experts_per_tok=4, n_group=4,
-                             topk_group=2, moe_intermediate_size=args.hidden // 2, pad_token_id=args.vocab - 2,
-                             mask_token_id=args.vocab - 1)
+    tshape = TinyLLaDA2Shape(hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                             num_hidden_layers=max(2, args.layers // 2), num_attention_heads=args.heads,
+                             num_key_value_heads=args.kv_heads, head_dim=args.hidden // args.heads, num_experts=16,
+                             num_experts_per_tok=4, n_group=4, topk_group=2, moe_intermediate_size=args.hidden // 2)
+    tdir = write_random_llada2_hf(work / "teacher", tshape, args.vocab, mask_id=args.vocab - 1,
+                                  pad_id=args.vocab - 2, eos_id=args.vocab - 2, seed=1)
     lcfg = LLaDA2Config.from_pretrained(tdir)
     tmodel = build_llada2_model(lcfg, grid.pgs, params_dtype=torch.bfloat16).cuda()
     load_llada2_from_hf(tmodel, tdir, lcfg, grid.pgs)

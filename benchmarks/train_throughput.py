@@ -114,13 +114,13 @@ def run_variant(variant: str, steps: int) -> dict:
         tmask = tvocab - 1
         _write_qwen3(work / "teacher", DENSE_TEACHER, seed=2, mask_id=tmask)
     else:
-        from tests.reference.llada2_checkpoint import write_tiny_llada2
+        from tide_megatron.training.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
 
         pipeline, preset, tvocab, tokens = "A", "a_tide_cross", MOE_TEACHER["vocab_size"], MOE_TEACHER["tokens"]
         tmask = tvocab - 1
-        sizes = {k: v for k, v in MOE_TEACHER.items() if k != "tokens"}
-        write_tiny_llada2(work / "teacher", seed=2, num_shards=1, pad_token_id=tvocab - 3, mask_token_id=tmask,
-                          config_overrides={"eos_token_id": tvocab - 2}, **sizes)
+        shape = TinyLLaDA2Shape(**{k: v for k, v in MOE_TEACHER.items() if k not in ("tokens", "vocab_size")})
+        write_random_llada2_hf(work / "teacher", shape, tvocab, mask_id=tmask, pad_id=tvocab - 3, eos_id=tvocab - 2,
+                               seed=2)
     cfg = config_from_dict({
         "preset": preset, "output_dir": str(work / "run"),
         "student": {"checkpoint": str(work / "student"), "seq_length": L, "block_size": BLOCK},

@@ -30,6 +30,15 @@ def _round_up(n: int, m: int = 64) -> int:
     return -(-n // m) * m
 
 
+def _write_qwen3(path: Path, hidden: int, layers: int, vocab: int, seed: int, **ids: int) -> None:
+    """A random transformers Qwen3 (4 q / 2 kv heads, tied head) with the given special-token ids."""
+    from tide_megatron.models.qwen3.tiny import save_tiny_qwen3
+
+    save_tiny_qwen3(str(path), seed=seed, vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden,
+                    num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+                    max_position_embeddings=4096, rope_theta=1e6, **ids)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train", type=int, default=256, help="training conversations")
@@ -41,26 +50,23 @@ def main() -> int:
     from tide_megatron.data.corpus import CorpusSpec, write_jsonl
     from tide_megatron.data.preprocess import preprocess
     from tide_megatron.data.samples import SampleConfig
-    from tests.helpers.tiny_distill import write_qwen3
-    from tests.reference.llada2_checkpoint import write_tiny_llada2
+    from tide_megatron.training.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
 
     root = cache_dir() / "tiny-distill"
     root.mkdir(parents=True, exist_ok=True)
     student_tok, teacher_tok = load_tokenizer(STUDENT_TOKENIZER), load_tokenizer(TEACHER_A_TOKENIZER)
     s_vocab, t_vocab = _round_up(len(student_tok)), _round_up(len(teacher_tok))
     if not (root / "student").exists():
-        write_qwen3(root / "student", hidden=64, layers=2, heads=4, kv_heads=2, vocab=s_vocab, seed=1,
-                    extra={"mask_token_id": student_tok.mask_id})
+        _write_qwen3(root / "student", hidden=64, layers=2, vocab=s_vocab, seed=1, mask_token_id=student_tok.mask_id)
     if not (root / "teacher_b").exists():
-        write_qwen3(root / "teacher_b", hidden=96, layers=2, heads=4, kv_heads=2, vocab=s_vocab, seed=2,
-                    extra={"mask_token_id": student_tok.mask_id, "pad_token_id": student_tok.pad_id,
-                           "eos_token_id": student_tok.eos_id})
+        _write_qwen3(root / "teacher_b", hidden=96, layers=2, vocab=s_vocab, seed=2, mask_token_id=student_tok.mask_id,
+                     pad_token_id=student_tok.pad_id, eos_token_id=student_tok.eos_id)
     if not (root / "teacher_a").exists():
-        write_tiny_llada2(root / "teacher_a", seed=3, num_shards=1, vocab_size=t_vocab, hidden_size=64,
-                          intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                          head_dim=16, num_experts=4, num_experts_per_tok=2, n_group=2, topk_group=1,
-                          moe_intermediate_size=32, first_k_dense_replace=1, pad_token_id=teacher_tok.pad_id,
-                          mask_token_id=teacher_tok.mask_id, config_overrides={"eos_token_id": teacher_tok.eos_id})
+        shape = TinyLLaDA2Shape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2, n_group=2,
+                                topk_group=1, moe_intermediate_size=32, first_k_dense_replace=1)
+        write_random_llada2_hf(root / "teacher_a", shape, t_vocab, mask_id=teacher_tok.mask_id,
+                               pad_id=teacher_tok.pad_id, eos_id=teacher_tok.eos_id, seed=3)
     spec = CorpusSpec(prompt_lines=3, response_lines=4, max_response_chars=240)
     for split, n in (("train", args.train), ("heldout", args.valid)):
         jsonl = root / f"stdlib_{split}.jsonl"

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -45,6 +45,8 @@ class TinyLLaDA2Shape:
     moe_intermediate_size: int = 64
     num_shared_experts: int = 1
     first_k_dense_replace: int = 1
+    n_group: int = 1  # group-limited routing: experts in n_group groups, tokens pick topk_group of them
+    topk_group: int = 1
     rope_theta: float = 600000.0
     max_position_embeddings: int = 2048
 
@@ -58,7 +60,7 @@ def llada2_hf_config(shape: TinyLLaDA2Shape, vocab_size: int, mask_id: int, pad_
         "num_key_value_heads": shape.num_key_value_heads, "head_dim": shape.head_dim, "rms_norm_eps": 1e-6,
         "rope_theta": shape.rope_theta, "partial_rotary_factor": 0.5, "rope_scaling": None,
         "num_experts": shape.num_experts, "num_shared_experts": shape.num_shared_experts,
-        "num_experts_per_tok": shape.num_experts_per_tok, "n_group": 1, "topk_group": 1,
+        "num_experts_per_tok": shape.num_experts_per_tok, "n_group": shape.n_group, "topk_group": shape.topk_group,
         "routed_scaling_factor": 2.5, "moe_intermediate_size": shape.moe_intermediate_size,
         "first_k_dense_replace": shape.first_k_dense_replace, "norm_topk_prob": True, "score_function": "sigmoid",
         "moe_router_enable_expert_bias": True, "use_qk_norm": True, "use_qkv_bias": False, "use_bias": False,
@@ -243,6 +245,39 @@ def _init_weights(model: torch.nn.Module, seed: int) -> None:
                 std = 0.02 / math.sqrt(2 * layers) if name.endswith(("linear_proj.weight", "linear_fc2.weight")) \
                     else 0.02
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def write_random_llada2_hf(directory: Union[str, Path], shape: TinyLLaDA2Shape, vocab_size: int, mask_id: int,
+                           pad_id: int, eos_id: int, seed: int = 0) -> Path:
+    """Write an untrained (random) megatron LLaDA2 as an HF LLaDA2 directory; returns it (tools, benchmarks).
+
+    Weights ~ N(0, 1/fan_in), norms 1 + N(0, 0.1^2), expert bias N(0, 0.1^2), so every path (router,
+    experts, norms) matters; saved through `export_llada2_hf` in the released key layout.
+    """
+    from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
+    from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
+    from tide_megatron.models.llada2.config import LLaDA2Config
+    from tide_megatron.models.llada2.model import build_llada2_model
+
+    hf_config = llada2_hf_config(shape, vocab_size, mask_id, pad_id, eos_id)
+    init_distributed()
+    grid = build_model_grid(ParallelLayout(), name="random-llada2")
+    seed_model_parallel_rng(seed)
+    model = build_llada2_model(LLaDA2Config.from_dict(hf_config, source="random LLaDA2 config"), grid.pgs,
+                               params_dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if name.endswith("expert_bias"):
+                t.copy_(0.1 * torch.randn(t.shape, generator=gen))
+            elif not t.is_floating_point() or name.endswith("local_tokens_per_expert"):
+                continue
+            elif t.dim() == 1:
+                t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=gen))
+            else:
+                t.copy_(torch.randn(t.shape, generator=gen) / t.shape[-1] ** 0.5)
+    export_llada2_hf(model, hf_config, str(directory))
+    return Path(directory)
 
 
 # ---- megatron (TP = EP = 1) -> HF LLaDA2 layout ---------------------------------------------------------
