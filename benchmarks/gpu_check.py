@@ -62,7 +62,8 @@ def main() -> int:
     from tide_megatron.distributed import build_model_grid, init_distributed, ParallelLayout, seed_model_parallel_rng
     from tide_megatron.diffusion.inputs import bd3lm_inputs
     from tide_megatron.diffusion.masks import block_diffusion_mask
-    from tide_megatron.models.conversion import HFCheckpointReader, load_hf_into_model
+    from tide_megatron.models.conversion import load_hf_into_model
+    from tide_megatron.models.safetensors_reader import SafetensorsReader
     from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
     from tide_megatron.models.qwen3.convert import qwen3_mapping
     from tide_megatron.models.qwen3.tiny import save_tiny_qwen3
@@ -96,7 +97,7 @@ def main() -> int:
         margs = qwen3_args_from_hf(str(hf_dir), params_dtype=torch.bfloat16, perform_initialization=False,
                                    use_cpu_initialization=False, **extra)
         model = build_qwen3_model(margs, grid.pgs, backend=backend).cuda()
-        load_hf_into_model(model, HFCheckpointReader(str(hf_dir)), qwen3_mapping(margs), 0, 1)
+        load_hf_into_model(model, SafetensorsReader(str(hf_dir)), qwen3_mapping(margs), 0, 1)
         return model, margs
 
     # 1. TE vs local spec logits parity.

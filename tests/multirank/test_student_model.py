@@ -15,11 +15,11 @@ from tide_megatron.diffusion import bd3lm_inputs, block_diffusion_mask, mask_tok
 from tide_megatron.distributed import (ParallelLayout, build_model_grid, build_teacher_and_student_grids,
                                        seed_model_parallel_rng)
 from tide_megatron.losses.ce import bd3lm_ce
-from tide_megatron.models.conversion import HFCheckpointReader
 from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
 from tide_megatron.models.converter import args_from_mcore, load_mcore_checkpoint
 from tide_megatron.models.qwen3.convert import QWEN3
 from tide_megatron.models.qwen3.tiny import save_tiny_qwen3, tiny_qwen3_config
+from tide_megatron.models.safetensors_reader import SafetensorsReader
 
 
 def _shared_tmpdir() -> str:
@@ -55,7 +55,7 @@ def test_two_rank_checkpoint_back_to_hf_is_exact(two_rank_checkpoint):
     hf, mcore, root = two_rank_checkpoint
     back = os.path.join(root, "hf_back")
     assert tide_convert(["mcore-to-hf", "--mcore-dir", mcore, "--hf-dir", back]) == 0
-    original, restored = HFCheckpointReader(hf), HFCheckpointReader(back)
+    original, restored = SafetensorsReader(hf), SafetensorsReader(back)
     assert set(original.keys()) == set(restored.keys())
     for key in original.keys():
         assert torch.equal(original.get(key), restored.get(key)), key

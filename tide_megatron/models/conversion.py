@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
+
+from tide_megatron.models.safetensors_reader import INDEX_NAME, SafetensorsReader
 
 # How a rule's tensors combine and shard over TP (megatron layouts):
 #   replicated : same tensor on every TP rank (norms)
@@ -116,61 +117,7 @@ class WeightMapping:
         return [full.contiguous()]
 
 
-class HFCheckpointReader:
-    """Lazy access to the tensors of an HF safetensors directory (sharded via the index json, or not)."""
-
-    INDEX = "model.safetensors.index.json"
-    SINGLE = "model.safetensors"
-
-    def __init__(self, hf_dir: str):
-        self.hf_dir = hf_dir
-        index = os.path.join(hf_dir, self.INDEX)
-        if os.path.isfile(index):
-            with open(index, encoding="utf-8") as fh:
-                weight_map = json.load(fh).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise ValueError(f"{index}: missing 'weight_map'")
-            self.key_to_file = dict(weight_map)
-        elif os.path.isfile(os.path.join(hf_dir, self.SINGLE)):
-            with safe_open(os.path.join(hf_dir, self.SINGLE), framework="pt") as fh:
-                self.key_to_file = {k: self.SINGLE for k in fh.keys()}
-        else:
-            raise FileNotFoundError(f"{hf_dir}: neither {self.INDEX} nor {self.SINGLE} found")
-        missing = sorted({f for f in self.key_to_file.values() if not os.path.isfile(os.path.join(hf_dir, f))})
-        if missing:
-            raise FileNotFoundError(f"{os.path.join(hf_dir, self.INDEX)} lists shard(s) that do not exist: "
-                                    f"{', '.join(missing)}")
-        self._handles: dict[str, object] = {}
-
-    def keys(self) -> list[str]:
-        return list(self.key_to_file)
-
-    def get(self, key: str) -> torch.Tensor:
-        """One tensor, read from its (memory-mapped) shard."""
-        if key not in self.key_to_file:
-            raise ValueError(f"{self.hf_dir}: tensor {key!r} not found in the checkpoint")
-        file = self.key_to_file[key]
-        if file not in self._handles:
-            self._handles[file] = safe_open(os.path.join(self.hf_dir, file), framework="pt")
-        return self._handles[file].get_tensor(key)
-
-    def shape(self, key: str) -> list[int]:
-        """A tensor's shape without reading its data."""
-        self.get_slice_handle(key)
-        return list(self._handles[self.key_to_file[key]].get_slice(key).get_shape())
-
-    def get_slice_handle(self, key: str) -> None:
-        if key not in self.key_to_file:
-            raise ValueError(f"{self.hf_dir}: tensor {key!r} not found in the checkpoint")
-        file = self.key_to_file[key]
-        if file not in self._handles:
-            self._handles[file] = safe_open(os.path.join(self.hf_dir, file), framework="pt")
-
-    def close(self) -> None:
-        self._handles.clear()
-
-
-def load_hf_into_model(model: torch.nn.Module, reader: HFCheckpointReader, mapping: WeightMapping,
+def load_hf_into_model(model: torch.nn.Module, reader: SafetensorsReader, mapping: WeightMapping,
                        tp_rank: int, tp_size: int, layer_offset: int = 0, expert_offset: int = 0) -> None:
     """Copy HF tensors into this rank's megatron parameters, one parameter at a time.
 
@@ -181,7 +128,7 @@ def load_hf_into_model(model: torch.nn.Module, reader: HFCheckpointReader, mappi
         for name, param in model.named_parameters():
             rule, local = mapping.rule_for(name)
             index = {k: v + offsets[k] for k, v in local.items()}
-            full = mapping.merge(rule, [reader.get(k) for k in mapping.hf_names(rule, index)])
+            full = mapping.merge(rule, [reader.get(k, name) for k in mapping.hf_names(rule, index)])
             local = mapping.shard(rule, full, tp_rank, tp_size)
             if local.shape != param.shape:
                 raise ValueError(f"{reader.hf_dir}: {mapping.hf_names(rule, index)} give shape "
@@ -230,7 +177,7 @@ def write_hf_safetensors(out_dir: str, tensors: Iterator[tuple[str, torch.Tensor
         os.replace(os.path.join(out_dir, f), os.path.join(out_dir, final))
         renamed[f] = final
     index = {"metadata": {"total_size": total}, "weight_map": {k: renamed[v] for k, v in weight_map.items()}}
-    with open(os.path.join(out_dir, HFCheckpointReader.INDEX), "w", encoding="utf-8") as fh:
+    with open(os.path.join(out_dir, INDEX_NAME), "w", encoding="utf-8") as fh:
         json.dump(index, fh, indent=2, sort_keys=True)
 
 
@@ -271,10 +218,10 @@ def atomic_output_dir(out_dir: str, flag: str = "--out", is_writer: bool = True,
 
 
 def copy_hf_assets(src_dir: str, dst_dir: str, skip: tuple[str, ...] = (".safetensors", ".bin", ".pt",
-                                                                        ".distcp", HFCheckpointReader.INDEX)) -> None:
+                                                                        ".distcp", INDEX_NAME)) -> None:
     """Copy the small non-weight files (config, tokenizer, generation config) of a model directory."""
     os.makedirs(dst_dir, exist_ok=True)
     for name in sorted(os.listdir(src_dir)):
         path = os.path.join(src_dir, name)
-        if os.path.isfile(path) and not name.endswith(skip) and name != HFCheckpointReader.INDEX:
+        if os.path.isfile(path) and not name.endswith(skip) and name != INDEX_NAME:
             shutil.copy2(path, os.path.join(dst_dir, name))

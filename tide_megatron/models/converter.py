@@ -19,8 +19,9 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from tide_megatron.models.conversion import (HFCheckpointReader, WeightMapping, atomic_output_dir, copy_hf_assets,
-                                             iter_hf_tensors, load_hf_into_model, write_hf_safetensors)
+from tide_megatron.models.conversion import (WeightMapping, atomic_output_dir, copy_hf_assets, iter_hf_tensors,
+                                             load_hf_into_model, write_hf_safetensors)
+from tide_megatron.models.safetensors_reader import SafetensorsReader
 
 META_FILE = "tide_model.json"
 HF_ASSETS = "hf"
@@ -37,7 +38,7 @@ def load_hf_reference(hf_dir: str) -> torch.nn.Module:
 
     config = AutoConfig.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-    reader = HFCheckpointReader(hf_dir)
+    reader = SafetensorsReader(hf_dir)
     state = {k: reader.get(k).to(torch.float32) for k in reader.keys()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and getattr(config, "tie_word_embeddings", False))]
@@ -64,7 +65,7 @@ class Architecture:
     args_from_hf: Callable[..., Any]
     mapping: Callable[[Any], WeightMapping]
     build_model: Callable[..., torch.nn.Module]
-    check_hf: Callable[[Any, HFCheckpointReader, str], None] = lambda args, reader, hf_dir: None
+    check_hf: Callable[[Any, SafetensorsReader, str], None] = lambda args, reader, hf_dir: None
     hf_reference: Callable[[str], torch.nn.Module] = load_hf_reference
     expert_offset: Callable[[Any, Any], int] = lambda args, grid: 0
 
@@ -109,7 +110,7 @@ def hf_to_mcore(arch: Architecture, hf_dir: str, out_dir: str, tp: int = 1, pp: 
     overrides = {"expert_model_parallel_size": ep} if ep > 1 else {}
     args = arch.args_from_hf(hf_dir, tp=tp, pp=pp, params_dtype=DTYPES[dtype], perform_initialization=False,
                              **overrides)
-    reader = HFCheckpointReader(hf_dir)
+    reader = SafetensorsReader(hf_dir)
     arch.check_hf(args, reader, hf_dir)
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world % (tp * pp):

@@ -12,10 +12,11 @@ import torch.distributed as dist
 from megatron.core.process_groups_config import ProcessGroupCollection
 
 from tide_megatron.diffusion.masks import block_diffusion_mask
-from tide_megatron.models.conversion import HFCheckpointReader, load_hf_into_model
+from tide_megatron.models.conversion import load_hf_into_model
 from tide_megatron.models.qwen3.config import Qwen3Args, qwen3_args_from_hf, read_hf_config
 from tide_megatron.models.qwen3.convert import check_vocab, qwen3_mapping
 from tide_megatron.models.qwen3.model import build_qwen3_model
+from tide_megatron.models.safetensors_reader import SafetensorsReader
 
 WEDLM_MODEL_TYPES = ("wedlm", "qwen3")
 WEDLM_MASK_ID = 151665  # §2.2; a Qwen3-vocabulary id
@@ -44,7 +45,7 @@ def load_wedlm_teacher(hf_dir: Union[str, Path], pgs: ProcessGroupCollection,
     if expected_vocab_size is not None and expected_vocab_size != args.vocab_size:
         raise ValueError(f"{Path(hf_dir) / 'config.json'}: vocab_size={args.vocab_size}, expected "
                          f"{expected_vocab_size} (the student / tokenizer vocabulary)")
-    reader = HFCheckpointReader(str(hf_dir))
+    reader = SafetensorsReader(str(hf_dir))
     check_vocab(args, reader, str(hf_dir))
     model = build_qwen3_model(args, pgs)
     offset = dist.get_rank(pgs.pp) * (args.config.num_layers // pp)

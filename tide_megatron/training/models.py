@@ -46,7 +46,8 @@ class StudentBundle:
 def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGrid,
                   backend: Optional[str] = None) -> StudentBundle:
     """The Qwen3 BD3LM student on the student grid, weights loaded from ``cfg.checkpoint``."""
-    from tide_megatron.models.conversion import HFCheckpointReader, load_hf_into_model
+    from tide_megatron.models.conversion import load_hf_into_model
+    from tide_megatron.models.safetensors_reader import SafetensorsReader
     from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
     from tide_megatron.models.converter import load_mcore_checkpoint
     from tide_megatron.models.qwen3.convert import qwen3_args_from_mcore, qwen3_mapping
@@ -65,7 +66,7 @@ def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGri
         args = qwen3_args_from_hf(cfg.checkpoint, tp=cfg.tp, pp=1, params_dtype=dtype, perform_initialization=False,
                                   **overrides)
         model = build_qwen3_model(args, grid.pgs, backend=backend)
-        load_hf_into_model(model, HFCheckpointReader(cfg.checkpoint), qwen3_mapping(args), grid.tp_rank,
+        load_hf_into_model(model, SafetensorsReader(cfg.checkpoint), qwen3_mapping(args), grid.tp_rank,
                            dist.get_world_size(grid.pgs.tp))
     return StudentBundle(model=model, vocab_size=args.vocab_size, hf_config=args.hf_config)
 

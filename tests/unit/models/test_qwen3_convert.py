@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from tide_megatron.cli.convert import main as tide_convert
-from tide_megatron.models.conversion import HFCheckpointReader
 from tide_megatron.models.qwen3.tiny import save_tiny_qwen3
+from tide_megatron.models.safetensors_reader import SafetensorsReader
 
 
 def _tensors(hf_dir):
-    reader = HFCheckpointReader(hf_dir)
+    reader = SafetensorsReader(hf_dir)
     return {k: reader.get(k) for k in reader.keys()}
 
 

@@ -10,7 +10,7 @@ import torch
 from tide_megatron.models.llada2.config import LLaDA2Config, LLaDA2ConfigError, UnsupportedRouterSetting
 from tide_megatron.models.llada2.convert import load_llada2_from_hf
 from tide_megatron.models.llada2.model import build_llada2_model, forward_llada2
-from tide_megatron.models.llada2.safetensors_reader import CheckpointError
+from tide_megatron.models.safetensors_reader import CheckpointError
 
 
 def load_llada2_teacher(hf_dir: Path, pgs, params_dtype: torch.dtype = torch.bfloat16,

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from megatron.core.process_groups_config import ProcessGroupCollection
 
 from tide_megatron.models.llada2.config import LLaDA2Config
-from tide_megatron.models.llada2.safetensors_reader import CheckpointError, SafetensorsReader
+from tide_megatron.models.safetensors_reader import CheckpointError, SafetensorsReader
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 _SEQ_EXPERT = re.compile(r"^mlp\.experts\.local_experts\.(\d+)\.(linear_fc[12])\.weight$")

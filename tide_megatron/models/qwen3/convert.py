@@ -7,10 +7,11 @@ import os
 from typing import Any, Optional
 
 from tide_megatron.models import converter
-from tide_megatron.models.conversion import HFCheckpointReader, ParamRule, WeightMapping
+from tide_megatron.models.conversion import ParamRule, WeightMapping
 from tide_megatron.models.converter import (Architecture, hf_additive_mask, load_hf_reference,  # noqa: F401
                                             load_mcore_checkpoint, read_mcore_meta)
 from tide_megatron.models.qwen3.config import Qwen3Args, qwen3_args_from_hf
+from tide_megatron.models.safetensors_reader import SafetensorsReader
 
 
 def qwen3_mapping(args: Qwen3Args) -> WeightMapping:
@@ -38,7 +39,7 @@ def qwen3_mapping(args: Qwen3Args) -> WeightMapping:
                          tied_embeddings=args.tie_embeddings)
 
 
-def check_vocab(args: Qwen3Args, reader: HFCheckpointReader, hf_dir: str) -> None:
+def check_vocab(args: Qwen3Args, reader: SafetensorsReader, hf_dir: str) -> None:
     """Embedding rows == config vocab_size >= the tokenizer's size (when a tokenizer.json is present)."""
     config_file = os.path.join(hf_dir, "config.json")
     rows = reader.shape("model.embed_tokens.weight")[0]
