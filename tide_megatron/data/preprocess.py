@@ -48,13 +48,19 @@ class PreprocessSummary:
         return "\n".join(lines)
 
 
-def iter_records(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str | dict]]:
-    """Yield (where, record): JSONL lines as raw strings (parsed in workers), text files as {"text": ...}."""
+def _input_files(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, bool]]:
+    """Each input path with whether it is JSONL; a missing file is an error naming it."""
     for p in paths:
         path = Path(p)
         if not path.is_file():
             raise FileNotFoundError(f"input {path}: no such file")
-        if path.suffix in (".jsonl", ".json"):
+        yield path, path.suffix in (".jsonl", ".json")
+
+
+def iter_records(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str | dict]]:
+    """Yield (where, record): JSONL lines as raw strings (parsed in workers), text files as {"text": ...}."""
+    for path, is_jsonl in _input_files(paths):
+        if is_jsonl:
             with open(path, encoding="utf-8") as f:
                 for n, line in enumerate(f, 1):
                     if line.strip():
@@ -66,11 +72,8 @@ def iter_records(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str 
 def count_records(paths: Iterable[str | os.PathLike]) -> int:
     """Number of records `iter_records` will yield (a cheap first pass, for the progress bar's total)."""
     total = 0
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise FileNotFoundError(f"input {path}: no such file")
-        if path.suffix in (".jsonl", ".json"):
+    for path, is_jsonl in _input_files(paths):
+        if is_jsonl:
             with open(path, encoding="utf-8") as f:
                 total += sum(1 for line in f if line.strip())
         else:
