@@ -155,8 +155,8 @@ def apply(force: bool = False) -> bool:
     _patch(torch.cuda, "current_device", lambda: torch.device("cpu"))
     _patch(torch.cuda, "synchronize", lambda *a, **k: None)
     # T3: factories with device="cuda".
-    for name in ("tensor", "zeros", "ones", "empty", "empty_like", "full", "arange", "zeros_like",
-                 "ones_like", "full_like", "randn", "rand", "randint"):
+    # Only the factories megatron-core calls with device="cuda": each wrapper costs a Python call on hot paths.
+    for name in ("tensor", "zeros", "ones", "empty", "empty_like", "full", "arange"):
         if not getattr(getattr(torch, name), "__tide_cpu_compat__", False):
             _patch(torch, name, _cpu_factory(getattr(torch, name)))
     # T4: Tensor.cuda() is the identity.
