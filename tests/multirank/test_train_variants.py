@@ -63,6 +63,13 @@ def _trainer(cfg, pipe, n_train=16, n_valid=0):
     return DistillTrainer(cfg, td.make_dataset(n_train, pipe), valid_data=valid)
 
 
+def _first_batch(trainer):
+    """The trainer's first micro-batch, collated and noised as in training."""
+    from tide_megatron.training.data import micro_batches
+
+    return next(iter(micro_batches(trainer.train_data, trainer.batches, trainer.collator, 0, 1)))
+
+
 @pytest.mark.parametrize("variant", sorted(EXPECTED_TERMS))
 def test_variant_runs_with_every_loss_term_finite_and_logged(artifacts, variant):
     out = _shared_dir(variant)
@@ -156,11 +163,9 @@ def test_sigterm_mid_run_leaves_a_checkpoint_that_loads(artifacts):
 @pytest.mark.parametrize("variant", ["a_tide_shared", "b_tide_cross"])
 def test_chunked_student_head_matches_full_logits_on_the_real_student(artifacts, variant):
     """The trainer's sequence-chunked output layer + loss equals the loss on full [b, L, V] logits."""
-    from tide_megatron.training.data import micro_batches
-
     cfg, pipe = _config(artifacts, variant, _shared_dir(f"chunked-{variant}"))
     trainer = _trainer(cfg, pipe)
-    batch = next(iter(micro_batches(trainer.train_data, trainer.batches, trainer.collator, 0, 1)))
+    batch = _first_batch(trainer)
     payload = trainer.teacher_payload(batch)
     chunked = trainer.student_loss(batch, payload)
     trainer.cfg.student.logits_chunk_seqs = 0
@@ -195,11 +200,10 @@ def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(artifacts)
     from tide_megatron.diffusion.masks import block_diffusion_mask
     from tide_megatron.distributed import payload_exchange as px
     from tide_megatron.losses import aligned_rows
-    from tide_megatron.training.data import micro_batches
 
     cfg, pipe = _config(artifacts, "b_tide_shared", _shared_dir("sharedx0"))
     trainer = _trainer(cfg, pipe)
-    batch = next(iter(micro_batches(trainer.train_data, trainer.batches, trainer.collator, 0, 1)))
+    batch = _first_batch(trainer)
     assert batch.num_passes == 2
     got = trainer.teacher_payload(batch)
 
@@ -227,11 +231,9 @@ def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(artifacts)
 @pytest.mark.parametrize("variant", ["a_tide_shared", "a_calm"])
 def test_teacher_log_probs_only_where_a_chunk_loss_reads_them(artifacts, variant):
     """Pipeline A asks the teacher only for active-chunk tokens (in the pass that wins there): same loss."""
-    from tide_megatron.training.data import micro_batches
-
     cfg, pipe = _config(artifacts, variant, _shared_dir(f"needed-{variant}"))
     trainer = _trainer(cfg, pipe)
-    batch = next(iter(micro_batches(trainer.train_data, trainer.batches, trainer.collator, 0, 1)))
+    batch = _first_batch(trainer)
     restricted = trainer.teacher_payload(batch)
     trainer._needed_teacher_tokens = lambda b, P, Lt: torch.ones(P, *b.teacher_ids.shape[:1], Lt, dtype=torch.bool)
     full = trainer.teacher_payload(batch)
