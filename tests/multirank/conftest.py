@@ -1,11 +1,24 @@
 """Multi-rank suite: one gloo world of 2 ranks for the whole pytest session (launched by torchrun)."""
 
+import gc
 import os
 
 import pytest
 import torch.distributed as dist
 
 from tide_megatron.distributed import init_distributed
+from tide_megatron.distributed.init import destroy_megatron_parallel_state
+
+#: Threads a test may leave behind beyond the session's steady state. A leaked gloo group costs 3 per rank,
+#: so a test that leaks its grids' groups (~20 each) fails here instead of slowing the rest of the suite.
+THREAD_SLACK = 24
+
+
+def thread_count() -> int:
+    """Threads of this process (gloo run loops and TCP loops included), after collecting garbage: a destroyed
+    group's threads end only when the last module holding it is freed."""
+    gc.collect()
+    return len(os.listdir(f"/proc/{os.getpid()}/task"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -17,11 +30,39 @@ def world() -> tuple[int, int]:
     dist.barrier()
 
 
+@pytest.fixture(scope="session")
+def _thread_baseline() -> dict:
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads(_thread_baseline, request):
+    """Threads per rank stay flat across tests: identical rank sets share one group and closed grids free theirs."""
+    yield
+    now = thread_count()
+    base = _thread_baseline.setdefault("threads", now)
+    assert now <= base + THREAD_SLACK, (
+        f"{request.node.nodeid} left {now - base} more threads than the first test ({now} vs {base}): "
+        f"a process group or thread leaked")
+
+
 @pytest.fixture(autouse=True)
 def _reset_megatron_state():
     """Each test starts and ends without megatron global model-parallel state."""
-    from megatron.core import parallel_state
-
-    parallel_state.destroy_model_parallel()
+    destroy_megatron_parallel_state()
     yield
-    parallel_state.destroy_model_parallel()
+    destroy_megatron_parallel_state()
+
+
+@pytest.fixture
+def closing():
+    """``closing(obj)`` returns obj and closes it after the test (collective closes run in the same order on every rank)."""
+    held = []
+
+    def hold(obj):
+        held.append(obj)
+        return obj
+
+    yield hold
+    for obj in reversed(held):
+        obj.close()

@@ -8,22 +8,22 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from tide_megatron.distributed import ParallelLayout, build_teacher_and_student_grids, seed_model_parallel_rng
 
 
-def test_colocated_grids_have_the_expected_groups():
-    teacher, student = build_teacher_and_student_grids(ParallelLayout(tp=2), ParallelLayout())
+def test_colocated_grids_have_the_expected_groups(closing):
+    teacher, student = map(closing, build_teacher_and_student_grids(ParallelLayout(tp=2), ParallelLayout()))
     assert dist.get_world_size(teacher.pgs.tp) == 2 and dist.get_world_size(teacher.pgs.dp) == 1
     assert dist.get_world_size(student.pgs.dp) == 2 and dist.get_world_size(student.pgs.tp) == 1
     assert student.dp_rank == dist.get_rank() and teacher.tp_rank == dist.get_rank()
-    teacher_ep, _ = build_teacher_and_student_grids(ParallelLayout(ep=2), ParallelLayout())
+    teacher_ep, _ = map(closing, build_teacher_and_student_grids(ParallelLayout(ep=2), ParallelLayout()))
     assert dist.get_world_size(teacher_ep.pgs.ep) == 2 and dist.get_world_size(teacher_ep.pgs.tp) == 1
-    teacher_pp, _ = build_teacher_and_student_grids(ParallelLayout(pp=2), ParallelLayout())
+    teacher_pp, _ = map(closing, build_teacher_and_student_grids(ParallelLayout(pp=2), ParallelLayout()))
     assert dist.get_world_size(teacher_pp.pgs.pp) == 2
     assert dist.get_world_size(teacher_pp.pgs.embd) == 2
     # Position embeddings live on the first stage only; the last stage is in no such group.
     assert (teacher_pp.pgs.pos_embd is not None) == (teacher_pp.pp_rank == 0)
 
 
-def test_tp2_mlp_equals_dense_reference():
-    teacher, _ = build_teacher_and_student_grids(ParallelLayout(tp=2))
+def test_tp2_mlp_equals_dense_reference(closing):
+    teacher, _ = map(closing, build_teacher_and_student_grids(ParallelLayout(tp=2)))
     seed_model_parallel_rng(1234, tp_rank=teacher.tp_rank)
     cfg = ModelParallelConfig(tensor_model_parallel_size=2, use_cpu_initialization=True,
                               params_dtype=torch.float32)

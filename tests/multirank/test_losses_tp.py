@@ -27,8 +27,8 @@ V = 14  # 7 columns per rank
 
 @pytest.fixture(scope="module")
 def tp():
-    grid = build_model_grid(ParallelLayout(tp=2), name="losses")
-    return grid.pgs.tp, grid.tp_rank
+    with build_model_grid(ParallelLayout(tp=2), name="losses") as grid:
+        yield grid.pgs.tp, grid.tp_rank
 
 
 def shard(x, rank):

@@ -26,14 +26,14 @@ def _all_gather_reduced_shards(ddp) -> None:
             dist.all_gather_into_tensor(bucket.grad_data, shard, group=pg)
 
 
-def test_each_rank_normalises_locally_and_gradients_are_averaged():
-    _, student = build_teacher_and_student_grids(ParallelLayout(tp=2), ParallelLayout())
+def test_each_rank_normalises_locally_and_gradients_are_averaged(closing):
+    _, student = map(closing, build_teacher_and_student_grids(ParallelLayout(tp=2), ParallelLayout()))
     assert student.dp_size == 2
     args = qwen3_args_from_hf(tiny_qwen3_config().to_dict())
     torch.manual_seed(7)
     model = build_qwen3_model(args, student.pgs)
     torch.manual_seed(7)
-    reference = build_qwen3_model(args, build_model_grid(ParallelLayout(), "reference").pgs)
+    reference = build_qwen3_model(args, closing(build_model_grid(ParallelLayout(), "reference")).pgs)
     ddp = wrap_ddp(model, student.pgs)
 
     g = torch.Generator().manual_seed(3)

@@ -61,16 +61,16 @@ def test_two_rank_checkpoint_back_to_hf_is_exact(two_rank_checkpoint):
         assert torch.equal(original.get(key), restored.get(key)), key
 
 
-def _model(mcore, tp, sequence_parallel=False):
+def _model(closing, mcore, tp, sequence_parallel=False):
     args = args_from_mcore(QWEN3, mcore, tp=tp, perform_initialization=False, sequence_parallel=sequence_parallel)
-    grid = build_model_grid(ParallelLayout(tp=tp), f"tp{tp}")
+    grid = closing(build_model_grid(ParallelLayout(tp=tp), f"tp{tp}"))
     seed_model_parallel_rng(1234, tp_rank=grid.tp_rank)  # SP's embedding forks the model-parallel RNG
     model = build_qwen3_model(args, grid.pgs, parallel_output=False)
     load_mcore_checkpoint(model, mcore)
     return model.eval()
 
 
-def test_tp2_logits_equal_tp1(two_rank_checkpoint):
+def test_tp2_logits_equal_tp1(closing, two_rank_checkpoint):
     _, mcore, _ = two_rank_checkpoint
     L = 16
     g = torch.Generator().manual_seed(5)
@@ -79,24 +79,24 @@ def test_tp2_logits_equal_tp1(two_rank_checkpoint):
     ids, pos = bd3lm_inputs(xt, x0)
     mask = block_diffusion_mask(L, 4)
     with torch.no_grad():
-        tp1 = _model(mcore, 1)(ids, pos, mask)
-        tp2 = _model(mcore, 2)(ids, pos, mask)
-        tp2_sp = _model(mcore, 2, sequence_parallel=True)(ids, pos, mask, logits_rows=slice(0, L))
+        tp1 = _model(closing, mcore, 1)(ids, pos, mask)
+        tp2 = _model(closing, mcore, 2)(ids, pos, mask)
+        tp2_sp = _model(closing, mcore, 2, sequence_parallel=True)(ids, pos, mask, logits_rows=slice(0, L))
     assert tp1.shape == tp2.shape == (2, 2 * L, 128)
     torch.testing.assert_close(tp2, tp1, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tp2_sp, tp1[:, :L], atol=1e-5, rtol=1e-5)
 
 
-def test_dp2_ddp_gradients_equal_single_rank_on_concatenated_batch():
+def test_dp2_ddp_gradients_equal_single_rank_on_concatenated_batch(closing):
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
-    _, student = build_teacher_and_student_grids(ParallelLayout(tp=2), ParallelLayout())
+    _, student = map(closing, build_teacher_and_student_grids(ParallelLayout(tp=2), ParallelLayout()))
     assert student.dp_size == 2
     args = qwen3_args_from_hf(tiny_qwen3_config().to_dict())
     torch.manual_seed(11)
     model = build_qwen3_model(args, student.pgs)
     torch.manual_seed(11)
-    reference = build_qwen3_model(args, build_model_grid(ParallelLayout(), "reference").pgs)
+    reference = build_qwen3_model(args, closing(build_model_grid(ParallelLayout(), "reference")).pgs)
     for p, q in zip(model.parameters(), reference.parameters()):
         assert torch.equal(p, q)
     ddp = DistributedDataParallel(args.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True),

@@ -46,8 +46,8 @@ def reference_logits(batch):
         return build_random_reference(0)(ids, attention_mask=mask).logits
 
 
-def _engine(checkpoint, layout, micro_batch_size=None):
-    grid = build_model_grid(layout, "teacher")
+def _engine(closing, checkpoint, layout, micro_batch_size=None):
+    grid = closing(build_model_grid(layout, "teacher"))
     seed_model_parallel_rng(0, grid.tp_rank, grid.ep_rank, grid.etp_rank)
     model, cfg = load_llada2_teacher(checkpoint, grid.pgs, torch.float32)
     return TeacherEngine(model, grid.pgs, pad_token_id=cfg.pad_token_id, micro_batch_size=micro_batch_size)
@@ -62,9 +62,9 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_logits_match_reference(name, checkpoint, batch, reference_logits):
+def test_logits_match_reference(closing, name, checkpoint, batch, reference_logits):
     layout, mbs = LAYOUTS[name]
-    engine = _engine(checkpoint, layout, mbs)
+    engine = _engine(closing, checkpoint, layout, mbs)
     ids, mask = batch
     b, L = ids.shape
     rows = torch.stack(torch.meshgrid(torch.arange(b), torch.arange(L), indexing="ij"), -1).reshape(-1, 2)
@@ -75,9 +75,9 @@ def test_logits_match_reference(name, checkpoint, batch, reference_logits):
 
 
 @pytest.mark.parametrize("name", ["tp1", "tp2_sp", "pp2"])
-def test_token_logprobs_equal_full_logit_computation(name, checkpoint, batch, reference_logits):
+def test_token_logprobs_equal_full_logit_computation(closing, name, checkpoint, batch, reference_logits):
     layout, mbs = LAYOUTS[name]
-    engine = _engine(checkpoint, layout, mbs)
+    engine = _engine(closing, checkpoint, layout, mbs)
     ids, mask = batch
     targets = torch.randint(0, 128, ids.shape, generator=torch.Generator().manual_seed(2))
     targets[0, 3] = -100
@@ -90,9 +90,9 @@ def test_token_logprobs_equal_full_logit_computation(name, checkpoint, batch, re
 
 
 @pytest.mark.parametrize("name", ["tp1", "tp2_sp", "pp2"])
-def test_logit_rows_shared_vocab_and_topk(name, checkpoint, batch, reference_logits):
+def test_logit_rows_shared_vocab_and_topk(closing, name, checkpoint, batch, reference_logits):
     layout, mbs = LAYOUTS[name]
-    engine = _engine(checkpoint, layout, mbs)
+    engine = _engine(closing, checkpoint, layout, mbs)
     ids, mask = batch
     rows = torch.tensor([[0, 0], [0, 7], [1, 2], [1, 8]])
     limit, k = 100, 5  # a shared-vocabulary cut that falls inside TP rank 1's half
@@ -121,9 +121,9 @@ def test_tide_convert_llada2_ep2_then_verify_tp2_with_remote_code(checkpoint, tm
     assert diffs["bidirectional"] < TOL
 
 
-def test_odd_length_is_padded_for_sequence_parallel(checkpoint, batch):
+def test_odd_length_is_padded_for_sequence_parallel(closing, checkpoint, batch):
     """L=11 at TP=2 with sequence parallelism: the engine pads to 12 with unseen pad tokens and crops."""
-    engine = _engine(checkpoint, LAYOUTS["tp2_sp"][0])
+    engine = _engine(closing, checkpoint, LAYOUTS["tp2_sp"][0])
     ids, mask = batch[0][:, :11], batch[1][:, :11]
     targets = torch.roll(ids, 1, 1)
     got = engine.token_logprobs(ids, targets, attention_mask=mask)

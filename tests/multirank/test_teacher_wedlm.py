@@ -47,8 +47,8 @@ def reference_logits(checkpoint, inputs):
 
 @pytest.mark.parametrize("layout, mbs", [(ParallelLayout(), None), (ParallelLayout(tp=2), None),
                                          (ParallelLayout(pp=2), 1)], ids=["tp1", "tp2", "pp2"])
-def test_xt_half_matches_transformers_qwen3(layout, mbs, checkpoint, inputs, reference_logits):
-    grid = build_model_grid(layout, "teacher")
+def test_xt_half_matches_transformers_qwen3(closing, layout, mbs, checkpoint, inputs, reference_logits):
+    grid = closing(build_model_grid(layout, "teacher"))
     seed_model_parallel_rng(0, grid.tp_rank)
     model, _ = load_wedlm_teacher(checkpoint, grid.pgs, torch.float32)
     engine = TeacherEngine(model, grid.pgs, pad_token_id=126, micro_batch_size=mbs)

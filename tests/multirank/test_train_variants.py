@@ -5,17 +5,16 @@ exact resume; SIGTERM leaves a checkpoint that loads."""
 import math
 import os
 import signal
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from tide_megatron.config import config_from_dict
 from tide_megatron.training.checkpoint import list_checkpoints, validate_checkpoint_dir
 from tide_megatron.training.trainer import DistillTrainer
 from tests.helpers import tiny_distill as td
+from tests.helpers.multirank import shared_dir, tiny_config
 
 EXPECTED_TERMS = {
     "a_calm": "alm", "a_tide_cross": "reverse_alm", "a_tide_shared": "alm_taid",
@@ -23,16 +22,9 @@ EXPECTED_TERMS = {
 }
 
 
-def _shared_dir(name: str) -> Path:
-    """One directory both ranks agree on (rank 0 creates it)."""
-    holder = [tempfile.mkdtemp(prefix=f"tide-{name}-") if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(holder, src=0)
-    return Path(holder[0])
-
-
 @pytest.fixture(scope="module")
 def artifacts():
-    root = _shared_dir("artifacts")
+    root = shared_dir("artifacts")
     if dist.get_rank() == 0:
         td.write_student(root / "student")
         td.write_dense_teacher(root / "dense")
@@ -42,25 +34,18 @@ def artifacts():
 
 
 def _config(artifacts: Path, variant: str, out: Path, **sections):
-    pipe = "A" if variant.startswith("a_") else "B"
-    raw = {"preset": variant, "output_dir": str(out),
-           "student": {"checkpoint": str(artifacts / "student"), "seq_length": 48, "block_size": 16},
-           "teacher": {"checkpoint": str(artifacts / ("moe" if pipe == "A" else "dense")), "dtype": "fp32",
-                       **({"ep": 2} if pipe == "A" else {"tp": 2})},
-           "data": {"micro_batch_size": 2, "num_workers": 0},
-           "optim": {"train_steps": 2, "lr": 1e-3},
-           "objective": {"shared_vocab": td.STUDENT_VOCAB - 8},
-           "precision": {"dtype": "fp32"},
-           "checkpoint": {"resume": "none", "save_interval": 1000, "save_at_end": False},
-           "logging": {"log_interval": 1, "tensorboard": True}}
-    for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value}
-    return config_from_dict(raw), pipe
+    return tiny_config(artifacts, variant, out, **sections), ("A" if variant.startswith("a_") else "B")
 
 
-def _trainer(cfg, pipe, n_train=16, n_valid=0):
-    valid = td.make_dataset(n_valid, pipe, seed=99) if n_valid else None
-    return DistillTrainer(cfg, td.make_dataset(n_train, pipe), valid_data=valid)
+@pytest.fixture
+def make_trainer(closing):
+    """Build a trainer on the tiny datasets; it is closed (its groups freed) after the test."""
+
+    def make(cfg, pipe, n_train=16, n_valid=0):
+        valid = td.make_dataset(n_valid, pipe, seed=99) if n_valid else None
+        return closing(DistillTrainer(cfg, td.make_dataset(n_train, pipe), valid_data=valid))
+
+    return make
 
 
 def _first_batch(trainer):
@@ -71,10 +56,10 @@ def _first_batch(trainer):
 
 
 @pytest.mark.parametrize("variant", sorted(EXPECTED_TERMS))
-def test_variant_runs_with_every_loss_term_finite_and_logged(artifacts, variant):
-    out = _shared_dir(variant)
+def test_variant_runs_with_every_loss_term_finite_and_logged(make_trainer, artifacts, variant):
+    out = shared_dir(variant)
     cfg, pipe = _config(artifacts, variant, out)
-    trainer = _trainer(cfg, pipe)
+    trainer = make_trainer(cfg, pipe)
     teacher_pgs = trainer.teacher_grid.pgs
     if pipe == "A":
         assert dist.get_world_size(teacher_pgs.ep) == 2 and dist.get_world_size(teacher_pgs.tp) == 1
@@ -97,11 +82,11 @@ def test_variant_runs_with_every_loss_term_finite_and_logged(artifacts, variant)
         assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_held_out_loss_falls_over_50_steps(artifacts):
-    out = _shared_dir("falls")
+def test_held_out_loss_falls_over_50_steps(make_trainer, artifacts):
+    out = shared_dir("falls")
     cfg, pipe = _config(artifacts, "a_tide_cross", out, optim={"train_steps": 50, "lr": 3e-3, "warmup_ratio": 0.1},
                         logging={"log_interval": 25, "eval_batches": 4, "tensorboard": False})
-    trainer = _trainer(cfg, pipe, n_train=64, n_valid=16)
+    trainer = make_trainer(cfg, pipe, n_train=64, n_valid=16)
     before = trainer.evaluate()["eval/total"]
     trainer.run()
     after = trainer.logger.history["eval/total"][-1][1]
@@ -113,30 +98,30 @@ def _losses(trainer) -> list[float]:
     return [v for _, v in trainer.logger.history["loss/total"]]
 
 
-def test_exact_resume_matches_an_uninterrupted_run(artifacts):
+def test_exact_resume_matches_an_uninterrupted_run(make_trainer, artifacts):
     """6 steps straight == 3 steps, stop, a fresh trainer resumes from the checkpoint, 3 more steps."""
     common = dict(optim={"train_steps": 6, "lr": 2e-3}, checkpoint={"save_interval": 3, "resume": "auto"},
                   logging={"log_interval": 1, "tensorboard": False})
-    cfg, pipe = _config(artifacts, "b_tide_shared", _shared_dir("straight"), **common)
-    straight = _trainer(cfg, pipe)
+    cfg, pipe = _config(artifacts, "b_tide_shared", shared_dir("straight"), **common)
+    straight = make_trainer(cfg, pipe)
     straight.run()
-    cfg, pipe = _config(artifacts, "b_tide_shared", _shared_dir("resumed"), **common)
-    first = _trainer(cfg, pipe)
+    cfg, pipe = _config(artifacts, "b_tide_shared", shared_dir("resumed"), **common)
+    first = make_trainer(cfg, pipe)
     first.run(stop_after=3)
     assert first.state.step == 3 and len(list_checkpoints(cfg.checkpoint.dir)) == 1
     del first
-    second = _trainer(cfg, pipe)  # resume=auto finds step 3
+    second = make_trainer(cfg, pipe)  # resume=auto finds step 3
     assert second.state.step == 3 and second.state.total_steps == 6
     second.run()
     assert _losses(straight)[:3] + _losses(second) == _losses(straight)
     assert len(_losses(straight)) == 6
 
 
-def test_sigterm_mid_run_leaves_a_checkpoint_that_loads(artifacts):
-    cfg, pipe = _config(artifacts, "a_tide_shared", _shared_dir("sigterm"),
+def test_sigterm_mid_run_leaves_a_checkpoint_that_loads(make_trainer, artifacts):
+    cfg, pipe = _config(artifacts, "a_tide_shared", shared_dir("sigterm"),
                         optim={"train_steps": 8}, checkpoint={"save_interval": 1000, "resume": "auto"},
                         logging={"tensorboard": False})
-    trainer = _trainer(cfg, pipe)
+    trainer = make_trainer(cfg, pipe)
     original = trainer.train_step
 
     def step_then_signal(batches):
@@ -152,7 +137,7 @@ def test_sigterm_mid_run_leaves_a_checkpoint_that_loads(artifacts):
     assert [c.name for c in ckpts] == ["step_0000002"]
     assert validate_checkpoint_dir(str(ckpts[0]))["step"] == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    resumed = _trainer(cfg, pipe)
+    resumed = make_trainer(cfg, pipe)
     assert resumed.state.step == 2
     for p_saved, p_loaded in zip(trainer.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p_saved, p_loaded)
@@ -161,10 +146,10 @@ def test_sigterm_mid_run_leaves_a_checkpoint_that_loads(artifacts):
 
 
 @pytest.mark.parametrize("variant", ["a_tide_shared", "b_tide_cross"])
-def test_chunked_student_head_matches_full_logits_on_the_real_student(artifacts, variant):
+def test_chunked_student_head_matches_full_logits_on_the_real_student(make_trainer, artifacts, variant):
     """The trainer's sequence-chunked output layer + loss equals the loss on full [b, L, V] logits."""
-    cfg, pipe = _config(artifacts, variant, _shared_dir(f"chunked-{variant}"))
-    trainer = _trainer(cfg, pipe)
+    cfg, pipe = _config(artifacts, variant, shared_dir(f"chunked-{variant}"))
+    trainer = make_trainer(cfg, pipe)
     batch = _first_batch(trainer)
     payload = trainer.teacher_payload(batch)
     chunked = trainer.student_loss(batch, payload)
@@ -175,11 +160,11 @@ def test_chunked_student_head_matches_full_logits_on_the_real_student(artifacts,
         assert chunked[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
 
 
-def test_gradient_accumulation_counts_optimizer_steps(artifacts):
+def test_gradient_accumulation_counts_optimizer_steps(make_trainer, artifacts):
     """grad_accum=2: two micro-batches per optimizer step; TIDAL progress and the data position count steps."""
-    cfg, pipe = _config(artifacts, "b_tide_shared", _shared_dir("accum"),
+    cfg, pipe = _config(artifacts, "b_tide_shared", shared_dir("accum"),
                         optim={"train_steps": 3, "grad_accum": 2}, logging={"tensorboard": False})
-    trainer = _trainer(cfg, pipe, n_train=24)
+    trainer = make_trainer(cfg, pipe, n_train=24)
     seen = []
     original = trainer.train_step
 
@@ -194,15 +179,15 @@ def test_gradient_accumulation_counts_optimizer_steps(artifacts):
     assert trainer.batches.per_epoch == 6 and trainer.state.total_steps == 3
 
 
-def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(artifacts):
+def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(make_trainer, artifacts):
     """Pipeline B: [x0 ; xt_1 ; xt_2] in one forward gives the rows of two [x0 ; xt_p] forwards (TP=2 teacher)."""
     from tide_megatron.diffusion.inputs import bd3lm_inputs
     from tide_megatron.diffusion.masks import block_diffusion_mask
     from tide_megatron.distributed import payload_exchange as px
     from tide_megatron.losses import aligned_rows
 
-    cfg, pipe = _config(artifacts, "b_tide_shared", _shared_dir("sharedx0"))
-    trainer = _trainer(cfg, pipe)
+    cfg, pipe = _config(artifacts, "b_tide_shared", shared_dir("sharedx0"))
+    trainer = make_trainer(cfg, pipe)
     batch = _first_batch(trainer)
     assert batch.num_passes == 2
     got = trainer.teacher_payload(batch)
@@ -229,10 +214,10 @@ def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(artifacts)
 
 
 @pytest.mark.parametrize("variant", ["a_tide_shared", "a_calm"])
-def test_teacher_log_probs_only_where_a_chunk_loss_reads_them(artifacts, variant):
+def test_teacher_log_probs_only_where_a_chunk_loss_reads_them(make_trainer, artifacts, variant):
     """Pipeline A asks the teacher only for active-chunk tokens (in the pass that wins there): same loss."""
-    cfg, pipe = _config(artifacts, variant, _shared_dir(f"needed-{variant}"))
-    trainer = _trainer(cfg, pipe)
+    cfg, pipe = _config(artifacts, variant, shared_dir(f"needed-{variant}"))
+    trainer = make_trainer(cfg, pipe)
     batch = _first_batch(trainer)
     restricted = trainer.teacher_payload(batch)
     trainer._needed_teacher_tokens = lambda b, P, Lt: torch.ones(P, *b.teacher_ids.shape[:1], Lt, dtype=torch.bool)

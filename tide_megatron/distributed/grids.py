@@ -8,13 +8,15 @@ models are built side by side in one process, each with its own groups.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Optional
 
 import torch.distributed as dist
 from megatron.core.hyper_comm_grid import HyperCommGrid
 from megatron.core.process_groups_config import ProcessGroupCollection
+
+from tide_megatron.distributed import groups
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,14 @@ class ParallelLayout:
 
 @dataclass
 class ModelGrid:
-    """One model's grids and process-group collection."""
+    """One model's grids and process-group collection; `close()` gives its groups back (see `groups`)."""
 
     layout: ParallelLayout
     dense: HyperCommGrid
     expert: HyperCommGrid
     pgs: ProcessGroupCollection
     dp_size: int
+    rank_lists: list[list[list[int]]] = field(default_factory=list, repr=False)  # what `close` releases
 
     @property
     def tp_rank(self) -> int:
@@ -79,12 +82,17 @@ class ModelGrid:
     def etp_rank(self) -> int:
         return dist.get_rank(self.pgs.expt_tp)
 
+    def close(self) -> None:
+        """Release this grid's groups (collective: every rank closes its grids in the same order). Idempotent."""
+        lists, self.rank_lists = self.rank_lists, []
+        for rank_lists in reversed(lists):
+            groups.release(rank_lists)
 
-def _subgroups(rank_lists: list[list[int]], timeout: Optional[timedelta]) -> dist.ProcessGroup:
-    """Create one group per rank list (collective over the world); return this rank's group."""
-    kwargs = {"timeout": timeout} if timeout is not None else {}
-    group, _ = dist.new_subgroups_by_enumeration(rank_lists, **kwargs)
-    return group
+    def __enter__(self) -> "ModelGrid":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def build_model_grid(
@@ -92,38 +100,45 @@ def build_model_grid(
 ) -> ModelGrid:
     """Build the dense and expert grids of ``layout`` and the matching `ProcessGroupCollection`.
 
-    Collective: every rank of the world must call it with the same arguments, in the same order.
+    Groups come from the shared registry (`groups.acquire`): identical rank sets share one group, and a
+    layout built twice creates none. Collective: every rank of the world must call it with the same
+    arguments, in the same order, and close the grid when done with it.
     """
     world = dist.get_world_size() - rank_offset
     dp = layout.data_parallel_size(world, name)
     edp = world // (layout.etp * layout.ep * layout.pp)
-    kw = {"timeout": timeout} if timeout is not None else {}
 
     dense = HyperCommGrid([layout.tp, 1, dp, layout.pp], ["tp", "cp", "dp", "pp"], rank_offset=rank_offset)
     expert = HyperCommGrid([layout.etp, layout.ep, edp, layout.pp], ["etp", "ep", "edp", "pp"],
                            rank_offset=rank_offset)
+    acquired: list[list[list[int]]] = []
+
+    def group_of(rank_lists: list[list[int]]) -> Optional[dist.ProcessGroup]:
+        acquired.append(rank_lists)
+        return groups.acquire(rank_lists, timeout)
+
     pgs = ProcessGroupCollection()
-    pgs.tp = dense.create_pg("tp", **kw)
-    pgs.cp = dense.create_pg("cp", **kw)
-    pgs.dp = dense.create_pg("dp", **kw)
-    pgs.pp = dense.create_pg("pp", **kw)
-    pgs.mp = dense.create_pg(["tp", "pp"], **kw)
-    pgs.tp_cp = dense.create_pg(["tp", "cp"], **kw)
-    pgs.dp_cp = dense.create_pg(["cp", "dp"], **kw)
-    pgs.tp_dp_cp = dense.create_pg(["tp", "cp", "dp"], **kw)
+    pgs.tp = group_of(dense.get_rank_enum("tp"))
+    pgs.cp = group_of(dense.get_rank_enum("cp"))
+    pgs.dp = group_of(dense.get_rank_enum("dp"))
+    pgs.pp = group_of(dense.get_rank_enum("pp"))
+    pgs.mp = group_of(dense.get_rank_enum(["tp", "pp"]))
+    pgs.tp_cp = group_of(dense.get_rank_enum(["tp", "cp"]))
+    pgs.dp_cp = group_of(dense.get_rank_enum(["cp", "dp"]))
+    pgs.tp_dp_cp = group_of(dense.get_rank_enum(["tp", "cp", "dp"]))
     pgs.hcp = None
     pgs.intra_dp_cp = pgs.dp_cp
-    pgs.ep = expert.create_pg("ep", **kw)
-    pgs.expt_tp = expert.create_pg("etp", **kw)
-    pgs.expt_dp = expert.create_pg("edp", **kw)
+    pgs.ep = group_of(expert.get_rank_enum("ep"))
+    pgs.expt_tp = group_of(expert.get_rank_enum("etp"))
+    pgs.expt_dp = group_of(expert.get_rank_enum("edp"))
     pgs.intra_expt_dp = pgs.expt_dp
-    pgs.tp_ep = expert.create_pg(["etp", "ep"], **kw)
-    pgs.tp_ep_pp = expert.create_pg(["etp", "ep", "pp"], **kw)
+    pgs.tp_ep = group_of(expert.get_rank_enum(["etp", "ep"]))
+    pgs.tp_ep_pp = group_of(expert.get_rank_enum(["etp", "ep", "pp"]))
     # Embedding groups: first and last pipeline stage (tied embeddings), first stage (positions).
     pp_lists = dense.get_rank_enum("pp")
-    pgs.embd = _subgroups([sorted({r[0], r[-1]}) for r in pp_lists], timeout)
-    pgs.pos_embd = _subgroups([[r[0]] for r in pp_lists], timeout)
-    return ModelGrid(layout=layout, dense=dense, expert=expert, pgs=pgs, dp_size=dp)
+    pgs.embd = group_of([sorted({r[0], r[-1]}) for r in pp_lists])
+    pgs.pos_embd = group_of([[r[0]] for r in pp_lists])
+    return ModelGrid(layout=layout, dense=dense, expert=expert, pgs=pgs, dp_size=dp, rank_lists=acquired)
 
 
 def build_teacher_and_student_grids(

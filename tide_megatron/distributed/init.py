@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from tide_megatron.distributed import cpu_compat
+from tide_megatron.distributed import cpu_compat, groups
 
 DEFAULT_TIMEOUT_S = int(os.environ.get("TIDE_DIST_TIMEOUT_S", "600"))
 
@@ -50,11 +50,28 @@ def _fill_env_from_slurm() -> None:
     os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
 
 
-def destroy_distributed() -> None:
-    """Tear down megatron's global state and the default process group."""
+def destroy_megatron_parallel_state() -> None:
+    """`parallel_state.destroy_model_parallel()` plus destroying the groups it only forgets (it frees the gloo
+    copies alone, so every `initialize_model_parallel` would otherwise leave ~20 live groups behind)."""
     from megatron.core import parallel_state
 
+    live = {}
+    if dist.is_initialized():
+        for value in vars(parallel_state).values():
+            for group in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(group, dist.ProcessGroup) and group is not dist.group.WORLD:
+                    live[id(group)] = group
+    held = {id(g) for g in groups.held_groups()}
     parallel_state.destroy_model_parallel()
+    for key, group in live.items():
+        if key not in held and group in dist.distributed_c10d._world.pg_map:
+            dist.destroy_process_group(group)
+
+
+def destroy_distributed() -> None:
+    """Tear down megatron's global state and the default process group."""
+    destroy_megatron_parallel_state()
+    groups.forget_all()  # destroying the default group destroys every other group too
     if dist.is_initialized():
         dist.destroy_process_group()
 

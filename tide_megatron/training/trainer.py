@@ -425,7 +425,10 @@ class DistillTrainer:
             self.stream.flush()
 
     def close(self) -> None:
+        """Close the logs and give the grids' process groups back (collective: every rank closes)."""
         self.logger.close()
+        self.student_grid.close()
+        self.teacher_grid.close()
 
 
 def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: int, teacher) -> dict:
