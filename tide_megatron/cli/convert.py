@@ -56,11 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     """Parse and execute (raises on bad input); returns verify's differences."""
     args = build_parser().parse_args(argv)
-    from tide_megatron.distributed import cpu_compat, init_distributed
+    from tide_megatron.distributed import init_distributed
 
     init_distributed()
-    if cpu_compat.is_applied():
-        cpu_compat.use_fork_checkpoint_manager()
     if args.command == "export":
         from tide_megatron.training.checkpoint import CheckpointError
         from tide_megatron.training.export import export_student

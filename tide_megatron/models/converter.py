@@ -103,7 +103,7 @@ def hf_to_mcore(arch: Architecture, hf_dir: str, out_dir: str, tp: int = 1, pp: 
     Collective over the world (tp*pp must divide it); reads one megatron parameter's HF tensors at a
     time (memory-mapped shards); `out_dir` appears only when complete.
     """
-    from megatron.core import dist_checkpointing
+    from tide_megatron.distributed import checkpoint_io
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -122,7 +122,7 @@ def hf_to_mcore(arch: Architecture, hf_dir: str, out_dir: str, tp: int = 1, pp: 
                        expert_offset=arch.expert_offset(args, grid))
     reader.close()
     with atomic_output_dir(out_dir, "--mcore-dir", is_writer=_is_rank0(), barrier=_barrier) as tmp:
-        dist_checkpointing.save(sharded_state_dict(model), tmp)
+        checkpoint_io.save(sharded_state_dict(model), tmp)
         if _is_rank0():
             copy_hf_assets(hf_dir, os.path.join(tmp, HF_ASSETS))
             with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as fh:
@@ -154,10 +154,10 @@ def args_from_mcore(arch: Architecture, mcore_dir: str, tp: int = 1, pp: int = 1
 
 def load_mcore_checkpoint(model: torch.nn.Module, mcore_dir: str) -> None:
     """Load a dist checkpoint into a built model (any TP/PP; megatron reshards). Every parameter must load."""
-    from megatron.core import dist_checkpointing
+    from tide_megatron.distributed import checkpoint_io
 
     read_mcore_meta(mcore_dir)
-    model.load_state_dict(dist_checkpointing.load(sharded_state_dict(model), mcore_dir), strict=True)
+    model.load_state_dict(checkpoint_io.load(sharded_state_dict(model), mcore_dir), strict=True)
 
 
 def mcore_to_hf(arch: Architecture, mcore_dir: str, out_dir: str, dtype: Optional[str] = None,

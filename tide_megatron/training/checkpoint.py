@@ -21,10 +21,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.process_groups_config import ProcessGroupCollection
 
+from tide_megatron.distributed import checkpoint_io
+from tide_megatron.distributed.checkpoint_io import CheckpointError
 from tide_megatron.training.optimizer import prepare_optimizer_for_loading, restore_adam_step_counts
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
@@ -32,10 +33,6 @@ COMPLETE_MARKER = "tide_checkpoint.json"
 FORMAT_VERSION = 1
 # 'dp_reshardable': each data-parallel rank writes its own optimizer shard, no gather (fully parallel).
 OPTIMIZER_SHARDING = "dp_reshardable"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, partial or corrupt; the message names it."""
 
 
 @dataclass
@@ -112,7 +109,7 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state: TrainSt
     state["train_state"] = train_state.to_dict()
     state["lr_scheduler"] = scheduler.state_dict()
     state["format_version"] = FORMAT_VERSION
-    dist_checkpointing.save(state, str(tmp))
+    checkpoint_io.save(state, str(tmp))
     dist.barrier()
     if rank == 0:
         (tmp / "config.yaml").write_text(config_yaml)
@@ -205,10 +202,7 @@ def load_checkpoint(path: str, model, optimizer, scheduler, pgs: ProcessGroupCol
         raise CheckpointError(f"checkpoint {path!r} was written by {info['world_size']} ranks; this job has "
                               f"{dist.get_world_size()} (RNG states and data positions are per rank)")
     state = _sharded_state_dict(model, optimizer, pgs, is_loading=True)
-    try:
-        loaded = dist_checkpointing.load(state, path)
-    except Exception as err:  # dist_checkpointing raises many types; name the directory
-        raise CheckpointError(f"checkpoint {path!r} could not be loaded: {type(err).__name__}: {err}") from err
+    loaded = checkpoint_io.load(state, path)  # errors name the directory and the failing file
     model.load_state_dict(loaded["model"], strict=False)
     with torch.no_grad():  # DistOpt copies into views of leaf parameters (MEGATRON_ON_CPU §4)
         optimizer.load_state_dict(loaded["optimizer"])

@@ -69,7 +69,7 @@ def load_student_from_checkpoint(step_dir: str, dtype: torch.dtype = torch.float
 
     Returns ``(model, its megatron -> HF weight mapping, assets dir, tokenizer)``. Collective when torch.distributed runs.
     """
-    from megatron.core import dist_checkpointing
+    from tide_megatron.distributed import checkpoint_io
 
     from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed
     from tide_megatron.models.llada2.model import ensure_megatron_runtime
@@ -86,7 +86,9 @@ def load_student_from_checkpoint(step_dir: str, dtype: torch.dtype = torch.float
     # The trainer saves the DDP-wrapped student, whose entries are named "module.<parameter>".
     wrapped = model.sharded_state_dict(prefix=DDP_PREFIX, metadata={"dp_cp_group": model.pg_collection.dp_cp})
     try:
-        loaded = dist_checkpointing.load({"model": wrapped}, step_dir)
+        loaded = checkpoint_io.load({"model": wrapped}, step_dir)
+    except checkpoint_io.UnsafeCheckpointError:
+        raise
     except Exception as err:  # dist_checkpointing raises many types; name the directory
         raise CheckpointError(f"checkpoint {step_dir!r}: its model weights do not fit the student described by "
                               f"{assets}/config.json: {type(err).__name__}: {err}") from err

@@ -29,7 +29,6 @@ from tide_megatron.config import TrainConfig, dump_config, is_chunk_mode
 from tide_megatron.diffusion.inputs import bd3lm_inputs
 from tide_megatron.diffusion.masks import block_diffusion_mask
 from tide_megatron.distributed import build_teacher_and_student_grids, init_distributed, seed_model_parallel_rng
-from tide_megatron.distributed import cpu_compat
 from tide_megatron.distributed import payload_exchange as px
 from tide_megatron.losses import LossInputs, aligned_rows, bd3lm_ce, build_objective, compdemo
 from tide_megatron.losses import ObjectiveConfig as LossObjectiveConfig
@@ -87,8 +86,6 @@ class DistillTrainer:
                  stream: TextIO = sys.stdout, backend: Optional[str] = None):
         self.cfg, self.train_data, self.valid_data, self.stream = cfg, train_data, valid_data, stream
         init_distributed()
-        if cpu_compat.is_applied():
-            cpu_compat.use_fork_checkpoint_manager()  # spawn would re-import megatron at the first save (+5-8 s)
         world = dist.get_world_size()
         self.teacher_dp, self.student_dp = cfg.check_world_size(world)
         check_fp8_available(cfg.precision)

@@ -247,7 +247,7 @@ def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1
     Tensors are streamed slice by slice; `out_dir` appears only when complete. The small HF files
     (config.json, tokenizer, the checkpoint's own modeling code) are kept under `hf/`.
     """
-    from megatron.core import dist_checkpointing
+    from tide_megatron.distributed import checkpoint_io
 
     from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
     from tide_megatron.models.conversion import atomic_output_dir, copy_hf_assets
@@ -263,7 +263,7 @@ def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1
     load_llada2_from_hf(model, Path(hf_dir), cfg, grid.pgs)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     with atomic_output_dir(out_dir, "--mcore-dir", is_writer=rank0, barrier=_barrier) as tmp:
-        dist_checkpointing.save(_sharded_state_dict(model), tmp)
+        checkpoint_io.save(_sharded_state_dict(model), tmp)
         if rank0:
             import json
 
@@ -276,7 +276,7 @@ def load_llada2_mcore(mcore_dir: str, pgs: ProcessGroupCollection, params_dtype:
     """Build the teacher for ``pgs`` and load a dist checkpoint written by `hf_to_mcore` (any layout)."""
     import json
 
-    from megatron.core import dist_checkpointing
+    from tide_megatron.distributed import checkpoint_io
 
     from tide_megatron.models.llada2.model import build_llada2_model
 
@@ -288,7 +288,7 @@ def load_llada2_mcore(mcore_dir: str, pgs: ProcessGroupCollection, params_dtype:
         raise CheckpointError(f"{meta_path}: architecture={meta.get('architecture')!r}, expected 'llada2'")
     cfg = LLaDA2Config.from_pretrained(Path(mcore_dir) / HF_ASSETS)
     model = build_llada2_model(cfg, pgs, params_dtype)
-    state = dist_checkpointing.load(_sharded_state_dict(model), str(mcore_dir))
+    state = checkpoint_io.load(_sharded_state_dict(model), str(mcore_dir))
     model.load_state_dict(state, strict=False)
     return model, cfg
 
