@@ -375,6 +375,7 @@ class DistillTrainer:
                     preempted = True
                     break
         finally:
+            loader.close()  # stops the DataLoader workers now, whatever ended the loop
             self.preemption.restore()
         finished = self.state.step >= self.state.total_steps
         if finished and cfg.checkpoint.save_at_end and self.state.step % cfg.checkpoint.save_interval != 0:
