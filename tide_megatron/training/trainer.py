@@ -36,12 +36,14 @@ from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.training.batch import DistillBatch
 from tide_megatron.training.compact import (compact_student_inputs, compact_teacher_inputs, scatter_xt_rows,
                                              segment_block_mask)
-from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from tide_megatron.training.checkpoint import (TrainState, load_checkpoint, resolve_resume, run_fingerprint,
+                                               save_checkpoint)
 from tide_megatron.training.data import ResumableBatches, micro_batches
 from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
+from tide_megatron.training.run_lock import RunLock
 from tide_megatron.training.student_loss import (chunked_loss_backward, hidden_states_output, loss_chunk_rows,
                                                   supports_chunked_head)
 
@@ -86,10 +88,12 @@ class DistillTrainer:
                  stream: TextIO = sys.stdout, backend: Optional[str] = None):
         self.cfg, self.train_data, self.valid_data, self.stream = cfg, train_data, valid_data, stream
         init_distributed()
+        self.run_lock = RunLock.acquire([cfg.output_dir, cfg.checkpoint.dir])  # one run per directory (collective)
         world = dist.get_world_size()
         self.teacher_dp, self.student_dp = cfg.check_world_size(world)
         check_fp8_available(cfg.precision)
-        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)  # a bad checkpoint fails before any build
+        self.fingerprint = run_fingerprint(cfg, train_data)  # a checkpoint of another run is refused on resume
+        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir, self.fingerprint)  # fails before any build
         self.needs_teacher = cfg.objective.needs_teacher
         self.chunk_level = is_chunk_mode(cfg.objective.mode)
         self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
@@ -388,7 +392,8 @@ class DistillTrainer:
 
     def save(self) -> str:
         return save_checkpoint(self.cfg.checkpoint.dir, self.model, self.optimizer, self.scheduler, self.state,
-                               self.student_grid.pgs, dump_config(self.cfg), self.cfg.checkpoint.keep_last)
+                               self.student_grid.pgs, dump_config(self.cfg), self.cfg.checkpoint.keep_last,
+                               self.fingerprint)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -427,6 +432,7 @@ class DistillTrainer:
         self.logger.close()
         self.student_grid.close()
         self.teacher_grid.close()
+        self.run_lock.release()
 
 
 def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: int, teacher) -> dict:
