@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from tide_megatron.cli.errors import cli_errors
 from tide_megatron.models.registry import ARCHITECTURES
 
 # The LLaDA2 teacher has its own converter module (one-way: the teacher is never trained).
@@ -111,6 +112,7 @@ def _rank0_print(msg: str) -> None:
         print(msg, flush=True)
 
 
+@cli_errors("tide-convert")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point: bad input -> one line on stderr and exit status 2."""
     try:

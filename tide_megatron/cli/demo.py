@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from tide_megatron.cli.errors import cli_errors
+
 STUDENT_TOKENIZER = "mistral-v1"
 TEACHER_TOKENIZER = "gpt-2"
 
@@ -598,6 +600,7 @@ def _export(checkpoints: str, out: Path) -> str:
     return export_student(checkpoints, str(out / "hf"))
 
 
+@cli_errors("tide-demo")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+from tide_megatron.cli.errors import cli_errors
+
 TASKS = ("bpb", "throughput", "humaneval")
 
 
@@ -144,6 +146,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, full_forward = student.model, student.full_forward
         denoiser = student.denoiser(args.kv_cache_slots or None)
         tokenizer_dir = args.tokenizer or os.path.join(args.mcore_dir, "hf")
+    if not any(os.path.isfile(os.path.join(tokenizer_dir, f))
+               for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer there (tokenizer.json, tokenizer.model or vocab.json); "
+                                f"pass --tokenizer DIR")  # transformers would build an empty one instead
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     mask_id, eos_id, pad_id = _special_ids(args, tokenizer)
     cfg = SamplerConfig(mask_id=mask_id, pad_id=pad_id, eos_id=eos_id, block_size=args.block_size,
@@ -184,6 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+@cli_errors("tide-eval")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from tide_megatron.eval.report import format_table, write_json_atomic
 
