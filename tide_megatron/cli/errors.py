@@ -63,8 +63,9 @@ def report(prog: str, err: BaseException) -> int:
     """Print ``err`` the project's way and return the exit status it maps to."""
     if debug_enabled():
         traceback.print_exception(err)
-    print(f"{prog}: error: {_rank_prefix()}{describe(err)}", file=sys.stderr, flush=True)
-    return EXIT_BAD_INPUT if is_bad_input(err) else EXIT_FAILURE
+    cause = _own_error(err)
+    print(f"{prog}: error: {_rank_prefix()}{describe(cause)}", file=sys.stderr, flush=True)
+    return EXIT_BAD_INPUT if is_bad_input(cause) else EXIT_FAILURE
 
 
 def is_bad_input(err: BaseException) -> bool:
@@ -73,13 +74,19 @@ def is_bad_input(err: BaseException) -> bool:
     return isinstance(err, INPUT_ERRORS + (CheckpointError,)) or type(err).__name__ == "ConfigError"
 
 
+def _own_error(err: BaseException) -> BaseException:
+    """torch's CheckpointException carries each failing rank's own error: report the first one."""
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        inner = inner[0] if isinstance(inner, tuple) else inner
+        if isinstance(inner, BaseException):
+            return _own_error(inner)
+    return err
+
+
 def describe(err: BaseException) -> str:
     """The message of an input error; type, first line and a pointer to the traceback for anything else."""
-    failures = getattr(err, "failures", None)
-    if isinstance(failures, dict) and failures:  # torch's CheckpointException: the first rank's own error
-        inner, _ = next(iter(failures.values()))
-        if isinstance(inner, BaseException):
-            return describe(inner)
     text = _unwrap_worker_error(str(err).strip())
     if is_bad_input(err) and text:
         return text

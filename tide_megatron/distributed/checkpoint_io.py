@@ -24,6 +24,7 @@ import importlib
 import os
 import pickle
 import queue
+import re
 from typing import Any, Iterator, Optional
 
 import torch
@@ -142,9 +143,9 @@ def _restricted_unpickling(checkpoint_dir: str) -> Iterator[None]:
                 return original_load(f, *args, **kwargs)
         except pickle.UnpicklingError as err:
             raise UnsafeCheckpointError(
-                f"{checkpoint_dir}: refusing to load an object of the checkpoint: "
-                f"{str(err).splitlines()[-1][:300]} (only tensors, containers, numbers, strings and plain numpy "
-                f"arrays are accepted; checkpoints are data, never code)") from None
+                f"{checkpoint_dir}: refusing to load an object of the checkpoint: {_refused_global(err)} (only "
+                f"tensors, containers, numbers, strings and plain numpy arrays are accepted; checkpoints are data, "
+                f"never code)") from None
 
     def read_metadata_restricted(reader, *args, **kwargs):
         metadata = read_metadata(str(reader.path), kwargs.get("rank"))
@@ -160,6 +161,16 @@ def _restricted_unpickling(checkpoint_dir: str) -> Iterator[None]:
         yield
     finally:
         torch.load, FileSystemReader.read_metadata = original_load, original_read
+
+
+def _refused_global(err: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, from its long message."""
+    text = str(err)
+    m = re.search(r"GLOBAL ([\w.]+)", text)  # "Unsupported global: GLOBAL x.y" / "unsupported GLOBAL x.y whose ..."
+    if m:
+        return f"it asks to build {m.group(1)}"
+    m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    return (m.group(1) if m else text.strip().splitlines()[0])[:300]
 
 
 def load(sharded_state_dict: dict, checkpoint_dir: str) -> dict:

@@ -62,9 +62,14 @@ def sandbox_description(bwrap: Optional[bool] = None) -> str:
     """One line saying how programs are contained (for logs and reports)."""
     if _use_bwrap(bwrap):
         return "bwrap (read-only filesystem, no network, own PID namespace) + supervisor + guarded harness"
-    missing = "not installed" if shutil.which("bwrap") is None else "not usable here"
-    return (f"supervisor + guarded harness only: bwrap is {missing}, so programs see the real filesystem "
-            f"(writes outside their temp dir are refused by Python-level guards only) and the network")
+    if bwrap_usable():
+        why = "bwrap is turned off"
+    elif shutil.which("bwrap") is None:
+        why = "bwrap is not installed (Debian: apt-get install bubblewrap)"
+    else:
+        why = "bwrap is installed but cannot create namespaces here"
+    return (f"supervisor + guarded harness only: {why}, so programs see the real filesystem (writes outside "
+            f"their temp dir are refused by Python-level guards only) and the network")
 
 
 def _use_bwrap(bwrap: Optional[bool]) -> bool:
@@ -94,8 +99,12 @@ def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024,
         workdir = os.path.realpath(tmp)
         Path(workdir, "program.py").write_text(program, encoding="utf-8")
         harness = [sys.executable, "-I", str(HARNESS)]
-        argv = [shutil.which("bwrap"), *_bwrap_flags(workdir), "--", *harness] if use_bwrap else harness
-        return supervise(argv, workdir, timeout_s, memory_mb)
+        return supervise(bwrap_argv(workdir, harness) if use_bwrap else harness, workdir, timeout_s, memory_mb)
+
+
+def bwrap_argv(workdir: str, command: list[str]) -> list[str]:
+    """``command`` inside bwrap: everything read-only but ``workdir``, a private /tmp, no network, own PIDs."""
+    return [shutil.which("bwrap") or "bwrap", *_bwrap_flags(workdir), "--", *command]
 
 
 def supervise(argv: list[str], workdir: str, timeout_s: float, memory_mb: int = 1024) -> SandboxResult:

@@ -126,8 +126,8 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state: TrainSt
     rank = dist.get_rank()
     if rank == 0:
         root_path.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for stale in root_path.glob(".tmp-step_*"):  # saves killed mid-way (one writer per directory: the run lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
     state = _sharded_state_dict(model, optimizer, pgs, is_loading=False)
@@ -200,7 +200,9 @@ def _errors_in(err: BaseException) -> list[BaseException]:
 def _save_failure_message(err: BaseException, root: Path, tmp: Path, needed: int) -> str:
     previous = list_checkpoints(str(root))
     kept = f"the previous checkpoint {previous[-1]} is kept" if previous else "there is no previous checkpoint"
-    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in _errors_in(err)):
+    # The writers' errors reach this rank through pickles that drop __cause__: match the message as well.
+    if any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or os.strerror(errno.ENOSPC) in str(e)
+           for e in _errors_in(err)):
         return (f"checkpoint save to {tmp} failed: no space left on device ({_free_bytes(root)} bytes free on "
                 f"{root}, a checkpoint needs about {needed}); the partial directory was removed and {kept}")
     first = next((e for e in reversed(_errors_in(err)) if not isinstance(e, CheckpointException)), err)

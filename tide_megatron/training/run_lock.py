@@ -24,7 +24,7 @@ import torch.distributed as dist
 LOCK_FILE = ".tide-train.lock"
 
 
-class RunDirectoryLocked(RuntimeError):
+class RunDirectoryLocked(OSError):
     """Another run holds the lock on this run directory; the message names it and its holder."""
 
 
