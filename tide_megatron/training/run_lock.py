@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import gc
 import json
 import os
 import socket
@@ -28,46 +27,55 @@ class RunDirectoryLocked(OSError):
     """Another run holds the lock on this run directory; the message names it and its holder."""
 
 
+# Locks this process holds: real path -> [descriptor, holders]. The lock is per process (what it protects
+# is the directory against another run), so a second trainer of the same process shares it.
+_HELD: dict[str, list] = {}
+
+
 class RunLock:
     """The locks of one run (held on global rank 0 only); `release` or process exit frees them."""
 
-    def __init__(self, fds: Optional[dict[str, int]] = None) -> None:
-        self._fds = fds or {}
+    def __init__(self, directories: Optional[list[str]] = None) -> None:
+        self._directories = directories or []
 
     @classmethod
     def acquire(cls, directories: Iterable[str]) -> "RunLock":
         """Lock every directory or raise `RunDirectoryLocked` on every rank (collective when distributed)."""
-        fds: dict[str, int] = {}
+        held: list[str] = []
         error = None
         if not dist.is_initialized() or dist.get_rank() == 0:
             try:
                 for directory in _outermost(directories):
-                    fd = _lock(directory)
-                    if fd is not None:
-                        fds[directory] = fd
+                    if _lock(directory):
+                        held.append(directory)
             except RunDirectoryLocked as err:
-                for fd in fds.values():
-                    os.close(fd)
-                fds, error = {}, str(err)
+                cls(held).release()
+                held, error = [], str(err)
         if dist.is_initialized() and dist.get_world_size() > 1:
             shared = [error]
             dist.broadcast_object_list(shared, src=0)
             error = shared[0]
         if error is not None:
             raise RunDirectoryLocked(error)
-        return cls(fds)
+        return cls(held)
 
     def release(self) -> None:
-        for fd in self._fds.values():
-            try:
-                os.ftruncate(fd, 0)  # the holder's line goes with the lock
-            except OSError:
-                pass
-            os.close(fd)  # closing the descriptor drops the flock
-        self._fds.clear()
+        for directory in self._directories:
+            entry = _HELD.get(directory)
+            if entry is None:
+                continue
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _HELD[directory]
+                try:
+                    os.ftruncate(entry[0], 0)  # the holder's line goes with the lock
+                except OSError:
+                    pass
+                os.close(entry[0])  # closing the descriptor drops the flock
+        self._directories = []
 
     def __del__(self) -> None:
-        if getattr(self, "_fds", None):
+        if getattr(self, "_directories", None):
             self.release()
 
 
@@ -77,30 +85,29 @@ def _outermost(directories: Iterable[str]) -> list[str]:
     return [p for p in paths if not any(p != q and p.startswith(q.rstrip(os.sep) + os.sep) for q in paths)]
 
 
-def _lock(directory: str) -> Optional[int]:
-    """The locked descriptor of ``directory``'s lock file (None where the filesystem has no locks)."""
+def _lock(directory: str) -> bool:
+    """Take (or share, within this process) the lock of ``directory``; False where the filesystem has none."""
+    if directory in _HELD:
+        _HELD[directory][1] += 1
+        return True
     Path(directory).mkdir(parents=True, exist_ok=True)
     path = os.path.join(directory, LOCK_FILE)
-    for attempt in range(2):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = _read_holder(fd)
-            os.close(fd)
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                print(f"warning: {path}: file locks are not supported here ({err}); one run per directory is "
-                      f"not enforced", file=sys.stderr)
-                return None
-            if attempt == 0 and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-                gc.collect()  # an earlier trainer of this process that failed to start may still hold it
-                continue
-            raise RunDirectoryLocked(_busy_message(directory, holder)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
-                                 "argv": sys.argv}).encode())
-        return fd
-    raise AssertionError("unreachable")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = _read_holder(fd)
+        os.close(fd)
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            print(f"warning: {path}: file locks are not supported here ({err}); one run per directory is "
+                  f"not enforced", file=sys.stderr)
+            return False
+        raise RunDirectoryLocked(_busy_message(directory, holder)) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
+                             "argv": sys.argv}).encode())
+    _HELD[directory] = [fd, 1]
+    return True
 
 
 def _read_holder(fd: int) -> dict:

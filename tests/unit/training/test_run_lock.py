@@ -1,9 +1,10 @@
 """The run lock (one run per directory) and the run fingerprint (no resuming another run's checkpoint)."""
 
 import json
-import os
 import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -13,23 +14,56 @@ from tide_megatron.training.checkpoint import (COMPLETE_MARKER, CheckpointError,
 from tide_megatron.training.run_lock import LOCK_FILE, RunDirectoryLocked, RunLock
 
 
-def test_a_held_directory_is_refused_naming_the_holder_and_free_again_after_release(tmp_path):
+HOLD = """
+import sys, time
+from tide_megatron.training.run_lock import RunLock
+lock = RunLock.acquire(sys.argv[1:])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _other_process_holding(*directories):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, *map(str, directories)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_directory_held_by_another_process_is_refused_naming_the_holder(tmp_path):
+    holder = _other_process_holding(tmp_path / "run")
+    try:
+        info = json.loads((tmp_path / "run" / LOCK_FILE).read_text())
+        assert (info["host"], info["pid"]) == (socket.gethostname(), holder.pid)
+        with pytest.raises(RunDirectoryLocked, match=rf"{tmp_path / 'run'} is in use by another tide-train run "
+                                                     rf"\(host {socket.gethostname()}, pid {holder.pid}, started "):
+            RunLock.acquire([str(tmp_path / "run"), str(tmp_path / "run" / "checkpoints")])
+    finally:
+        holder.kill()
+        holder.wait()
+    RunLock.acquire([str(tmp_path / "run")]).release()  # the kernel dropped the lock with its holder
+
+
+def test_the_lock_is_shared_within_a_process_and_freed_by_the_last_release(tmp_path):
     first = RunLock.acquire([str(tmp_path / "run"), str(tmp_path / "run" / "checkpoints")])
-    holder = json.loads((tmp_path / "run" / LOCK_FILE).read_text())
-    assert (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid())
     assert not (tmp_path / "run" / "checkpoints" / LOCK_FILE).exists()  # covered by the output_dir lock
-    with pytest.raises(RunDirectoryLocked, match=rf"{tmp_path / 'run'} is in use by another tide-train run \(host "
-                                                 rf"{socket.gethostname()}, pid {os.getpid()}, started "):
-        RunLock.acquire([str(tmp_path / "run")])
+    second = RunLock.acquire([str(tmp_path / "run")])  # e.g. a fresh trainer resuming in the same process
     first.release()
-    RunLock.acquire([str(tmp_path / "run")]).release()
+    holder = subprocess.run([sys.executable, "-c", HOLD, str(tmp_path / "run")], capture_output=True, text=True)
+    assert holder.returncode == 1 and "is in use by another tide-train run" in holder.stderr
+    second.release()
+    last = _other_process_holding(tmp_path / "run")  # free for other processes now
+    last.kill()
+    last.wait()
 
 
 def test_a_checkpoint_dir_elsewhere_is_locked_too(tmp_path):
-    lock = RunLock.acquire([str(tmp_path / "out"), str(tmp_path / "ckpt")])
-    with pytest.raises(RunDirectoryLocked, match="ckpt is in use"):
-        RunLock.acquire([str(tmp_path / "other"), str(tmp_path / "ckpt")])
-    lock.release()
+    holder = _other_process_holding(tmp_path / "out", tmp_path / "ckpt")
+    try:
+        with pytest.raises(RunDirectoryLocked, match="ckpt is in use"):
+            RunLock.acquire([str(tmp_path / "other"), str(tmp_path / "ckpt")])
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _cfg(tmp_path, **optim):
