@@ -51,7 +51,7 @@ def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGri
     from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
     from tide_megatron.models.converter import load_mcore_checkpoint
     from tide_megatron.models.qwen3.convert import qwen3_args_from_mcore, qwen3_mapping
-    from tide_megatron.training.fp8 import fp8_settings
+    from tide_megatron.training.fp8 import fp8_settings, use_amax_reduction_group
 
     dtype = DTYPES[precision.dtype]
     overrides = dict(fp8_settings(precision))
@@ -68,6 +68,8 @@ def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGri
         model = build_qwen3_model(args, grid.pgs, backend=backend)
         load_hf_into_model(model, SafetensorsReader(cfg.checkpoint), qwen3_mapping(args), grid.tp_rank,
                            dist.get_world_size(grid.pgs.tp))
+    if precision.fp8:  # amaxes reduced over the student's own tp x dp group, not the whole world
+        use_amax_reduction_group(model.config, grid.pgs.tp_dp_cp, grid.pgs.tp_cp)
     return StudentBundle(model=model, vocab_size=args.vocab_size, hf_config=args.hf_config)
 
 
@@ -101,12 +103,15 @@ def build_teacher(cfg: TeacherConfig, grid: ModelGrid, backend: Optional[str] = 
     mask, pad, eos = _teacher_special_ids(cfg, hf)
     if cfg.arch == "llada2":
         from tide_megatron.models.llada2.config import LLaDA2Config
+        from tide_megatron.models.backend import backend_name
         from tide_megatron.models.llada2.convert import load_llada2_from_hf
         from tide_megatron.models.llada2.model import build_llada2_model
+        from tide_megatron.training.preflight import teacher_moe_kernels
 
         lcfg = LLaDA2Config.from_pretrained(cfg.checkpoint)
         lcfg.check_layout(cfg.layout)
-        model = build_llada2_model(lcfg, grid.pgs, params_dtype=dtype)
+        model = build_llada2_model(lcfg, grid.pgs, params_dtype=dtype, backend=backend,
+                                   moe_kernels=teacher_moe_kernels(cfg, backend_name(backend)))
         load_llada2_from_hf(model, cfg.checkpoint, lcfg, grid.pgs)
         vocab = lcfg.vocab_size
     else:

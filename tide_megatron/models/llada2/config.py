@@ -137,6 +137,15 @@ class LLaDA2Config:
         if self.num_attention_heads % layout.tp or self.num_key_value_heads % layout.tp:
             raise LLaDA2ConfigError(f"{src}: tp={layout.tp} must divide num_attention_heads="
                                     f"{self.num_attention_heads} and num_key_value_heads={self.num_key_value_heads}")
+        ffn = [("intermediate_size", self.intermediate_size, layout.tp, "tp")] if self.first_k_dense_replace else []
+        ffn.append(("moe_intermediate_size", self.moe_intermediate_size, layout.etp, "etp"))
+        if self.num_shared_experts:
+            ffn.append(("num_shared_experts x moe_intermediate_size", self.num_shared_experts *
+                        self.moe_intermediate_size, layout.tp, "tp"))
+        for name, size, parts, flag in ffn:
+            if size % parts:
+                raise LLaDA2ConfigError(f"{src}: {flag}={parts} does not divide {name}={size} (the FFN is split "
+                                        f"over {flag})")
         if self.num_hidden_layers % layout.pp:
             raise LLaDA2ConfigError(f"{src}: pipeline size pp={layout.pp} does not divide "
                                     f"num_hidden_layers={self.num_hidden_layers}")
