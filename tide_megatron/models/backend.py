@@ -14,9 +14,11 @@ import torch
 from megatron.core.models.backends import BackendSpecProvider, LocalSpecProvider
 
 from tide_megatron.models.attention import SDPACoreAttention
+from tide_megatron.models.layernorm_linear import FusedNormSpecProvider
 from tide_megatron.models.norms import TorchNorm
 
-BACKEND_ENV = "TIDE_BACKEND"  # "te" | "local" | unset (auto)
+BACKEND_ENV = "TIDE_BACKEND"  # "te" | "local" | "local_fused" (local parts, norms fused as TE fuses them) | unset (auto)
+BACKENDS = ("te", "local", "local_fused")
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,8 +46,8 @@ class LocalSDPASpecProvider(LocalSpecProvider):
 def backend_name(requested: Optional[str] = None) -> str:
     """Resolve 'te' / 'local' from the argument, the TIDE_BACKEND variable, or what is installed."""
     name = requested or os.environ.get(BACKEND_ENV) or ("te" if transformer_engine_available() else "local")
-    if name not in ("te", "local"):
-        raise ValueError(f"backend must be 'te' or 'local' (flag --backend / {BACKEND_ENV}), got {name!r}")
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} (flag --backend / {BACKEND_ENV}), got {name!r}")
     if name == "te" and not transformer_engine_available():
         raise ValueError("backend 'te' requested but transformer_engine.pytorch with CUDA is not available")
     return name
@@ -57,4 +59,6 @@ def get_backend(requested: Optional[str] = None) -> BackendSpecProvider:
         from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
 
         return TESpecProvider()
+    if backend_name(requested) == "local_fused":
+        return FusedNormSpecProvider(LocalSDPASpecProvider())
     return LocalSDPASpecProvider()
