@@ -1,7 +1,9 @@
 """The one place that picks megatron-core layer classes: Transformer Engine on GPU, local + SDPA on CPU.
 
-Both providers give the same parameter names (norms are never fused into linears), so one dist
-checkpoint loads on either backend. Attention always takes an explicit mask (`AttnMaskType.arbitrary`).
+TE fuses the pre-attention and a dense FFN's pre-MLP norm into the next linear (`layer_norm_weight`);
+the layer specs (`models.spec`) place norms per provider and save unfused ones under the fused names, so
+one dist checkpoint loads on either backend; "local_fused" is the local provider with TE's norm fusion.
+Attention always takes an explicit mask (`AttnMaskType.arbitrary`).
 """
 
 from __future__ import annotations
