@@ -78,4 +78,4 @@ def load_remote_code_reference(hf_dir: str, trust_remote_code: bool) -> torch.nn
     except (ValueError, OSError) as err:
         raise CheckpointError(f"{hf_dir}: transformers could not load the checkpoint's own modeling code "
                               f"({code}): {err}") from err
-    return model.eval()
+    return model.float().eval()  # fp32 even where an older transformers ignores `dtype`
