@@ -164,7 +164,7 @@ def main() -> int:
         print("    FP8: skipped (needs Transformer Engine and compute capability >= 8.9)")
 
     # 3. One teacher forward through the engine (LLaDA2-architecture MoE, bf16).
-    from tide_megatron.training.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
+    from tide_megatron.demo.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
     from tide_megatron.models.llada2 import load_llada2_teacher
     from tide_megatron.teacher import TeacherEngine
 
