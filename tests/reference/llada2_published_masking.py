@@ -2,7 +2,8 @@
 published LLaDA2.0 modeling file, so that tests meet what a user of a released checkpoint meets.
 
   - a 2-D attention mask that contains a 0 is turned into a *causal* mask (with key padding), as the
-    published file does by building its 4-D mask with a causal-mask helper;
+    published file does (with transformers 4.57 a verify that passed it a 2-D padding mask saw a max
+    logit difference of 4.1);
   - no mask, or a 2-D mask of ones only, leaves attention bidirectional;
   - a 4-D float mask is added to the attention scores as given.
 
