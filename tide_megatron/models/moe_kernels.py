@@ -2,7 +2,7 @@
 
 With Transformer Engine (the ``te`` backend) both kernels are on by default with the alltoall dispatcher:
 megatron-core's `TEGroupedMLP` runs all local experts in one grouped GEMM, and TE's fused permute/unpermute
-replaces the torch gather/scatter. The local backend (CPU) has neither: TE provides the kernels, and
+replaces the torch gather/scatter. The local backends (CPU) have neither: TE provides the kernels, and
 megatron's non-TE `GroupedMLP` needs the CUDA-only ``grouped_gemm`` package. The config fields are
 ``teacher.moe_grouped_gemm``, ``teacher.moe_permute_fusion`` (None = this default) and ``teacher.moe_dispatcher``.
 """
@@ -37,7 +37,7 @@ class MoEKernels:
 
 def resolve_moe_kernels(backend: str, grouped_gemm: Optional[bool] = None, permute_fusion: Optional[bool] = None,
                         dispatcher: str = "alltoall", te_version_ok: bool = True) -> MoEKernels:
-    """The kernels for ``backend`` ('te' | 'local'); None = the backend's default; one clear error per bad choice.
+    """The kernels for ``backend`` ('te', or a local one); None = the backend's default; one clear error per bad choice.
 
     ``te_version_ok``: the installed TE is new enough for fused permutation (>= 2.1.0).
     """
@@ -51,9 +51,7 @@ def resolve_moe_kernels(backend: str, grouped_gemm: Optional[bool] = None, permu
                                  "upgrade TE (pip install -e '.[gpu]') or set teacher.moe_permute_fusion=false")
         return MoEKernels(grouped_gemm=True if grouped_gemm is None else grouped_gemm, permute_fusion=fuse,
                           dispatcher=dispatcher)
-    if backend != "local":
-        raise MoEKernelError(f"backend must be 'te' or 'local', got {backend!r}")
-    why = "the local backend (no Transformer Engine, e.g. CPU) has no {} kernel"
+    why = f"the {backend} backend (local parts, no Transformer Engine, e.g. CPU) has no {{}} kernel"
     if grouped_gemm:
         raise MoEKernelError("teacher.moe_grouped_gemm=true needs Transformer Engine (the te backend, GPU): "
                              + why.format("grouped GEMM") + "; set teacher.moe_grouped_gemm=false or leave it unset")

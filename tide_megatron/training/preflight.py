@@ -37,8 +37,7 @@ def _is_hf_dir(path: str) -> bool:
 def check_layouts(cfg: TrainConfig, backend: str) -> None:
     """Build (not instantiate) each model's megatron config for its layout: every split error, named."""
     from tide_megatron.models.llada2.config import LLaDA2Config
-    from tide_megatron.models.qwen3.config import qwen3_args_from_hf
-    from tide_megatron.models.wedlm import wedlm_args_from_hf
+    from tide_megatron.models.qwen3.config import qwen3_args_from_hf, wedlm_args_from_hf
 
     checks = []
     if _is_hf_dir(cfg.student.checkpoint):
