@@ -42,9 +42,11 @@ def test_registered_student_config_gets_its_group_others_keep_megatrons_default(
         student, other = _config(), _config()
         use_amax_reduction_group(student, grid.pgs.tp_dp_cp, grid.pgs.tp_cp)
         wrapped = fp8_context_with_registered_group(_megatron_question)
+        asked = parallel_state.model_parallel_is_initialized, parallel_state.get_amax_reduction_group
         assert wrapped(student) is grid.pgs.tp_dp_cp
-        assert wrapped(other) is None  # not registered: megatron's own answer (parallel_state is uninitialised)
-        assert not parallel_state.model_parallel_is_initialized()  # the answers last only while the context is built
+        assert wrapped(other) is _megatron_question(other)  # not registered: megatron's own answer
+        # parallel_state answers for the student only while its context is built
+        assert (parallel_state.model_parallel_is_initialized, parallel_state.get_amax_reduction_group) == asked
         tp_only = _config(tp_only_amax_red=True)
         use_amax_reduction_group(tp_only, grid.pgs.tp_dp_cp, grid.pgs.tp_cp)
         assert wrapped(tp_only) is grid.pgs.tp_cp
