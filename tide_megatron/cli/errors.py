@@ -69,9 +69,10 @@ def report(prog: str, err: BaseException) -> int:
 
 
 def is_bad_input(err: BaseException) -> bool:
-    from tide_megatron.distributed.checkpoint_io import CheckpointError
-
-    return isinstance(err, INPUT_ERRORS + (CheckpointError,)) or type(err).__name__ == "ConfigError"
+    # By name: importing the project's error classes would import megatron-core, which a broken install
+    # (the very error being reported) may not allow.
+    return isinstance(err, INPUT_ERRORS) or any(c.__name__ in ("CheckpointError", "ConfigError")
+                                                for c in type(err).__mro__)
 
 
 def _own_error(err: BaseException) -> BaseException:
