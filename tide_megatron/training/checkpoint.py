@@ -172,6 +172,9 @@ def _checkpoint_bytes(root: Path, state: dict) -> int:
 
 
 def _free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem holding ``path`` (or its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
     return shutil.disk_usage(path).free
 
 
