@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers.train_processes import Job, last_line, train_command, write_ce_run
+from tests.helpers.train_processes import Job, describe, last_line, train_command, write_ce_run
 
 pytestmark = pytest.mark.slow
 DEADLINE_S = 60  # the bound for "exits within seconds" on a busy 2-core machine
@@ -59,7 +59,7 @@ def test_truncated_bin_is_one_line_naming_the_file_and_nothing_is_left(run):
                                      f"student_ids.idx describes {(root / 'data' / 'student_ids.bin').stat().st_size} "
                                      f"(truncated; re-run tide-preprocess)")
     assert "Traceback" not in job.stderr
-    assert not survivors
+    assert not survivors, describe(survivors)
 
 
 def test_corrupt_sample_mid_run_with_workers_exits_nonzero_within_the_deadline(run):
@@ -74,7 +74,7 @@ def test_corrupt_sample_mid_run_with_workers_exits_nonzero_within_the_deadline(r
     assert line.startswith(f"tide-train: error: {root / 'corrupt' / 'student_ids.bin'}: sample ") and \
         "holds token id 1000000, outside the student vocabulary [0, 128)" in line, line
     assert "Traceback" not in job.stderr
-    assert elapsed < DEADLINE_S and not survivors, survivors
+    assert elapsed < DEADLINE_S and not survivors, describe(survivors)
 
 
 def test_two_rank_job_with_a_corrupt_sample_ends_with_every_rank_and_worker(run):
@@ -84,4 +84,4 @@ def test_two_rank_job_with_a_corrupt_sample_ends_with_every_rank_and_worker(run)
     assert rc != 0
     assert seen >= 2 + 4  # two ranks, two workers each
     assert "holds token id 1000000" in job.stderr
-    assert elapsed < DEADLINE_S and not survivors, survivors
+    assert elapsed < DEADLINE_S and not survivors, describe(survivors)

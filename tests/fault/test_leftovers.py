@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers.train_processes import Job, train_command, write_ce_run
+from tests.helpers.train_processes import Job, describe, train_command, write_ce_run
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 120
@@ -25,7 +25,7 @@ def test_kill_9_of_the_trainer_takes_its_workers_with_it(tmp_path):
         os.kill(job.proc.pid, signal.SIGKILL)  # the trainer alone, as the OOM killer or a crash would
         job.finish(TIMEOUT_S)
         survivors = job.survivors(grace=5.0)
-    assert not survivors, [p.cmdline() for p in survivors]
+    assert not survivors, describe(survivors)
 
 
 HELPER_DRIVER = r"""

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.helpers.train_processes import Job, losses, run_job, train_command, write_ce_run
+from tests.helpers.train_processes import Job, describe, losses, run_job, train_command, write_ce_run
 
 pytestmark = pytest.mark.slow
 STEPS = 40
@@ -40,7 +40,7 @@ def _check_preempted_then_resumed(root, config, nproc):
     assert job.stderr.count(f"stopped by a signal at step {stopped_at}; checkpoint written, exiting 0") == nproc, \
         job.stderr[-3000:]
     assert rc == (0 if nproc == 1 else 1), job.stderr[-3000:]
-    assert not survivors, survivors
+    assert not survivors, describe(survivors)
     checkpoints = out / "checkpoints"
     assert (checkpoints / f"step_{stopped_at:07d}" / "tide_checkpoint.json").is_file()
     assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]

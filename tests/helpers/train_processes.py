@@ -200,6 +200,17 @@ class Job:
         self.kill()
 
 
+def describe(processes: Sequence[psutil.Process]) -> list[str]:
+    """``pid: command line`` of each process, for an assertion message (whatever state they are in)."""
+    out = []
+    for p in processes:
+        try:
+            out.append(f"{p.pid}: {' '.join(p.cmdline())[:200]}")
+        except psutil.Error as err:
+            out.append(f"{p.pid}: ({type(err).__name__})")
+    return out
+
+
 def _alive(p: psutil.Process) -> bool:
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
