@@ -64,13 +64,6 @@ class TidalSchedule:
         return torch.exp(-((t - 0.5) ** 2) / (2 * MIDRANGE_SIGMA ** 2))
 
 
-def tidal_lambda(
-    t: torch.Tensor, step: int, total_steps: int, schedule: TidalSchedule = TidalSchedule()
-) -> torch.Tensor:
-    """λ per sequence (functional form of ``TidalSchedule.lam``)."""
-    return schedule.lam(t, step, total_steps)
-
-
 def tidal_loss(
     student_rows: torch.Tensor,
     teacher_rows: torch.Tensor,

@@ -33,11 +33,6 @@ class _HiddenStatesHead(torch.nn.Module):
         return hidden, None
 
 
-def loss_chunk_rows(vocab: int) -> int:
-    """Rows per fp32 chunk inside KL/TIDAL/CE when the config leaves it automatic (objective.chunk_rows=0)."""
-    return max(1, LOSS_CHUNK_ELEMENTS // max(1, vocab))
-
-
 def supports_chunked_head(model: torch.nn.Module) -> bool:
     """Tied embeddings and no tensor parallelism: the output projection is ``hidden @ embedding.T``."""
     return bool(getattr(model, "share_embeddings_and_output_weights", False)) and \
@@ -83,7 +78,6 @@ def _term_count(objective: Objective, name: str, inputs: LossInputs) -> int:
     return int(inputs.active.sum()) if spec.chunk_level else len(inputs.rows)
 
 
-LOSS_CHUNK_ELEMENTS = 1 << 22  # fp32 elements per row chunk inside the losses (~16 MiB temporaries)
 WGRAD_BLOCK_ROWS = 8192  # vocabulary rows per in-place weight-gradient update (bounds the matmul's temporary)
 
 

@@ -25,14 +25,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from tide_megatron.config import TrainConfig, dump_config, is_chunk_mode
+from tide_megatron.config import TrainConfig, dump_config
 from tide_megatron.diffusion.inputs import bd3lm_inputs
 from tide_megatron.diffusion.masks import block_diffusion_mask
 from tide_megatron.distributed import build_teacher_and_student_grids, init_distributed, seed_model_parallel_rng
 from tide_megatron.distributed import cpu_compat
 from tide_megatron.distributed import payload_exchange as px
 from tide_megatron.losses import LossInputs, aligned_rows, bd3lm_ce, build_objective, compdemo
-from tide_megatron.losses import ObjectiveConfig as LossObjectiveConfig
 from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.training.batch import DistillBatch
 from tide_megatron.training.compact import (compact_student_inputs, compact_teacher_inputs, scatter_xt_rows,
@@ -43,8 +42,7 @@ from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
-from tide_megatron.training.student_loss import (chunked_loss_backward, hidden_states_output, loss_chunk_rows,
-                                                  supports_chunked_head)
+from tide_megatron.training.student_loss import chunked_loss_backward, hidden_states_output, supports_chunked_head
 
 
 @dataclass
@@ -94,7 +92,7 @@ class DistillTrainer:
         check_fp8_available(cfg.precision)
         resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)  # a bad checkpoint fails before any build
         self.needs_teacher = cfg.objective.needs_teacher
-        self.chunk_level = is_chunk_mode(cfg.objective.mode)
+        self.chunk_level = cfg.objective.chunk_level
         self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
             cfg.teacher.layout if self.needs_teacher else _no_teacher_layout(), cfg.student.layout)
         seed_model_parallel_rng(cfg.optim.seed, tp_rank=self.student_grid.tp_rank)
@@ -117,16 +115,9 @@ class DistillTrainer:
             self.teacher_mask_id = self.teacher.mask_id  # the teacher's own mask, never the student's (§9.1)
         self.teacher_group = self.teacher_grid.pgs.mp  # ranks that must feed one teacher identical inputs
 
-        # Objective (spec §6).
+        # Objective (spec §6): the config's own ObjectiveConfig; mode 'ce' has no teacher term.
         o = cfg.objective
-        self.objective = None
-        if self.needs_teacher:
-            self.objective = build_objective(o.mode, LossObjectiveConfig(
-                kl_temperature=o.kl_temperature, alm_temperature=o.alm_temperature, kl_weight=o.distill_weight,
-                taid_weight=o.distill_weight, alm_weight=o.distill_weight, taid_lambda_init=o.lambda_init,
-                taid_lambda_max=o.lambda_max, taid_decay=o.lambda_schedule, taid_axis_mode=o.axis_mode,
-                taid_timestep_weight=o.timestep_weight, shared_vocab=o.shared_vocab,
-                chunk_rows=o.chunk_rows or loss_chunk_rows(self.student_vocab)))
+        self.objective = build_objective(o.mode, o) if self.needs_teacher else None
 
         # Data: this rank's micro-batches; collation + noising + teacher projection run in workers.
         self.collator = TideCollator(StageConfig.from_meta(
@@ -331,14 +322,14 @@ class DistillTrainer:
     def _term_weights(self) -> dict[str, float]:
         if self.objective is None:
             return {}
-        return {c.name: self.cfg.objective.distill_weight for c in self.objective.components}  # §9.20
+        return {c.name: self.cfg.objective.weight(c) for c in self.objective.components}  # §9.20
 
     def _mean_lambda(self, batch: DistillBatch) -> Optional[float]:
         comps = self.objective.components
         tidal = [c for c in comps if c.uses_tidal]
         if not tidal:
             return None
-        sched = self.objective.config.schedule(tidal[0].default_timestep_weight)
+        sched = self.objective.config.schedule(tidal[0])
         return float(sched.lam(batch.t, self.state.step, self.state.total_steps).mean())
 
     # ------------------------------------------------------------------------------------------------
@@ -435,7 +426,7 @@ def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: in
     """The dataset's tokenizers and alignment must fit the models and the mode; one clear error otherwise."""
     where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
     align = meta["config"]["align"]
-    wanted = "chunks" if is_chunk_mode(cfg.objective.mode) else "pairs"
+    wanted = "chunks" if cfg.objective.chunk_level else "pairs"
     if cfg.objective.needs_teacher and align != wanted:
         raise ValueError(f"{where}: the dataset was preprocessed with --align {align}, but objective.mode="
                          f"{cfg.objective.mode!r} needs {wanted} (re-run tide-preprocess with --align {wanted})")

@@ -144,7 +144,7 @@ def test_validation_errors_and_warning():
     with pytest.raises(ValueError, match="alm_temperature"):
         build_objective("alm", ObjectiveConfig(alm_temperature=0))
     with pytest.raises(ValueError, match="axis_mode"):
-        build_objective("taid", ObjectiveConfig(taid_axis_mode="steps"))
+        build_objective("taid", ObjectiveConfig(axis_mode="steps"))
     with pytest.warns(UserWarning, match="reverse objective"):
         build_objective("reverse_alm_taid")
     with pytest.warns(UserWarning, match="reverse objective"):
