@@ -183,7 +183,8 @@ def run_loss_side(method: str) -> dict:
     before the measurement in both cases."""
     import torch
 
-    from tide_megatron.losses import LossInputs, ObjectiveConfig, build_objective, masked_rows
+    from tide_megatron.align.rows import masked_rows
+    from tide_megatron.losses import LossInputs, ObjectiveConfig, build_objective
     from tide_megatron.training.student_loss import chunked_loss_backward
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ returns the same payload. No gradients anywhere.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -182,13 +182,9 @@ class TeacherEngine:
 
     @torch.no_grad()
     def logit_rows(self, input_ids: torch.Tensor, rows: torch.Tensor, vocab_limit: int,
-                   attention_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
-                   top_k: Optional[int] = None) -> Union[torch.Tensor, payloads.TopKRows]:
-        """Payload (b): logits at ``rows`` ([n, 2] of (batch, position)) cut to ids < ``vocab_limit``.
-
-        Returns fp32 [n, vocab_limit], or with ``top_k`` a `TopKRows` (top-k log-probs over the shared
-        vocabulary, their ids, and the tail mass).
-        """
+                   attention_mask: Optional[torch.Tensor] = None,
+                   position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Payload (b): fp32 [n, vocab_limit] logits at ``rows`` ([n, 2] of (batch, position)), ids < ``vocab_limit``."""
         b, L = input_ids.shape
         if rows.dim() != 2 or rows.shape[1] != 2:
             raise ValueError(f"rows must be [n, 2] (batch index, position), got {tuple(rows.shape)}")
@@ -198,18 +194,7 @@ class TeacherEngine:
         if not 0 < vocab_limit <= self.vocab_size:
             raise ValueError(f"vocab_limit={vocab_limit} must lie in (0, {self.vocab_size}]")
         hidden = self.hidden_states(input_ids, attention_mask, position_ids)
-        n = rows.shape[0]
-        if top_k is None:
-            out = None
-            if self.is_last_stage:
-                out = payloads.logit_rows(hidden[rows[:, 0], rows[:, 1]], self.lm_head_weight, vocab_limit,
-                                          self.tp_group)
-            return self._from_last_stage(out, (n, vocab_limit), torch.float32)
-        result = None
+        out = None
         if self.is_last_stage:
-            result = payloads.topk_rows(hidden[rows[:, 0], rows[:, 1]], self.lm_head_weight, vocab_limit, top_k,
-                                        self.tp_group)
-        return payloads.TopKRows(
-            logprobs=self._from_last_stage(None if result is None else result.logprobs, (n, top_k), torch.float32),
-            indices=self._from_last_stage(None if result is None else result.indices, (n, top_k), torch.int64),
-            tail_mass=self._from_last_stage(None if result is None else result.tail_mass, (n,), torch.float32))
+            out = payloads.logit_rows(hidden[rows[:, 0], rows[:, 1]], self.lm_head_weight, vocab_limit, self.tp_group)
+        return self._from_last_stage(out, (rows.shape[0], vocab_limit), torch.float32)

@@ -7,12 +7,11 @@ the full-vocabulary logits nor even this rank's [b, L, V/tp] slice is ever mater
 (a) `token_logprobs`: log p(target) = z[target] - logsumexp(z), with the max, the sum of exps and the
     target logit each reduced across the TP group (Reverse CALM / CALM).
 (b) `logit_rows`: logits at requested positions only, cut to the first `vocab_limit` ids (the shared
-    vocabulary, §9 pitfall 1), optionally reduced to top-k plus the tail mass (KL / TIDAL).
+    vocabulary, §9 pitfall 1) (KL / TIDAL).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -70,19 +69,6 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
     return out.view(targets.shape)
 
 
-@dataclass
-class TopKRows:
-    """Top-k of the shared-vocabulary distribution at each requested row, plus what is left over.
-
-    ``logprobs``/``indices`` [n, k] are log-softmax values over ids [0, vocab_limit) (fp32);
-    ``tail_mass`` [n] = 1 - sum(exp(logprobs)), the probability of all other shared ids.
-    """
-
-    logprobs: torch.Tensor
-    indices: torch.Tensor
-    tail_mass: torch.Tensor
-
-
 def logit_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_limit: int,
                tp_group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
     """Payload (b): fp32 [n, vocab_limit] logits at the given hidden rows [n, h] (gathered over TP).
@@ -103,37 +89,3 @@ def logit_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_li
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded, group=tp_group)
     return torch.cat(parts, dim=1)[:, :vocab_limit].contiguous()
-
-
-def topk_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_limit: int, k: int,
-              tp_group: Optional[dist.ProcessGroup] = None) -> TopKRows:
-    """Payload (b), compressed: top-k log-probs over the shared vocabulary plus the tail mass.
-
-    Each TP rank contributes its local top-k candidates and its share of the logsumexp; only
-    [n, k * tp] candidates and [n] scalars cross the TP group.
-    """
-    size = tp_size(tp_group)
-    v_local = lm_head_weight.shape[0]
-    if not 0 < vocab_limit <= v_local * size:
-        raise ValueError(f"vocab_limit={vocab_limit} must lie in (0, {v_local * size}] (the teacher vocabulary)")
-    if not 0 < k <= vocab_limit:
-        raise ValueError(f"top-k k={k} must lie in (0, vocab_limit={vocab_limit}]")
-    n = hidden_rows.shape[0]
-    start, keep = vocab_start(v_local, tp_group), local_vocab_limit(v_local, vocab_limit, tp_group)
-    local = torch.full((n, v_local), float("-inf"), dtype=torch.float32, device=hidden_rows.device)
-    if keep:
-        local[:, :keep] = (hidden_rows @ lm_head_weight[:keep].t()).float()
-    lse = global_logsumexp(local, tp_group)
-    kk = min(k, v_local)
-    vals, idx = local.topk(kk, dim=-1)
-    idx = idx + start
-    if size > 1:
-        all_vals = [torch.empty_like(vals) for _ in range(size)]
-        all_idx = [torch.empty_like(idx) for _ in range(size)]
-        dist.all_gather(all_vals, vals, group=tp_group)
-        dist.all_gather(all_idx, idx, group=tp_group)
-        vals, idx = torch.cat(all_vals, 1), torch.cat(all_idx, 1)
-    best, order = vals.topk(k, dim=-1)
-    logprobs = best - lse[:, None]
-    tail = (1.0 - logprobs.exp().sum(-1)).clamp_min(0.0)
-    return TopKRows(logprobs=logprobs, indices=idx.gather(1, order), tail_mass=tail)

@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 from tide_megatron.config import PrecisionConfig, StudentConfig, TeacherConfig
 from tide_megatron.distributed.grids import ModelGrid
-from tide_megatron.models.wedlm import WEDLM_MASK_ID
 from tide_megatron.teacher import TeacherEngine
+from tide_megatron.teacher.passes import checkpoint_mask_id
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -82,16 +82,14 @@ class TeacherBundle:
 
 def _teacher_special_ids(cfg: TeacherConfig, hf: dict) -> tuple[Optional[int], int, int]:
     """(mask, pad, eos) teacher ids: config override, else the checkpoint's config.json (§2.1, §2.2)."""
-    mask = cfg.mask_id if cfg.mask_id is not None else hf.get("mask_token_id")
-    if mask is None and cfg.arch == "wedlm" and int(hf.get("vocab_size") or 0) > WEDLM_MASK_ID:
-        mask = WEDLM_MASK_ID  # §2.2: WeDLM's own mask; not the shared tokenizer's (the student's 151669)
+    mask = checkpoint_mask_id(cfg.mask_id, hf, cfg.arch)
     pad = hf.get("pad_token_id")
     eos = hf.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) else eos
     pad = eos if pad is None else pad
     if pad is None:
         raise ValueError(f"teacher.checkpoint: {cfg.checkpoint}/config.json has neither pad_token_id nor eos_token_id")
-    return (None if mask is None else int(mask)), int(pad), int(eos if eos is not None else pad)
+    return mask, int(pad), int(eos if eos is not None else pad)
 
 
 def build_teacher(cfg: TeacherConfig, grid: ModelGrid, backend: Optional[str] = None) -> TeacherBundle:

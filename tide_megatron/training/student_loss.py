@@ -21,7 +21,8 @@ from typing import Iterator, Optional
 
 import torch
 
-from tide_megatron.losses import DistilledRows, LossInputs, Objective, bd3lm_ce
+from tide_megatron.align.rows import DistilledRows
+from tide_megatron.losses import LossInputs, Objective, bd3lm_ce
 
 
 class _HiddenStatesHead(torch.nn.Module):

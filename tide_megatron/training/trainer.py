@@ -1,12 +1,12 @@
 """The TIDE distillation trainer: one optimizer step reads top to bottom (DESIGN §1; spec §6, §7).
 
-    batch (noised, teacher passes planned: DataLoader workers, training/batch.py)
-      → teacher inputs of every pass, batched together (CompDemo = 2 passes in one forward)
-      → gathered over the teacher model-parallel group → teacher engine → loss-sized payload
-      → this rank's payload, CompDemo-merged, in student coordinates
-      → student trunk over [xt ; x0] → output layer + CE + TIDE term per group of sequences (xt half only)
-        → backward
-      → DDP gradient reduction → distributed-optimizer step → LR schedule
+    batch (noised, CompDemo passes planned: DataLoader workers, data/stage.py → data/batch.py)
+      → teacher passes: the teacher's inputs of every pass, with its own mask id (teacher/passes.py)
+      → payload: gathered over the teacher model-parallel group → one teacher forward → this rank's
+        loss-sized payload, CompDemo-merged, in student coordinates
+      → student loss: trunk over [xt ; x0] → output layer + CE + TIDE term per group of sequences
+        (xt half only, training/student_loss.py) → backward
+      → step: DDP gradient reduction → distributed-optimizer step → LR schedule
       → metrics, periodic atomic checkpoint, SIGTERM/SIGUSR1 → checkpoint and stop
 
 TIDAL progress is ``optimizer step / total optimizer steps`` (§3, §9.14), both kept in the checkpoint.
@@ -25,17 +25,19 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
+from tide_megatron.align.rows import aligned_rows
 from tide_megatron.config import TrainConfig, dump_config
+from tide_megatron.data.batch import DistillBatch
+from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.diffusion.inputs import bd3lm_inputs
 from tide_megatron.diffusion.masks import block_diffusion_mask
 from tide_megatron.distributed import build_teacher_and_student_grids, init_distributed, seed_model_parallel_rng
 from tide_megatron.distributed import cpu_compat
-from tide_megatron.distributed import payload_exchange as px
-from tide_megatron.losses import LossInputs, aligned_rows, bd3lm_ce, build_objective, compdemo
-from tide_megatron.data.stage import StageConfig, TideCollator
-from tide_megatron.training.batch import DistillBatch
-from tide_megatron.training.compact import (compact_student_inputs, compact_teacher_inputs, scatter_xt_rows,
-                                             segment_block_mask)
+from tide_megatron.distributed.grids import ParallelLayout
+from tide_megatron.losses import LossInputs, bd3lm_ce, build_objective
+from tide_megatron.models.gpt import ensure_global_memory_buffer
+from tide_megatron.teacher.passes import build_teacher_passes, run_teacher_passes, teacher_mask_id
+from tide_megatron.training.compact import compact_student_inputs, scatter_xt_rows
 from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from tide_megatron.training.data import ResumableBatches, micro_batches
 from tide_megatron.training.fp8 import check_fp8_available
@@ -94,10 +96,8 @@ class DistillTrainer:
         self.needs_teacher = cfg.objective.needs_teacher
         self.chunk_level = cfg.objective.chunk_level
         self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
-            cfg.teacher.layout if self.needs_teacher else _no_teacher_layout(), cfg.student.layout)
+            cfg.teacher.layout if self.needs_teacher else ParallelLayout(), cfg.student.layout)
         seed_model_parallel_rng(cfg.optim.seed, tp_rank=self.student_grid.tp_rank)
-        from tide_megatron.models.gpt import ensure_global_memory_buffer
-
         ensure_global_memory_buffer()
 
         # Student: megatron DDP + distributed optimizer + cosine schedule.
@@ -110,9 +110,10 @@ class DistillTrainer:
         # Teacher: frozen, behind the payload engine, on its own grid.
         self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if self.needs_teacher else None
         self.meta = check_dataset_against_models(train_data.meta, cfg, self.student_vocab, self.teacher)
-        self.teacher_mask_id, self.teacher_pad_id = self.meta["teacher"]["mask_id"], self.meta["teacher"]["pad_id"]
-        if self.teacher is not None and self.teacher.mask_id is not None:
-            self.teacher_mask_id = self.teacher.mask_id  # the teacher's own mask, never the student's (§9.1)
+        where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
+        self.teacher_pad_id = self.meta["teacher"]["pad_id"]
+        self.teacher_mask_id = teacher_mask_id(None if self.teacher is None else self.teacher.mask_id,
+                                               self.meta["teacher"], self.meta["config"]["align"], where)
         self.teacher_group = self.teacher_grid.pgs.mp  # ranks that must feed one teacher identical inputs
 
         # Objective (spec §6): the config's own ObjectiveConfig; mode 'ce' has no teacher term.
@@ -178,86 +179,17 @@ class DistillTrainer:
         return StepResult(loss=sums["loss/total"], scalars=scalars)
 
     @torch.no_grad()
-    def teacher_payload(self, batch: DistillBatch):
-        """Run the teacher once on every pass of every rank in the teacher group; return this rank's payload.
+    def teacher_payload(self, batch: DistillBatch) -> Optional[torch.Tensor]:
+        """The teacher passes of this micro-batch, run once for every rank of the teacher group: this rank's payload.
 
         Chunk modes: fp32 ``[b, L_t]`` log p(clean token) (CompDemo-merged). Token modes: fp32 rows
         ``[n, shared_vocab]`` at the distilled positions, each taken from the pass where it was masked.
         """
         if self.teacher is None:
             return None
-        if self.chunk_level:
-            return self._teacher_token_logprobs(batch)
-        return self._teacher_logit_rows(batch)
-
-    def _padded_teacher(self, batch: DistillBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Teacher ids, attention and pass masks padded to the group's common length (one gathered shape)."""
-        Lt = px.common_length(int(batch.teacher_ids.shape[1]), self.teacher_group)
-        if not self.chunk_level:  # the x0-first block mask needs whole blocks of teacher positions (§2.2)
-            Lt += -Lt % self.cfg.student.block_size
-        extra = Lt - batch.teacher_ids.shape[1]
-        ids, att, passes = batch.teacher_ids, batch.teacher_attention, batch.teacher_pass_masks
-        if extra:
-            ids = torch.nn.functional.pad(ids, (0, extra), value=self.teacher_pad_id)
-            att = torch.nn.functional.pad(att, (0, extra), value=False)
-            passes = torch.nn.functional.pad(passes, (0, extra), value=False)
-        return ids, att, passes
-
-    def _needed_teacher_tokens(self, batch: DistillBatch, P: int, Lt: int) -> torch.Tensor:
-        """bool ``[P, b, L_t]``: the teacher tokens whose log-prob a loss reads, i.e. the tokens of active chunks
-        (§5.5-5.7), each in the pass whose logits win there (§4). Other targets are -1: the engine returns 0."""
-        chunk = batch.teacher_chunk
-        needed = (chunk >= 0) & batch.active.gather(1, chunk.clamp_min(0)) if batch.active.shape[1] else \
-            torch.zeros_like(chunk, dtype=torch.bool)
-        needed = torch.nn.functional.pad(needed, (0, Lt - needed.shape[1]), value=False)
-        if P == 1:
-            return needed[None]
-        take2 = torch.nn.functional.pad(batch.take_pass2, (0, Lt - batch.take_pass2.shape[1]), value=False)
-        return torch.stack([needed & ~take2, needed & take2])
-
-    def _teacher_token_logprobs(self, batch: DistillBatch) -> torch.Tensor:
-        ids, att, passes = self._padded_teacher(batch)
-        P, b, Lt = passes.shape
-        pass_ids = torch.where(passes, self.teacher_mask_id, ids[None]).reshape(P * b, Lt)
-        targets = torch.where(self._needed_teacher_tokens(batch, P, Lt), ids[None], -1).reshape(P * b, Lt)
-        gathered, info = px.gather_teacher_inputs(
-            {"ids": pass_ids, "targets": targets, "att": att[None].expand(P, b, Lt).reshape(P * b, Lt)},
-            {"ids": self.teacher_pad_id, "targets": -1, "att": False}, self.teacher_group)
-        logp = self.teacher.engine.token_logprobs(gathered["ids"], gathered["targets"], gathered["att"].long())
-        mine = px.own_sequences(logp, info).reshape(P, b, Lt)[..., : batch.teacher_ids.shape[1]]
-        if P == 1:
-            return mine[0]
-        return compdemo.merge(mine[0], mine[1], batch.take_pass2)
-
-    def _teacher_logit_rows(self, batch: DistillBatch) -> torch.Tensor:
-        """WeDLM-style teacher (§2.2): ``[x0 ; xt]`` with the x0-first block mask; rows of the xt half.
-
-        CompDemo's passes share their clean half and x0 never sees xt (§1.4), so all passes run as one
-        sequence ``[x0 ; xt_1 ; xt_2]`` in which each xt half sees x0 and only itself; and only the xt blocks
-        holding a requested row, with the x0 blocks before them, are kept (training/compact.py). Each row
-        gets the attention it would have in its own full ``[x0 ; xt_p]`` forward.
-        """
-        ids, att, passes = self._padded_teacher(batch)
-        P, b, Lt = passes.shape
-        block = self.cfg.student.block_size
-        xts = torch.where(passes, self.teacher_mask_id, ids[None])
-        rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
-        pass_of_row = torch.zeros_like(rows.batch)
-        if P == 2:
-            pass_of_row = batch.take_pass2[rows.batch, rows.teacher_pos].long()
-        need = torch.zeros(P, b, Lt // block, dtype=torch.bool)
-        need[pass_of_row, rows.batch, rows.teacher_pos // block] = True
-        c = compact_teacher_inputs(ids, xts, need, block, self.teacher_pad_id)
-        key_valid = (c.segment >= 0) & att.gather(1, c.position_ids)
-        req = torch.stack([rows.batch, c.index[pass_of_row, rows.batch, rows.teacher_pos]], dim=1)
-        gathered, info = px.gather_teacher_inputs(
-            {"ids": c.ids, "pos": c.position_ids, "seg": c.segment, "blk": c.block, "kv": key_valid},
-            {"ids": self.teacher_pad_id, "pos": 0, "seg": -1, "blk": -1, "kv": False}, self.teacher_group)
-        all_rows, counts = px.gather_rows(req, info, self.teacher_group)
-        mask = segment_block_mask(gathered["seg"], gathered["blk"], gathered["kv"])
-        out = self.teacher.engine.logit_rows(gathered["ids"], all_rows, self.cfg.objective.shared_vocab,
-                                             attention_mask=mask, position_ids=gathered["pos"])
-        return px.own_rows(out, counts, self.teacher_group)
+        passes = build_teacher_passes(batch, self.teacher_mask_id, self.teacher_pad_id, self.cfg.student.block_size,
+                                      self.cfg.objective.shared_vocab or self.teacher.vocab_size)
+        return run_teacher_passes(self.teacher.engine, passes, self.teacher_group)
 
     def student_forward(self, batch: DistillBatch) -> torch.Tensor:
         """Student logits of the xt half only ``[b, L, V]`` (§1.4: [xt ; x0], duplicated positions)."""
@@ -439,17 +371,4 @@ def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: in
     if teacher is not None and meta["teacher"]["vocab_size"] > teacher.vocab_size:
         raise ValueError(f"teacher.checkpoint: {teacher.vocab_size} embedding rows, but the dataset's teacher "
                          f"tokenizer has {meta['teacher']['vocab_size']} ids ({where})")
-    # Pairs datasets are written with the shared (student's) tokenizer, whose mask id is the student's; the
-    # teacher's own mask id (e.g. WeDLM's 151665 against the student's 151669, §2.2) is used there instead.
-    if teacher is not None and teacher.mask_id is not None and align == "chunks" and \
-            teacher.mask_id != meta["teacher"]["mask_id"]:
-        raise ValueError(f"teacher.mask_id: the teacher uses mask id {teacher.mask_id} (teacher.mask_id or its "
-                         f"config.json) but the dataset's teacher tokenizer has {meta['teacher']['mask_id']} ({where}); "
-                         f"a wrong mask id silently ruins every teacher pass (spec §9.1)")
     return meta
-
-
-def _no_teacher_layout():
-    from tide_megatron.distributed.grids import ParallelLayout
-
-    return ParallelLayout()

@@ -8,7 +8,7 @@ import torch
 
 from tide_megatron.losses.calm import chunk_masking
 from tide_megatron.losses.modes import MODES, LossInputs, ObjectiveConfig, build_objective
-from tide_megatron.losses.rows import aligned_rows, masked_rows
+from tide_megatron.align.rows import aligned_rows, masked_rows
 
 B, L, LT, V, SHARED, C = 2, 8, 9, 13, 11, 4
 HI = float(torch.tensor(1 - 1e-7, dtype=torch.float32))

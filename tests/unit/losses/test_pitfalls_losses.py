@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from tide_megatron.align.rows import masked_rows
 from tide_megatron.losses import (
     LossInputs,
     ObjectiveConfig,
@@ -15,7 +16,6 @@ from tide_megatron.losses import (
     build_objective,
     calm_loss,
     chunk_loglik,
-    masked_rows,
     tidal_loss,
 )
 from tide_megatron.losses.calm import PROB_MAX, chunk_prob
