@@ -14,7 +14,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,10 +45,14 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     total_steps: int = 0  # optimizer steps in the whole run (TIDAL progress denominator)
     consumed_micro_batches: int = 0  # per data-parallel rank, across epochs (the data position)
-    epoch: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainState":
+        """The saved progress; keys only earlier versions wrote (``epoch``, never read) are ignored."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 def step_dir_name(step: int) -> str:
@@ -215,7 +219,7 @@ def load_checkpoint(path: str, model, optimizer, scheduler, pgs: ProcessGroupCol
     restore_adam_step_counts(optimizer)
     scheduler.load_state_dict(loaded["lr_scheduler"])
     _set_rng_state(loaded["rng_state"])
-    return TrainState(**loaded["train_state"])
+    return TrainState.from_dict(loaded["train_state"])
 
 
 def read_checkpoint_info(path: str) -> dict[str, Any]:
