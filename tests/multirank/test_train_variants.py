@@ -199,7 +199,6 @@ def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(make_train
     ids = torch.nn.functional.pad(batch.teacher_ids, (0, extra), value=trainer.teacher_pad_id)
     att = torch.nn.functional.pad(batch.teacher_attention, (0, extra), value=False)
     passes = torch.nn.functional.pad(batch.teacher_pass_masks, (0, extra), value=False)
-    b = ids.shape[0]
     rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
     which = batch.take_pass2[rows.batch, rows.teacher_pos]
     expected = torch.empty_like(got)

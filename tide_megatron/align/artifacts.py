@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tide_megatron.atomic import publish
+
 
 def cache_dir() -> Path:
     """The shared artifact cache: `$TIDE_CACHE_DIR`, else `~/.cache/tide-megatron`."""
@@ -106,14 +108,10 @@ def fetch_source(key: str) -> Path:
         if final.exists():  # another source shares the folder: move files in one by one (each rename atomic)
             for f in staged.iterdir():
                 if f.name != marker_name:
-                    os.replace(f, final / f.name)
-            os.replace(staged / marker_name, marker)
+                    publish(f, final / f.name)
+            publish(staged / marker_name, marker)
         else:
-            try:
-                os.rename(staged, final)
-            except OSError:  # a concurrent fetch won the race
-                if not marker.exists():
-                    raise
+            publish(staged, final, replace=False)  # a concurrent fetch may have won the race
     return final
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from tide_megatron.align import artifacts
+from tide_megatron.atomic import publish
 
 TokenizerKind = Literal["byte_level", "sentencepiece", "wordpiece"]
 MASK_TOKEN = "<|mask|>"
@@ -240,11 +241,7 @@ def _save_atomically(hf_tokenizer, final: Path) -> None:
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".convert-") as tmp:
         staged = Path(tmp) / "tok"
         hf_tokenizer.save_pretrained(str(staged))
-        try:
-            os.rename(staged, final)
-        except OSError:
-            if not final.exists():
-                raise
+        publish(staged, final, replace=False)  # a concurrent conversion may have filled the cache first
 
 
 def _load_gguf(path: Path):

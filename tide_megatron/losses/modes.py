@@ -16,13 +16,14 @@ from typing import Optional
 import torch
 
 from tide_megatron.align.rows import DistilledRows
+from tide_megatron.distributed.vocab_parallel import ProcessGroup
 from tide_megatron.errors import ConfigError, require
 from tide_megatron.losses.calm import calm_loss, chunk_loglik, chunk_tidal_loss
 from tide_megatron.losses.ce import bd3lm_ce_from_logprobs
 from tide_megatron.losses.kl import kl_loss
 from tide_megatron.losses.rows import gather_rows, teacher_rows_to_shard
 from tide_megatron.losses.tidal import AXIS_MODES, DECAYS, TIMESTEP_WEIGHTS, TidalSchedule, tidal_loss
-from tide_megatron.losses.vocab_parallel import ProcessGroup, token_logprobs
+from tide_megatron.losses.vocab_parallel import token_logprobs
 
 QWEN3_SHARED_VOCAB = 151646  # ids [0, 151646): regular BPE plus <|endoftext|>, <|im_start|>, <|im_end|> (§2.2)
 CE_ONLY_MODE = "ce"  # BD3LM fine-tuning with no teacher term (§8)

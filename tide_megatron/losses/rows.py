@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from tide_megatron.losses.vocab_parallel import ProcessGroup, tp_size, vocab_start
+from tide_megatron.distributed.vocab_parallel import ProcessGroup, tp_size, vocab_start
 
 
 def gather_rows(logits: torch.Tensor, batch: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

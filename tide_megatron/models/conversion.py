@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from safetensors.torch import save_file
 
+from tide_megatron.atomic import publish
 from tide_megatron.models.safetensors_reader import INDEX_NAME, SafetensorsReader
 
 # How a rule's tensors combine and shard over TP (megatron layouts):
@@ -209,7 +210,7 @@ def atomic_output_dir(out_dir: str, flag: str = "--out", is_writer: bool = True,
         yield tmp
         barrier()
         if is_writer:
-            os.replace(tmp, out_dir)
+            publish(tmp, out_dir)
         barrier()
     except BaseException:
         if is_writer:

@@ -19,13 +19,13 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
+from tide_megatron.dtypes import DTYPES
 from tide_megatron.models.conversion import (WeightMapping, atomic_output_dir, copy_hf_assets, iter_hf_tensors,
                                              load_hf_into_model, write_hf_safetensors)
 from tide_megatron.models.safetensors_reader import SafetensorsReader
 
 META_FILE = "tide_model.json"
 HF_ASSETS = "hf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_hf_reference(hf_dir: str) -> torch.nn.Module:

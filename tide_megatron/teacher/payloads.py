@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from tide_megatron.distributed.vocab_parallel import all_reduce, global_logsumexp, local_vocab_limit, tp_size, vocab_start
+from tide_megatron.distributed.vocab_parallel import local_vocab_limit, logsumexp_and_target, tp_size
 
 # fp32 logits computed at once per TP rank (rows x V/tp): 2^25 = 128 MiB, e.g. 213 positions of LLaDA2's
 # 157,184-id vocabulary at TP=1. Peak memory is a small multiple of this, independent of b x L.
@@ -27,17 +27,6 @@ LOGIT_CHUNK_ELEMENTS = 2 ** 25
 def chunk_rows(v_local: int, chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> int:
     """How many positions to push through the LM head at once so one chunk holds ~chunk_elements logits."""
     return max(1, chunk_elements // max(1, v_local))
-
-
-def vocab_parallel_logsumexp_and_target(logits: torch.Tensor, targets: torch.Tensor,
-                                        tp_group: Optional[dist.ProcessGroup] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For vocab-parallel fp32 logits [n, V/tp] and global target ids [n]: (logsumexp [n], target logit [n])."""
-    v_local = logits.shape[-1]
-    lse = global_logsumexp(logits, tp_group)
-    local_t = targets - vocab_start(v_local, tp_group)
-    here = (local_t >= 0) & (local_t < v_local)
-    picked = logits.gather(1, local_t.clamp(0, v_local - 1)[:, None]).squeeze(1) * here
-    return lse, all_reduce(picked, dist.ReduceOp.SUM, tp_group)
 
 
 def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor,
@@ -63,7 +52,7 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
     chunk_tokens = chunk_tokens or chunk_rows(w.shape[0])
     for s in range(0, rows_h.shape[0], chunk_tokens):
         logits = (rows_h[s:s + chunk_tokens] @ w.t()).float()
-        lse, picked = vocab_parallel_logsumexp_and_target(logits, rows_t[s:s + chunk_tokens], tp_group)
+        lse, picked = logsumexp_and_target(logits, tp_group, rows_t[s:s + chunk_tokens])
         del logits
         out[wanted[s:s + chunk_tokens]] = picked - lse
     return out.view(targets.shape)

@@ -18,11 +18,9 @@ import torch.distributed as dist
 
 from tide_megatron.config import PrecisionConfig, StudentConfig, TeacherConfig
 from tide_megatron.distributed.grids import ModelGrid
+from tide_megatron.dtypes import torch_dtype
 from tide_megatron.teacher import TeacherEngine
 from tide_megatron.teacher.passes import checkpoint_mask_id
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 def is_mcore_dir(path: str) -> bool:
     """A directory written by ``tide-convert hf-to-mcore`` (has its metadata file)."""
@@ -53,7 +51,7 @@ def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGri
     from tide_megatron.models.qwen3.convert import qwen3_args_from_mcore, qwen3_mapping
     from tide_megatron.training.fp8 import fp8_settings
 
-    dtype = DTYPES[precision.dtype]
+    dtype = torch_dtype(precision.dtype, "precision.dtype")
     overrides = dict(fp8_settings(precision))
     if cfg.recompute:
         overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -94,7 +92,7 @@ def _teacher_special_ids(cfg: TeacherConfig, hf: dict) -> tuple[Optional[int], i
 
 def build_teacher(cfg: TeacherConfig, grid: ModelGrid, backend: Optional[str] = None) -> TeacherBundle:
     """The frozen teacher on the teacher grid behind the payload engine."""
-    dtype = DTYPES[cfg.dtype]
+    dtype = torch_dtype(cfg.dtype, "teacher.dtype")
     hf = read_json(os.path.join(cfg.checkpoint, "config.json"))
     mask, pad, eos = _teacher_special_ids(cfg, hf)
     if cfg.arch == "llada2":

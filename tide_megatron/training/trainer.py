@@ -44,7 +44,7 @@ from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
-from tide_megatron.training.student_loss import chunked_loss_backward, hidden_states_output, supports_chunked_head
+from tide_megatron.training.student_loss import chunked_loss_backward, supports_chunked_head
 
 
 @dataclass
@@ -217,15 +217,16 @@ class DistillTrainer:
         chunk = self.cfg.student.logits_chunk_seqs
         if chunk and supports_chunked_head(module):
             L = batch.x0.shape[1]
-            with torch.set_grad_enabled(backward), hidden_states_output(module) as weight:
+            weight = module.shared_embedding_or_output_weight()
+            with torch.set_grad_enabled(backward):
                 if self.cfg.student.skip_unmasked_blocks:  # same loss, fewer blocks (training/compact.py)
                     c = compact_student_inputs(batch.xt, batch.x0, batch.masked, self.cfg.student.block_size,
                                                self.meta["student"]["pad_id"])
-                    hidden = scatter_xt_rows(self.model(c.ids, c.position_ids, c.mask,
-                                                        logits_rows=slice(0, c.xt_rows)), c.xt_positions, L)
+                    hidden = scatter_xt_rows(self.model(c.ids, c.position_ids, c.mask, logits_rows=slice(0, c.xt_rows),
+                                                        output="hidden"), c.xt_positions, L)
                 else:
                     ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
-                    hidden = self.model(ids, pos, self.block_mask, logits_rows=slice(0, L))
+                    hidden = self.model(ids, pos, self.block_mask, logits_rows=slice(0, L), output="hidden")
             terms = chunked_loss_backward(hidden, weight, self._loss_inputs(batch, payload, None), self.objective,
                                           self.state.step, self.state.total_steps, chunk, self._term_weights(),
                                           backward_scale or 1.0, backward)

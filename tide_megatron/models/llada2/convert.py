@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from megatron.core.process_groups_config import ProcessGroupCollection
 
+from tide_megatron.dtypes import DTYPES
 from tide_megatron.models.llada2.config import LLaDA2Config
 from tide_megatron.models.safetensors_reader import CheckpointError, SafetensorsReader
 
@@ -229,7 +230,6 @@ def verify_llada2_against_hf(hf_dir: Path, pgs: ProcessGroupCollection, **kwargs
 # ---- tide-convert: HF directory <-> megatron dist checkpoint -------------------------------------------
 META_FILE = "tide_model.json"
 HF_ASSETS = "hf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _barrier() -> None:
