@@ -14,7 +14,6 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
-import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
+from tide_megatron.data.compatibility import check_dataset, read_dataset_meta, same_tokenizer
 from tide_megatron.distributed.grids import ParallelLayout
 from tide_megatron.errors import ConfigError, require
 from tide_megatron.losses.modes import CHUNK_LEVEL_MODES, ObjectiveConfig
@@ -298,41 +298,18 @@ class TrainConfig:
                 f"student's tokenizer (pipeline B); the llada2 teacher has a different tokenizer: use a chunk "
                 f"mode ({', '.join(CHUNK_LEVEL_MODES)})")
         s_tok, t_tok = self.student.tokenizer_path, self.teacher.tokenizer_path
-        if _CHECK_PATHS.get() and s_tok and t_tok:
-            s_id, t_id = tokenizer_fingerprint(s_tok), tokenizer_fingerprint(t_tok)
-            if s_id is not None and t_id is not None and s_id != t_id:
-                raise ConfigError(
-                    f"objective.mode: {self.objective.mode!r} is token-level but student.tokenizer {s_tok!r} and "
-                    f"teacher.tokenizer {t_tok!r} differ; use a chunk mode ({', '.join(CHUNK_LEVEL_MODES)})")
+        if _CHECK_PATHS.get() and s_tok and t_tok and same_tokenizer(s_tok, t_tok) is False:
+            raise ConfigError(
+                f"objective.mode: {self.objective.mode!r} is token-level but student.tokenizer {s_tok!r} and "
+                f"teacher.tokenizer {t_tok!r} differ; use a chunk mode ({', '.join(CHUNK_LEVEL_MODES)})")
 
     def _check_tokenizers_against_dataset(self) -> None:
         """The dataset (tide-preprocess meta.json) must have been written for these tokenizers, this mode and L."""
         if not (_CHECK_PATHS.get() and self.data.train):
             return
         meta = read_dataset_meta(self.data.train)
-        if meta is None:
-            return
-        where = f"data.train {self.data.train!r}"
-        dcfg = meta.get("config", {})
-        if self.objective.needs_teacher and dcfg.get("align"):
-            wanted = "chunks" if self.objective.chunk_level else "pairs"
-            if dcfg["align"] != wanted:
-                raise ConfigError(f"objective.mode: {self.objective.mode!r} needs a dataset aligned by {wanted}, but "
-                                  f"{where} was preprocessed with --align {dcfg['align']}")
-        if dcfg.get("student_max_len") not in (None, self.student.seq_length):
-            raise ConfigError(f"student.seq_length: {self.student.seq_length} differs from the dataset's "
-                              f"student_max_len {dcfg['student_max_len']} ({where})")
-        sides = [("student", self.student)] + ([("teacher", self.teacher)] if self.objective.needs_teacher else [])
-        for side, cfg in sides:
-            recorded = dcfg.get(f"{side}_tokenizer")
-            if recorded and cfg.tokenizer_path and not same_tokenizer(recorded, cfg.tokenizer_path):
-                raise ConfigError(f"{side}.tokenizer: {cfg.tokenizer_path!r} is not the tokenizer that wrote {where} "
-                                  f"(the dataset records {recorded!r})")
-        if self.objective.needs_teacher and not self.objective.chunk_level:
-            s_tok, t_tok = dcfg.get("student_tokenizer"), dcfg.get("teacher_tokenizer")
-            if s_tok and t_tok and not same_tokenizer(s_tok, t_tok):
-                raise ConfigError(f"objective.mode: {self.objective.mode!r} is token-level, but {where} pairs two "
-                                  f"different tokenizers ({s_tok!r}, {t_tok!r}); use a chunk mode")
+        if meta is not None:
+            check_dataset(meta, self, f"data.train {self.data.train!r}")
 
     def check_world_size(self, world_size: int) -> tuple[int, int]:
         """Teacher and student data-parallel sizes; a clear error when a layout does not divide the world."""
@@ -346,56 +323,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# --------------------------------------------------------------------------------------------------
-# Tokenizer and dataset identity
-# --------------------------------------------------------------------------------------------------
-
-
-def tokenizer_fingerprint(path: str) -> Optional[str]:
-    """A content hash of a tokenizer's vocabulary files, so two paths to one tokenizer compare equal.
-
-    Returns None when the path holds no recognised tokenizer file (nothing to compare).
-    """
-    import hashlib
-
-    p = Path(path)
-    if p.is_file():
-        files = [p]
-    elif p.is_dir():
-        names = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json")
-        files = [p / n for n in names if (p / n).exists()] or sorted(p.glob("*.gguf"))[:1]
-    else:
-        return None
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode())
-        digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def same_tokenizer(a: str, b: str) -> bool:
-    """Two tokenizer references name one tokenizer: equal strings, or files with equal content."""
-    if a == b or os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b)):
-        return True
-    fa, fb = tokenizer_fingerprint(a), tokenizer_fingerprint(b)
-    if fa is None or fb is None:
-        return True  # a registry name on one side: nothing to compare here (tide-preprocess resolved it)
-    return fa == fb
-
-
-def read_dataset_meta(prefix: str) -> Optional[dict]:
-    """The JSON metadata that ``tide-preprocess`` writes beside a dataset, or None if there is none."""
-    for candidate in (Path(prefix) / "meta.json", Path(prefix + ".meta.json")):
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"data.train: dataset metadata {str(candidate)!r} is not valid JSON: {err}") from None
-    return None
 
 
 # --------------------------------------------------------------------------------------------------

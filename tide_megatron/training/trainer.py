@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from tide_megatron.align.rows import aligned_rows
 from tide_megatron.config import TrainConfig, dump_config
 from tide_megatron.data.batch import DistillBatch
+from tide_megatron.data.compatibility import check_dataset
 from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.diffusion.inputs import bd3lm_inputs
 from tide_megatron.diffusion.masks import block_diffusion_mask
@@ -109,8 +110,9 @@ class DistillTrainer:
 
         # Teacher: frozen, behind the payload engine, on its own grid.
         self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if self.needs_teacher else None
-        self.meta = check_dataset_against_models(train_data.meta, cfg, self.student_vocab, self.teacher)
         where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
+        self.meta = train_data.meta
+        check_dataset(self.meta, cfg, where, self.student_vocab, None if self.teacher is None else self.teacher.vocab_size)
         self.teacher_pad_id = self.meta["teacher"]["pad_id"]
         self.teacher_mask_id = teacher_mask_id(None if self.teacher is None else self.teacher.mask_id,
                                                self.meta["teacher"], self.meta["config"]["align"], where)
@@ -353,23 +355,3 @@ class DistillTrainer:
         self.logger.close()
         self.student_grid.close()
         self.teacher_grid.close()
-
-
-def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: int, teacher) -> dict:
-    """The dataset's tokenizers and alignment must fit the models and the mode; one clear error otherwise."""
-    where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
-    align = meta["config"]["align"]
-    wanted = "chunks" if cfg.objective.chunk_level else "pairs"
-    if cfg.objective.needs_teacher and align != wanted:
-        raise ValueError(f"{where}: the dataset was preprocessed with --align {align}, but objective.mode="
-                         f"{cfg.objective.mode!r} needs {wanted} (re-run tide-preprocess with --align {wanted})")
-    if meta["config"]["student_max_len"] != cfg.student.seq_length:
-        raise ValueError(f"student.seq_length={cfg.student.seq_length} differs from the dataset's student_max_len="
-                         f"{meta['config']['student_max_len']} ({where})")
-    if meta["student"]["vocab_size"] > student_vocab:
-        raise ValueError(f"student.checkpoint: {student_vocab} embedding rows, but the dataset's student tokenizer "
-                         f"has {meta['student']['vocab_size']} ids ({where})")
-    if teacher is not None and meta["teacher"]["vocab_size"] > teacher.vocab_size:
-        raise ValueError(f"teacher.checkpoint: {teacher.vocab_size} embedding rows, but the dataset's teacher "
-                         f"tokenizer has {meta['teacher']['vocab_size']} ids ({where})")
-    return meta
