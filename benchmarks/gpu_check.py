@@ -164,7 +164,7 @@ def main() -> int:
         print("    FP8: skipped (needs Transformer Engine and compute capability >= 8.9)")
 
     # 3. One teacher forward through the engine (LLaDA2-architecture MoE, bf16).
-    from tide_megatron.training.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
+    from tide_megatron.demo.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
     from tide_megatron.models.llada2.config import LLaDA2Config
     from tide_megatron.models.llada2.convert import load_llada2_from_hf
     from tide_megatron.models.llada2.model import build_llada2_model

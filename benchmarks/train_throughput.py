@@ -114,7 +114,7 @@ def run_variant(variant: str, steps: int) -> dict:
         tmask = tvocab - 1
         _write_qwen3(work / "teacher", DENSE_TEACHER, seed=2, mask_id=tmask)
     else:
-        from tide_megatron.training.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
+        from tide_megatron.demo.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
 
         pipeline, preset, tvocab, tokens = "A", "a_tide_cross", MOE_TEACHER["vocab_size"], MOE_TEACHER["tokens"]
         tmask = tvocab - 1
@@ -124,7 +124,7 @@ def run_variant(variant: str, steps: int) -> dict:
     cfg = config_from_dict({
         "preset": preset, "output_dir": str(work / "run"),
         "student": {"checkpoint": str(work / "student"), "seq_length": L, "block_size": BLOCK},
-        "teacher": {"checkpoint": str(work / "teacher"), "dtype": "fp32", "max_length": 1024},
+        "teacher": {"checkpoint": str(work / "teacher"), "dtype": "fp32"},
         "data": {"micro_batch_size": B, "num_workers": 0},
         "optim": {"train_steps": steps + 1, "lr": 5e-5},
         "objective": {"kl_temperature": T, "alm_temperature": T, "shared_vocab": STUDENT["vocab"] - 8},
