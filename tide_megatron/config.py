@@ -15,6 +15,7 @@ import contextvars
 import copy
 import dataclasses
 import os
+import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,8 +529,6 @@ def _expand_paths(raw: dict) -> dict:
 
 
 def _expand_vars(text: str, env: dict) -> str:
-    import string
-
     return string.Template(text).safe_substitute(env)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal, Optional, Union
 
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
 
@@ -25,8 +25,6 @@ Output = Literal["logits", "hidden"]
 def ensure_global_memory_buffer() -> None:
     """Sequence-parallel gathers use megatron's global scratch buffer, which only
     `initialize_model_parallel` creates; models built on explicit process groups need it too."""
-    from megatron.core import parallel_state
-
     if parallel_state._GLOBAL_MEMORY_BUFFER is None:
         parallel_state._set_global_memory_buffer()
 
