@@ -273,7 +273,7 @@ def build_student_init(s: DemoSettings, student_tok, cache_root: Path) -> str:
     import torch
     from transformers import Qwen3ForCausalLM
 
-    from tide_megatron.models.conversion import atomic_output_dir
+    from tide_megatron.models.convert.output_dir import atomic_output_dir
     from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
 
     vocab = _round_up(len(student_tok))
@@ -344,7 +344,7 @@ def evaluate_bpb(hf_dir: str, docs: Sequence[str], s: DemoSettings) -> dict:
 
     from tide_megatron.eval.models import HFDenoiser
     from tide_megatron.eval.nll import bits_per_byte, split_windows, tokenize_with_bytes
-    from tide_megatron.models.qwen3.convert import load_hf_reference
+    from tide_megatron.models.convert.reference import load_hf_reference
 
     model = load_hf_reference(hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
@@ -373,14 +373,10 @@ def evaluate_teacher_bpb(teacher_dir: str, teacher_tok, docs: Sequence[str], s: 
 
     from tide_megatron.distributed import ParallelLayout, build_model_grid
     from tide_megatron.eval.nll import bits_per_byte, split_windows, tokenize_with_bytes
-    from tide_megatron.models.llada2.config import LLaDA2Config
-    from tide_megatron.models.llada2.convert import load_llada2_from_hf
-    from tide_megatron.models.llada2.model import build_llada2_model, forward_llada2
+    from tide_megatron.models.llada2 import forward_llada2, load_llada2_teacher
 
-    cfg = LLaDA2Config.from_pretrained(teacher_dir)
     grid = build_model_grid(ParallelLayout(), name="teacher-eval")
-    model = build_llada2_model(cfg, grid.pgs, params_dtype=torch.float32)
-    load_llada2_from_hf(model, Path(teacher_dir), cfg, grid.pgs)
+    model, cfg = load_llada2_teacher(teacher_dir, grid.pgs, params_dtype=torch.float32)
     L = s.student_seq_length
     windows = [w for d in docs for w in split_windows(tokenize_with_bytes(teacher_tok.hf, d), L)]
 

@@ -7,7 +7,7 @@ import torch
 
 from tests.reference.wedlm_checkpoint import wedlm_inputs, write_tiny_wedlm, xt_rows
 from tide_megatron.diffusion.masks import block_diffusion_mask
-from tide_megatron.models.wedlm import wedlm_args_from_hf
+from tide_megatron.models.qwen3.config import wedlm_args_from_hf
 
 
 def test_inputs_are_x0_first_with_duplicated_positions_and_padding_blocked():
