@@ -67,6 +67,10 @@ class TeacherConfig:
     etp: int = 1
     dtype: str = "bf16"  # bf16 | fp32 (inference only, no gradients)
     mask_id: Optional[int] = None  # None: read from the checkpoint / tokenizer
+    # MoE kernels (LLaDA2; models/moe_kernels.py): None = on with Transformer Engine, off on the local backend.
+    moe_grouped_gemm: Optional[bool] = None
+    moe_permute_fusion: Optional[bool] = None
+    moe_dispatcher: str = "alltoall"  # alltoall | allgather
 
     def __post_init__(self) -> None:
         require(self.arch in TEACHER_ARCHS, "teacher.arch", "|".join(TEACHER_ARCHS), self.arch)

@@ -137,7 +137,7 @@ def masked_diffusion_loss(model: torch.nn.Module, ids: torch.Tensor, real: torch
     `bd3lm_ce` formula. Logits are computed only at masked positions (§9.21: the LM head dominates here).
     """
     from tide_megatron.losses.ce import bd3lm_ce_from_logprobs
-    from tide_megatron.models.llada2.model import key_padding_allowed
+    from tide_megatron.models.llada2.model import key_padding_mask
 
     t = sample_t(ids.shape[0], time_epsilon, generator)
     labels = torch.where(real, ids, torch.full_like(ids, IGNORE_INDEX))
@@ -145,7 +145,7 @@ def masked_diffusion_loss(model: torch.nn.Module, ids: torch.Tensor, real: torch
     b, L = ids.shape
     module = getattr(model, "module", model)
     # The final-normed hidden states [b, L, h]; no logits are built here.
-    hidden = model(xt, torch.arange(L).expand(b, L), key_padding_allowed(real.long(), xt), output="hidden")
+    hidden = model(xt, torch.arange(L).expand(b, L), key_padding_mask(real.long(), xt), output="hidden")
     pos, row = masked.T.nonzero(as_tuple=True)  # position-major, the order the hook-based version used
     logits, _ = module.output_layer(hidden[row, pos])  # [n, V], full vocabulary (TP = 1)
     # fp32 fused log-softmax + gather (torch's cross_entropy): the elementwise passes over [n, V] dominate here

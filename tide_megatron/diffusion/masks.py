@@ -1,7 +1,7 @@
-"""Block-diffusion attention masks over [xt ; x0] or [x0 ; xt] (spec §1.4, test vectors §11.4).
+"""Block-diffusion attention mask over [xt ; x0] or [x0 ; xt] (spec §1.4, test vectors §11.4).
 
-`segment_block_mask` is the same rule for packed sequences that keep only some blocks of each half
-(per-token segment and original block ids), as the student and teacher compaction build them.
+Packed sequences that keep only some blocks of each half (the student and teacher compaction) describe their
+mask as a `models.attention_mask.BlockDiffusionMask` (per-token segment and original block ids).
 """
 
 from __future__ import annotations
@@ -48,20 +48,3 @@ def block_causal_mask(L: int, block_size: int, device: torch.device | str | None
     check_block_multiple(L, block_size, "L", "block_size")
     blk = torch.arange(L, device=device) // block_size
     return blk[None, :] <= blk[:, None]
-
-
-def segment_block_mask(seg: torch.Tensor, blk: torch.Tensor, key_valid: torch.Tensor | None = None) -> torch.Tensor:
-    """bool ``[b, S, S]`` from per-token segment (-1 padding, 0 = x0, p >= 1 = the xt half of pass p) and
-    original block ids: x0 sees x0 blocks up to its own; xt_p sees x0 blocks before its own and its own block
-    of xt_p, never another pass (§1.4, §2.2). Padding queries see only themselves, so no row is empty."""
-    q_seg, k_seg = seg[:, :, None], seg[:, None, :]
-    q_blk, k_blk = blk[:, :, None], blk[:, None, :]
-    x0_to_x0 = (q_seg == 0) & (k_seg == 0) & (k_blk <= q_blk)  # M_BD + M_BC in x0
-    xt_to_x0 = (q_seg > 0) & (k_seg == 0) & (k_blk < q_blk)  # M_OBC
-    same_xt_block = (q_seg > 0) & (k_seg == q_seg) & (q_blk == k_blk)  # M_BD in one pass's xt
-    allowed = x0_to_x0 | xt_to_x0 | same_xt_block
-    if key_valid is not None:
-        allowed &= key_valid[:, None, :]
-    S = seg.shape[1]
-    allowed |= torch.eye(S, dtype=torch.bool, device=seg.device)[None] & (seg[:, :, None] < 0)
-    return allowed

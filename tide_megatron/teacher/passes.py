@@ -30,8 +30,8 @@ import torch.distributed as dist
 from tide_megatron.align.compdemo import merge
 from tide_megatron.align.rows import aligned_rows
 from tide_megatron.data.batch import DistillBatch
-from tide_megatron.diffusion.masks import segment_block_mask
 from tide_megatron.distributed import payload_exchange as px
+from tide_megatron.models.attention_mask import BlockDiffusionMask
 from tide_megatron.models.wedlm import WEDLM_MASK_ID
 from tide_megatron.teacher.engine import TeacherEngine
 
@@ -189,7 +189,7 @@ def run_teacher_passes(engine: TeacherEngine, passes: TeacherPasses,
         mine = px.own_sequences(logp, info).reshape(passes.num_passes, -1, passes.length)
         return mine[0] if passes.num_passes == 1 else merge(mine[0], mine[1], passes.take_pass2)
     all_rows, counts = px.gather_rows(passes.rows, info, group)
-    mask = segment_block_mask(gathered["seg"], gathered["blk"], gathered["kv"])
+    mask = BlockDiffusionMask(gathered["seg"], gathered["blk"], gathered["kv"])
     out = engine.logit_rows(gathered["ids"], all_rows, passes.vocab_limit, attention_mask=mask,
                             position_ids=gathered["pos"])
     return px.own_rows(out, counts, group)

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from tide_megatron.diffusion.masks import segment_block_mask
+from tide_megatron.models.attention_mask import BlockDiffusionMask
 
 
 @dataclass
 class CompactInputs:
     ids: torch.Tensor  # int64 [b, S]
     position_ids: torch.Tensor  # int64 [b, S]
-    mask: torch.Tensor  # bool [b, 1, S, S], True = may attend
+    mask: BlockDiffusionMask  # the §1.4 rule over the kept blocks (dense: bool [b, 1, S, S], True = may attend)
     xt_rows: int  # the first xt_rows positions of every sequence are (possibly padded) xt rows
     xt_positions: torch.Tensor  # int64 [b, xt_rows]: original position of each xt row, -1 = padding
 
@@ -57,9 +57,9 @@ def compact_student_inputs(xt: torch.Tensor, x0: torch.Tensor, masked: torch.Ten
         seg[i, :nx], seg[i, n_xt:n_xt + no] = 0, 1
         blk[i, :nx], blk[i, n_xt:n_xt + no] = xp // block_size, op // block_size
         xt_positions[i, :nx] = xp
-    # Segment codes of `segment_block_mask`: x0 = 0, the (single) xt half = 1.
+    # Segment codes of `BlockDiffusionMask`: x0 = 0, the (single) xt half = 1.
     seg = torch.where(seg == 0, 1, torch.where(seg == 1, 0, seg))
-    return CompactInputs(ids=ids, position_ids=pos, mask=segment_block_mask(seg, blk)[:, None], xt_rows=n_xt,
+    return CompactInputs(ids=ids, position_ids=pos, mask=BlockDiffusionMask(seg, blk), xt_rows=n_xt,
                          xt_positions=xt_positions)
 
 

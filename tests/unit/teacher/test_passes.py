@@ -7,7 +7,8 @@ import torch
 from tide_megatron.align.rows import aligned_rows
 from tide_megatron.data.batch import DistillBatch
 from tide_megatron.data.stage import StageConfig, TideCollator
-from tide_megatron.diffusion.masks import block_diffusion_mask, segment_block_mask
+from tide_megatron.diffusion.masks import block_diffusion_mask
+from tide_megatron.models.attention_mask import BlockDiffusionMask
 from tide_megatron.teacher.passes import (build_teacher_passes, checkpoint_mask_id, compact_teacher_inputs,
                                           needed_teacher_tokens, teacher_mask_id)
 from tests.unit.data.test_pitfalls_stage import EOS, PAD, STUDENT_MASK, WEDLM_MASK, _samples
@@ -104,7 +105,7 @@ def test_teacher_passes_in_one_compacted_sequence_keep_their_own_two_half_masks(
     x0 = torch.arange(L)[None]
     xts = torch.stack([x0 + 100, x0 + 200])
     c = compact_teacher_inputs(x0, xts, torch.ones(P, 1, L // B, dtype=torch.bool), B, pad_id=-1)
-    mask = segment_block_mask(c.segment, c.block)[0]
+    mask = BlockDiffusionMask(c.segment, c.block).dense_allowed()[0, 0]
     two = block_diffusion_mask(L, B, "x0_xt")
     seg, pos = c.segment[0], c.position_ids[0]
     x0_cols = (seg == 0).nonzero().flatten()
@@ -126,5 +127,5 @@ def test_teacher_compaction_drops_blocks_without_rows_and_the_x0_tail():
     c = compact_teacher_inputs(x0, xts, need, B, pad_id=-1)
     assert c.ids[0].tolist() == list(range(8)) + list(range(108, 112))  # x0 blocks 0-1, xt_1 block 2
     assert (c.index[1] < 0).all() and c.index[0, 0, 8:12].tolist() == [8, 9, 10, 11]
-    mask = segment_block_mask(c.segment, c.block)[0]
+    mask = BlockDiffusionMask(c.segment, c.block).dense_allowed()[0, 0]
     assert mask[8:12, :8].all() and mask[8:12, 8:12].all()  # xt block 2: x0 blocks 0-1 and itself

@@ -32,7 +32,7 @@ def test_kept_xt_rows_see_exactly_the_keys_of_the_full_input():
     full_pos = torch.arange(L).repeat(2)
     full = _attention(*(emb[full_ids] + pe[full_pos],) * 3, block_diffusion_mask(L, B, "xt_x0"))
     x = emb[c.ids] + pe[c.position_ids]
-    comp = _attention(x, x, x, c.mask[:, 0])
+    comp = _attention(x, x, x, c.mask.dense_allowed()[:, 0])
     hidden = scatter_xt_rows(comp[:, : c.xt_rows], c.xt_positions, L)
     keep = masked.view(b, L // B, B).any(-1).repeat_interleave(B, 1)
     torch.testing.assert_close(hidden[keep], full[:, :L][keep])
