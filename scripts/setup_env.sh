@@ -14,6 +14,6 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   if ! command -v nvidia-smi >/dev/null 2>&1; then
     python -m pip install -q "torch==2.13.0"
   fi
-  python -m pip install -q -e ".[dev]"
+  python -m pip install -q -e ".[dev,eval]"
   touch "$stamp"
 fi
