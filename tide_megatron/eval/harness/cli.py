@@ -42,7 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     import tide_megatron.eval.harness.model  # noqa: F401  (register_model("tide_bd3lm") runs on import)
-    from tide_megatron.eval.harness.offline import OfflineDataError, UnknownTaskError, write_task_dir
+    from tide_megatron.eval.harness.offline import (OfflineDataError, UnknownTaskError, point_at_local_data,
+                                                    task_manager, write_wrappers)
 
     args = list(sys.argv[1:] if argv is None else argv)
     data_dir = _pop_option(args, "--data-dir")
@@ -51,8 +52,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     shots = _option(args, "--num_fewshot")
     with tempfile.TemporaryDirectory(prefix="tide-lm-eval-tasks-") as task_dir:
         try:
-            shots_n = None if shots is None else int(shots)
-            write_task_dir(task_dir, {t: shots_n for t in tasks}, data_dir, include)
+            write_wrappers(task_dir, include)
+            if data_dir is not None:  # finding the leaf tasks needs the index; the harness indexes again
+                shots_n = None if shots is None else int(shots)
+                point_at_local_data(task_manager(task_dir), task_dir, {t: shots_n for t in tasks}, data_dir)
         except (OfflineDataError, UnknownTaskError, FileNotFoundError) as err:
             print(f"tide-lm-eval: error: {err}", file=sys.stderr)
             return 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -34,8 +35,10 @@ from tqdm import tqdm
 
 from tide_megatron.diffusion.sampler import BlockDenoiser, SamplerConfig, bd3lm_generate
 from tide_megatron.eval.nll import conditional_nelbo, greedy_matches
-from tide_megatron.eval.prompts import chat_template_of, cut_at_stops, render_chat, stop_token_ids, strip_think
+from tide_megatron.eval.prompts import (chat_template_of, cut_at_stops, decode_completion, render_chat,
+                                        stop_token_ids)
 
+logger = logging.getLogger(__name__)
 MODEL_NAME = "tide_bd3lm"
 DEFAULT_MAX_NEW_TOKENS = 256
 STUDENT_MODEL_TYPES = ("qwen3",)  # the BD3LM student architecture (§1.1)
@@ -113,8 +116,7 @@ class TideBD3LM(TemplateLM):
             raise ModelArgError(f"{where}: temperature must be >= 0, got {temperature}")
         self.seed = int(seed)
         self._rank, self._world_size = self._distributed(data_parallel)
-        self._device = torch.device(device) if device else (
-            torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+        self._device = self._pick_device(device)
         self._closers: list[Callable[[], None]] = []
         self.pretrained = pretrained
         if denoiser is not None:
@@ -142,6 +144,19 @@ class TideBD3LM(TemplateLM):
 
             return init_distributed()
         return 0, 1
+
+    def _pick_device(self, device: Optional[str]) -> torch.device:
+        """The requested device; a CUDA request (the harness CLI's default is cuda:0) means this rank's GPU
+        under data parallel, and the CPU on a machine without CUDA."""
+        if device and not str(device).startswith("cuda"):
+            return torch.device(device)
+        if not torch.cuda.is_available():
+            if device:
+                logger.info("%s: device %s asked for but CUDA is not available; running on the CPU", MODEL_NAME, device)
+            return torch.device("cpu")
+        if self._world_size > 1 or not device:
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device(device)
 
     def _load(self, pretrained: str, tokenizer: Optional[str], dtype: str, kv_cache_slots: Any) -> None:
         from transformers import AutoTokenizer
@@ -343,7 +358,7 @@ class TideBD3LM(TemplateLM):
                     generator = torch.Generator().manual_seed(_request_seed(self.seed, [prompts[i] for i in batch]))
                 result = bd3lm_generate(self.denoiser, [prompts[i][-keep:] for i in batch], cfg, generator)
                 for i, ids in zip(batch, result.completions):
-                    text = cut_at_stops(strip_think(self.tok_decode(ids)), s.until)
+                    text = cut_at_stops(decode_completion(self.tokenizer, ids), s.until)
                     out[i] = text
                     self.cache_hook.add_partial("generate_until", requests[i].args, text)
                 bar.update(len(batch))

@@ -1,7 +1,7 @@
 """Task directories for the harness: our task YAMLs, and local datasets instead of hub downloads.
 
 The harness indexes every YAML under its own task tree and then under ``--include_path``; a later
-task of the same name replaces an earlier one. :func:`write_task_dir` writes one such directory:
+task of the same name replaces an earlier one. :func:`prepare_tasks` writes one such directory and indexes it:
 
 - a wrapper (``include:`` + ``task:``) for each YAML of ours (``tasks/``), so they join the index
   and replace the harness's code tasks of the same names (scored in our sandbox);
@@ -187,21 +187,12 @@ def _write_yaml(path: Path, cfg: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_task_dir(out_dir: str | os.PathLike, tasks: Optional[Mapping[str, Optional[int]]] = None,
-                   data_dir: Optional[str] = None, extra_include: Optional[str] = None) -> Path:
-    """Write the include directory of a run (see the module docstring) and return it.
-
-    ``tasks`` maps each name the run asks for to the few-shot count it will use (None = the task's
-    own default); it matters only with ``data_dir``. ``extra_include`` is a user task directory or
-    file (wrapped too, ahead of ours). With a data directory this indexes the harness's task tree
-    once (seconds) to find the leaf tasks behind the names.
-    """
+def write_wrappers(out_dir: str | os.PathLike, extra_include: Optional[str] = None) -> Path:
+    """Write the wrappers of our task YAMLs (and of ``extra_include``'s, a user directory or file)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise OfflineDataError(f"--data-dir {data_dir}: no such directory")
     # Within one directory the first file (sorted) of a name wins: offline wrappers (a_), then the
     # user's tasks (b_), then ours (c_); the whole directory wins over the harness's own tasks.
     for prefix, files in (("c_pkg", package_task_files()), ("b_user", _user_task_files(extra_include))):
@@ -210,14 +201,39 @@ def write_task_dir(out_dir: str | os.PathLike, tasks: Optional[Mapping[str, Opti
             key = {k: cfg[k] for k in ("task", "group") if isinstance(cfg.get(k), str)}
             if key:
                 _write_yaml(out / f"{prefix}_{i:03d}_{src.stem}.yaml", {"include": str(src.resolve()), **key})
-    if data_dir is not None:
-        manager = task_manager(str(out))
-        for name, num_fewshot in (tasks or {}).items():
-            for leaf in leaf_tasks(manager, [name]):
-                shots = num_fewshot if num_fewshot is not None else int(leaf.config.get("num_fewshot") or 0)
-                files = required_files(leaf, data_dir, shots)
-                _write_yaml(out / f"a_data_{leaf.name}.yaml", offline_override(leaf, files))
     return out
+
+
+def point_at_local_data(manager, out_dir: str | os.PathLike, tasks: Mapping[str, Optional[int]],
+                        data_dir: str) -> None:
+    """Write an offline wrapper for every leaf task behind ``tasks`` ({name: few-shot count, None = the
+    task's default}) into ``out_dir`` and update ``manager``'s index in place (the same task names, so
+    no second indexing of the harness's whole task tree)."""
+    from lm_eval.tasks._index import Kind, TaskIndex
+
+    if not Path(data_dir).is_dir():
+        raise OfflineDataError(f"--data-dir {data_dir}: no such directory")
+    out = Path(out_dir)
+    leaves = {name: leaf_tasks(manager, [name]) for name in tasks}  # every name known before any file is checked
+    for name, num_fewshot in tasks.items():
+        for leaf in leaves[name]:
+            shots = num_fewshot if num_fewshot is not None else int(leaf.config.get("num_fewshot") or 0)
+            files = required_files(leaf, data_dir, shots)
+            _write_yaml(out / f"a_data_{leaf.name}.yaml", offline_override(leaf, files))
+    fresh = TaskIndex.build([out])
+    manager.task_index.update({k: e for k, e in fresh.items() if e.kind != Kind.TAG})
+
+
+def prepare_tasks(out_dir: str | os.PathLike, tasks: Optional[Mapping[str, Optional[int]]] = None,
+                  data_dir: Optional[str] = None, extra_include: Optional[str] = None):
+    """The TaskManager of a run: the harness's tasks, ours and the user's, the ``tasks`` of the run
+    pointed at ``data_dir`` when one is given. Indexes the harness's task tree once (seconds)."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise OfflineDataError(f"--data-dir {data_dir}: no such directory")
+    manager = task_manager(str(write_wrappers(out_dir, extra_include)))
+    if data_dir is not None:
+        point_at_local_data(manager, out_dir, tasks or {}, data_dir)
+    return manager
 
 
 def needed_files(tasks: Mapping[str, Optional[int]], data_dir: Optional[str] = None,
@@ -228,7 +244,7 @@ def needed_files(tasks: Mapping[str, Optional[int]], data_dir: Optional[str] = N
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="tide-tasks-") as tmp:
-        manager = task_manager(str(write_task_dir(tmp, extra_include=extra_include)))
+        manager = task_manager(str(write_wrappers(tmp, extra_include)))
         for name, num_fewshot in tasks.items():
             for leaf in leaf_tasks(manager, [name]):
                 shots = num_fewshot if num_fewshot is not None else int(leaf.config.get("num_fewshot") or 0)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tide_megatron.eval.harness import suite as paper_suite
-from tide_megatron.eval.harness.offline import leaf_tasks, task_manager, write_task_dir
+from tide_megatron.eval.harness.offline import leaf_tasks, prepare_tasks
 
 
 class UnsafeCodeError(ValueError):
@@ -63,8 +63,7 @@ def run_harness(lm, req: HarnessRequest) -> Optional[dict[str, Any]]:
     benches = paper_suite.selected(paper, req.suite_tasks) if req.suite else []
     shots = {b.task: b.num_fewshot for b in benches} | {t: req.num_fewshot for t in req.tasks}
     with tempfile.TemporaryDirectory(prefix="tide-eval-tasks-") as task_dir:
-        write_task_dir(task_dir, shots, req.data_dir, req.include_path)
-        manager = task_manager(task_dir)
+        manager = prepare_tasks(task_dir, shots, req.data_dir, req.include_path)
         _check_unsafe(manager, list(shots), req.confirm_run_unsafe_code)
         per_task: dict[str, dict] = {}
         samples: dict[str, Any] = {}

@@ -58,12 +58,12 @@ def _first_text(resp) -> str:
     return resp[0] if isinstance(resp, (list, tuple)) and resp else (resp if isinstance(resp, str) else "")
 
 
-def _ran(completion: str, passed: bool, result: str) -> list[dict]:
-    """One filtered response: what ran and how it ended (logged with the samples)."""
-    return [{"completion": completion, "passed": bool(passed), "result": result}]
+def _ran(completion: str, passed: bool, result: str) -> dict:
+    """One filtered response (the filter also takes the first of the repeats): what ran and how it ended."""
+    return {"completion": completion, "passed": bool(passed), "result": result}
 
 
-def _run_humaneval(resps, docs, cut_at_fence: bool) -> list[list[dict]]:
+def _run_humaneval(resps, docs, cut_at_fence: bool) -> list[dict]:
     completions = [_first_text(r) for r in resps]
     if cut_at_fence:  # the instruct prompt opened a ```python block: the function body ends at its fence
         completions = [c.split("```", 1)[0] for c in completions]
@@ -97,6 +97,6 @@ def mbpp_execute(resps, docs):
 
 def pass_at_1(doc: dict, results) -> dict:
     """process_results of the code tasks: 1.0 when the executed program passed."""
-    ran = results[0]
-    return {"pass@1": float(bool(ran.get("passed"))) if isinstance(ran, dict) else 0.0}
+    (ran,) = results
+    return {"pass@1": float(ran["passed"])}
 
