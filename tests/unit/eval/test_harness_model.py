@@ -238,3 +238,23 @@ def test_bad_generation_settings_name_the_task(harness_student):
         lm.generate_until([_gen("gsm8k_cot", "Q", max_gen_toks=0)])
     with pytest.raises(ModelArgError, match="task bbh: steps must be a positive integer, got -1"):
         lm.generate_until([_gen("bbh", "Q", steps=-1)])
+
+
+def test_the_megatron_student_generates_and_scores_like_its_hf_export(harness_student, tmp_path):
+    """A tide-convert directory runs the megatron-core student (static prefix KV cache): same completions and
+    the same bound as transformers' Qwen3 on the HF export."""
+    from tide_megatron.cli.convert import main as tide_convert
+
+    mcore = tmp_path / "mcore"
+    assert tide_convert(["hf-to-mcore", "--hf-dir", str(harness_student), "--mcore-dir", str(mcore)]) == 0
+    hf = TideBD3LM(pretrained=str(harness_student), batch_size=2, mc_draws=2)
+    mc = TideBD3LM(pretrained=str(mcore), tokenizer=str(harness_student), batch_size=2, mc_draws=2)
+    try:
+        assert type(mc.denoiser).__name__ == "MegatronCachedDenoiser"
+        gens = [_gen("t", p, max_gen_toks=40, steps=10) for p in ("def add(a, b):\n", "Q: 2 + 2 =", "x")]
+        assert mc.generate_until(gens) == hf.generate_until(gens)
+        lls = [_ll("def f(x):", "\n    return x"), _ll("Q: 2 + 2 =", " 4")]
+        for (a, ga), (b, gb) in zip(mc.loglikelihood(lls), hf.loglikelihood(lls)):
+            assert a == pytest.approx(b, rel=1e-4) and ga == gb
+    finally:
+        mc.close()
