@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 
-from tide_megatron.align import artifacts
+from tide_megatron.fixtures import artifacts
 from tide_megatron.align.tokenizers import load_tokenizer
 
 

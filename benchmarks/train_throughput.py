@@ -114,7 +114,7 @@ def run_variant(variant: str, steps: int) -> dict:
         tmask = tvocab - 1
         _write_qwen3(work / "teacher", DENSE_TEACHER, seed=2, mask_id=tmask)
     else:
-        from tide_megatron.training.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
+        from tide_megatron.demo.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
 
         pipeline, preset, tvocab, tokens = "A", "a_tide_cross", MOE_TEACHER["vocab_size"], MOE_TEACHER["tokens"]
         tmask = tvocab - 1

@@ -45,12 +45,12 @@ def main() -> int:
     ap.add_argument("--valid", type=int, default=32, help="held-out conversations")
     args = ap.parse_args()
 
-    from tide_megatron.align.artifacts import cache_dir
+    from tide_megatron.fixtures.artifacts import cache_dir
     from tide_megatron.align.tokenizers import load_tokenizer
     from tide_megatron.data.corpus import CorpusSpec, write_jsonl
     from tide_megatron.data.preprocess import preprocess
     from tide_megatron.data.samples import SampleConfig
-    from tide_megatron.training.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
+    from tide_megatron.demo.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
 
     root = cache_dir() / "tiny-distill"
     root.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """LLaDA2 teacher on megatron-core vs the independent plain-PyTorch reference, at TP=1, TP=2 (+SP),
-EP=2 and PP=2 on 2 gloo ranks (§2.1, §9 pitfalls 17, 21, 22); payloads against full-logit math."""
+EP=2, PP=2 and ETP=2 (with and without TP=2) on 2 gloo ranks (§2.1, §9 pitfalls 17, 21, 22); payloads against full-logit math."""
 
 import tempfile
 from pathlib import Path
@@ -58,6 +58,8 @@ LAYOUTS = {
     "tp2_sp": (ParallelLayout(tp=2), None),
     "ep2": (ParallelLayout(ep=2), None),
     "pp2": (ParallelLayout(pp=2), 1),
+    "etp2": (ParallelLayout(etp=2), None),  # expert tensor parallelism runs on gloo too
+    "tp2_etp2": (ParallelLayout(tp=2, etp=2), None),
 }
 
 
@@ -117,8 +119,8 @@ def test_tide_convert_llada2_ep2_then_verify_tp2_with_remote_code(checkpoint, tm
     dist.broadcast_object_list(holder, src=0)
     run(["hf-to-mcore", "--arch", "llada2", "--hf-dir", str(checkpoint), "--mcore-dir", holder[0],
          "--ep", "2", "--dtype", "float32"])
-    diffs = run(["verify", "--arch", "llada2", "--hf-dir", str(checkpoint), "--mcore-dir", holder[0]])
-    assert diffs["bidirectional"] < TOL
+    diffs = run(["verify", "--hf-dir", str(checkpoint), "--mcore-dir", holder[0], "--trust-remote-code"])
+    assert diffs["bidirectional"] < TOL and diffs["key_padding"] < TOL
 
 
 def test_odd_length_is_padded_for_sequence_parallel(closing, checkpoint, batch):

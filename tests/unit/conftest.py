@@ -1,8 +1,8 @@
-"""Real tokenizers for the unit tests: fetched once per machine from registry sdists (see align/artifacts.py)."""
+"""Real tokenizers for the unit tests: fetched once per machine from registry sdists (see fixtures/artifacts.py)."""
 
 import pytest
 
-from tide_megatron.align import artifacts
+from tide_megatron.fixtures import artifacts
 from tide_megatron.align.tokenizers import TideTokenizer, load_tokenizer
 
 _LOADED: dict[str, TideTokenizer] = {}

@@ -1,10 +1,9 @@
 """One loader for every tokenizer TIDE uses, with character offsets and byte-level token strings (spec §5.2).
 
-`load_tokenizer(spec)` accepts a Hugging Face tokenizer directory (tokenizer.json), a GGUF vocabulary, a
-SentencePiece BPE `.model` file, or a short name of a real vocabulary shipped in a registry package (`qwen2`,
-`gpt-2`, `llama-bpe`, `llama-spm`, `bert-bge`, `starcoder`, `phi-3`, `mistral-v1`; see `artifacts.py`).
-Conversions that are slow (the 151k-entry Qwen GGUF takes 12-33 s through transformers) are cached as a
-tokenizer.json directory in the artifact cache.
+`load_tokenizer(spec)` accepts a Hugging Face tokenizer directory (tokenizer.json) or file; GGUF vocabularies,
+SentencePiece BPE `.model` files and the short names of real vocabularies shipped in registry packages (`qwen2`,
+`gpt-2`, `llama-bpe`, `llama-spm`, `bert-bge`, `starcoder`, `phi-3`, `mistral-v1`) are converted to fast
+tokenizers, and cached, by `fixtures/tokenizer_files.py`.
 
 Byte-level token strings use the GPT-2 byte<->unicode map (one character per byte, "Ġ" = space), whatever the
 tokenizer family: byte-level BPE tokens are already in that form; SentencePiece pieces map "▁" to a space and
@@ -17,31 +16,16 @@ Mask token: if the tokenizer has none, `<|mask|>` is added as a special token at
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Sequence
 
-from tide_megatron.align import artifacts
+from tide_megatron.fixtures.tokenizer_files import NAMED_VOCABS, is_vocab_file, load_named_vocab, load_vocab_file
 
 TokenizerKind = Literal["byte_level", "sentencepiece", "wordpiece"]
 MASK_TOKEN = "<|mask|>"
-
-NAMED_VOCABS = {
-    "qwen2": ("gguf", "qwen2"),
-    "gpt-2": ("gguf", "gpt-2"),
-    "gpt2": ("gguf", "gpt-2"),
-    "llama-bpe": ("gguf", "llama-bpe"),
-    "llama-spm": ("gguf", "llama-spm"),
-    "bert-bge": ("gguf", "bert-bge"),
-    "starcoder": ("gguf", "starcoder"),
-    "phi-3": ("gguf", "phi-3"),
-    "mistral-v1": ("spm", "tokenizer.model.v1"),
-}
-
 
 class TokenizerLoadError(ValueError):
     """The tokenizer spec names nothing loadable, or the tokenizer lacks something TIDE needs (offsets)."""
@@ -229,163 +213,6 @@ def _detect_kind(hf_tokenizer) -> TokenizerKind:
 
 
 # -------------------------------------------------------------------- loading
-def _converted_dir(source: Path) -> Path:
-    st = source.stat()
-    key = hashlib.sha1(f"{source.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    return artifacts.cache_dir() / "tokenizers" / f"{source.name}-{key}"
-
-
-def _save_atomically(hf_tokenizer, final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".convert-") as tmp:
-        staged = Path(tmp) / "tok"
-        hf_tokenizer.save_pretrained(str(staged))
-        try:
-            os.rename(staged, final)
-        except OSError:
-            if not final.exists():
-                raise
-
-
-def _load_gguf(path: Path):
-    """GGUF vocabulary -> fast HF tokenizer; transformers' GGUF reader, or our WordPiece builder for BERT."""
-    from transformers import AutoTokenizer
-
-    cached = _converted_dir(path)
-    if (cached / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(str(cached))
-    model = _gguf_field(path, "tokenizer.ggml.model")
-    if model == "bert":
-        tok = _wordpiece_from_gguf(path)
-    else:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        if model == "llama" and _gguf_field(path, "tokenizer.ggml.add_space_prefix") is not False:
-            _use_sentencepiece_dummy_prefix(tok)
-    _save_atomically(tok, cached)
-    return AutoTokenizer.from_pretrained(str(cached))
-
-
-def _use_sentencepiece_dummy_prefix(hf_tokenizer) -> None:
-    """Make a converted SentencePiece tokenizer add the dummy "▁" prefix like sentencepiece/llama.cpp do.
-
-    transformers' GGUF conversion uses Metaspace(prepend_scheme="first"), which skips the prefix when the text
-    already starts with a space; the reference ids (.inp/.out) expect " Hello" -> ["▁", "▁Hello"].
-    """
-    from tokenizers import normalizers
-
-    backend = hf_tokenizer.backend_tokenizer
-    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    backend.pre_tokenizer = None
-
-
-def _gguf_field(path: Path, key: str):
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    field = reader.fields.get(key)
-    if field is None:
-        return None
-    return _field_value(field)
-
-
-def _field_value(field):
-    kinds = [t.name for t in field.types]
-    if kinds[0] == "ARRAY":
-        if kinds[-1] == "STRING":
-            return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-        return [field.parts[i].tolist()[0] for i in field.data]
-    part = field.parts[field.data[0]]
-    return bytes(part).decode("utf-8") if kinds[0] == "STRING" else part.tolist()[0]
-
-
-def _wordpiece_from_gguf(path: Path):
-    """Build a BERT WordPiece fast tokenizer from a GGUF vocabulary (transformers cannot read BERT GGUFs)."""
-    from gguf import GGUFReader
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import WordPiece
-    from transformers import PreTrainedTokenizerFast
-
-    fields = GGUFReader(str(path)).fields
-    tokens = _field_value(fields["tokenizer.ggml.tokens"])
-    types = _field_value(fields["tokenizer.ggml.token_type"])
-    # llama.cpp stores BERT vocabularies SentencePiece-style: word-initial pieces carry "▁", continuations are
-    # bare. Back to WordPiece: "▁x" -> "x", "x" -> "##x"; control/unused entries (type != 1 or [..]) unchanged.
-    wordpiece = []
-    for tok, kind in zip(tokens, types):
-        if tok.startswith("▁"):
-            wordpiece.append(tok[1:])
-        elif kind != 1 or (tok.startswith("[") and tok.endswith("]")):
-            wordpiece.append(tok)
-        else:
-            wordpiece.append("##" + tok)
-    vocab = {t: i for i, t in enumerate(wordpiece)}
-    tokens = wordpiece
-
-    def special(key: str) -> str | None:
-        return tokens[_field_value(fields[key])] if key in fields else None
-
-    unk = special("tokenizer.ggml.unknown_token_id") or "[UNK]"
-    backend = Tokenizer(WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
-    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token=unk,
-        sep_token=special("tokenizer.ggml.seperator_token_id"),
-        pad_token=special("tokenizer.ggml.padding_token_id"),
-        cls_token=special("tokenizer.ggml.cls_token_id"),
-        mask_token=special("tokenizer.ggml.mask_token_id"),
-    )
-
-
-def _sentencepiece_bpe_to_fast(path: Path):
-    """Build a fast tokenizer equal to sentencepiece's BPE: merges ranked by the merged piece's score.
-
-    transformers' LlamaTokenizer conversion ranks merges differently and splits runs of spaces unlike
-    sentencepiece (e.g. indentation before a quote), which would change ids on most code snippets.
-    """
-    from sentencepiece import sentencepiece_model_pb2 as pb
-    from tokenizers import AddedToken, Tokenizer, decoders, normalizers
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-    from transformers.tokenization_utils_base import generate_merges
-
-    proto = pb.ModelProto()
-    proto.ParseFromString(path.read_bytes())
-    if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
-        raise TokenizerLoadError(f"{path}: only SentencePiece BPE models are supported (got model_type "
-                                 f"{pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)})")
-    pieces = list(proto.pieces)
-    vocab = {p.piece: i for i, p in enumerate(pieces)}
-    normal = {p.piece: p.score for p in pieces if p.type == pb.ModelProto.SentencePiece.NORMAL}
-    merges = generate_merges(vocab, normal)
-    unk = pieces[proto.trainer_spec.unk_id].piece
-    backend = Tokenizer(BPE(vocab, merges, unk_token=unk, fuse_unk=True,
-                            byte_fallback=proto.trainer_spec.byte_fallback))
-    prefix = [normalizers.Prepend("▁")] if proto.normalizer_spec.add_dummy_prefix else []
-    backend.normalizer = normalizers.Sequence(prefix + [normalizers.Replace(" ", "▁")])
-    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(" ", 1 if prefix else 0, 0)])
-    control = [p.piece for p in pieces if p.type == pb.ModelProto.SentencePiece.CONTROL]
-    backend.add_special_tokens([AddedToken(c, special=True, normalized=False) for c in control])
-    def piece(i: int) -> str | None:
-        return pieces[i].piece if 0 <= i < len(pieces) else None
-
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=unk, bos_token=piece(proto.trainer_spec.bos_id),
-                                   eos_token=piece(proto.trainer_spec.eos_id), pad_token=piece(proto.trainer_spec.pad_id))
-
-
-def _load_sentencepiece(path: Path):
-    """SentencePiece BPE `.model` -> fast HF tokenizer, cached as tokenizer.json."""
-    from transformers import AutoTokenizer
-
-    cached = _converted_dir(path)
-    if not (cached / "tokenizer.json").exists():
-        _save_atomically(_sentencepiece_bpe_to_fast(path), cached)
-    return AutoTokenizer.from_pretrained(str(cached))
-
-
 _LOADED: dict[tuple, TideTokenizer] = {}
 
 
@@ -410,12 +237,7 @@ def _load_uncached(spec: str | os.PathLike, eos_token: str | None, pad_token: st
 
     text = str(spec)
     if text in NAMED_VOCABS:
-        family, name = NAMED_VOCABS[text]
-        if family == "gguf":
-            hf = _load_gguf(artifacts.gguf_vocab_path(name))
-        else:
-            hf = _load_sentencepiece(artifacts.fetch_source("mistral-spm") / name)
-        return TideTokenizer(hf, text, eos_token, pad_token)
+        return TideTokenizer(load_named_vocab(text), text, eos_token, pad_token)
     path = Path(text).expanduser()
     if not path.exists():
         raise TokenizerLoadError(
@@ -425,10 +247,8 @@ def _load_uncached(spec: str | os.PathLike, eos_token: str | None, pad_token: st
         if not (path / "tokenizer.json").exists() and not (path / "tokenizer.model").exists():
             raise TokenizerLoadError(f"{path}: expected tokenizer.json (or tokenizer.model) in the directory")
         hf = AutoTokenizer.from_pretrained(str(path))
-    elif path.suffix == ".gguf":
-        hf = _load_gguf(path)
-    elif path.suffix == ".model" or path.name.startswith("tokenizer.model"):
-        hf = _load_sentencepiece(path)
+    elif is_vocab_file(path):
+        hf = load_vocab_file(path)
     elif path.suffix == ".json":
         from transformers import PreTrainedTokenizerFast
 

@@ -3,7 +3,7 @@
 import pytest
 import sentencepiece as spm
 
-from tide_megatron.align import artifacts
+from tide_megatron.fixtures import artifacts
 from tide_megatron.align.tokenizers import (
     MASK_TOKEN,
     TideTokenizer,

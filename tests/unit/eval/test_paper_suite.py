@@ -20,7 +20,7 @@ TRAIN_STEPS = 30
 @pytest.fixture(scope="module")
 def demo_student(tmp_path_factory, real_artifacts):
     """The demo's pieces: its random student init and that student after CE training, exported to HF."""
-    from tide_megatron.cli import demo
+    from tide_megatron.demo import pipeline as demo
     from tide_megatron.distributed import init_distributed
 
     root = tmp_path_factory.mktemp("demo_student")

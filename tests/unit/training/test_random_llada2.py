@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from tests.reference.llada2_reference import LLaDA2MoeConfig, LLaDA2MoeModelLM
 from tide_megatron.distributed import init_distributed
-from tide_megatron.training.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
+from tide_megatron.demo.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
 
 VOCAB, MASK, PAD, EOS = 80, 79, 78, 77
 SHAPE = TinyLLaDA2Shape(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -32,11 +32,14 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
+from transformers import AutoConfig, AutoTokenizer
 
 from tide_megatron.diffusion.sampler import BlockDenoiser, SamplerConfig, bd3lm_generate
+from tide_megatron.eval.models import HFDenoiser, load_mcore_student
 from tide_megatron.eval.nll import conditional_nelbo, greedy_matches
 from tide_megatron.eval.prompts import (chat_template_of, cut_at_stops, decode_completion, render_chat,
                                         stop_token_ids)
+from tide_megatron.models.convert.reference import load_hf_reference
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "tide_bd3lm"
@@ -140,7 +143,7 @@ class TideBD3LM(TemplateLM):
         if not data_parallel:
             return 0, 1
         if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from tide_megatron.distributed import init_distributed  # starts the world only when launched so
+            from tide_megatron.distributed import init_distributed  # imports megatron-core: only when launched so
 
             return init_distributed()
         return 0, 1
@@ -159,9 +162,7 @@ class TideBD3LM(TemplateLM):
         return torch.device(device)
 
     def _load(self, pretrained: str, tokenizer: Optional[str], dtype: str, kv_cache_slots: Any) -> None:
-        from transformers import AutoTokenizer
-
-        from tide_megatron.training.models import is_mcore_dir
+        from tide_megatron.models.convert.mcore_dir import is_mcore_dir  # megatron-core: only when loading
 
         if not os.path.isdir(pretrained):
             raise ModelArgError(f"pretrained={pretrained}: no such directory")
@@ -180,11 +181,6 @@ class TideBD3LM(TemplateLM):
             raise ModelArgError(f"tokenizer={tokenizer_dir}: cannot load a tokenizer there ({err})") from None
 
     def _load_hf(self, pretrained: str, dtype: str) -> None:
-        from transformers import AutoConfig
-
-        from tide_megatron.eval.models import HFDenoiser
-        from tide_megatron.models.qwen3.convert import load_hf_reference
-
         config = AutoConfig.from_pretrained(pretrained)
         if config.model_type not in STUDENT_MODEL_TYPES:
             raise ModelArgError(f"pretrained={pretrained}: config.json model_type {config.model_type!r} is not a BD3LM "
@@ -196,9 +192,10 @@ class TideBD3LM(TemplateLM):
         self.module = model
 
     def _load_mcore(self, pretrained: str, dtype: str, kv_cache_slots: Any) -> None:
-        from tide_megatron.eval.models import load_mcore_student
+        from tide_megatron.models.convert.mcore_dir import META_FILE  # megatron-core: only for its directories
 
-        meta = json.loads(open(os.path.join(pretrained, "tide_model.json"), encoding="utf-8").read())
+        with open(os.path.join(pretrained, META_FILE), encoding="utf-8") as fh:
+            meta = json.load(fh)
         if meta.get("architecture") not in STUDENT_MODEL_TYPES:
             raise ModelArgError(f"pretrained={pretrained}: tide_model.json architecture {meta.get('architecture')!r} "
                                 f"is not a BD3LM student (expected {' or '.join(STUDENT_MODEL_TYPES)}, spec §1.1)")

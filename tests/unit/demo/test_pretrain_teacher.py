@@ -11,7 +11,7 @@ from tests.reference.llada2_reference import LLaDA2MoeConfig, LLaDA2MoeModelLM
 from tide_megatron.distributed import init_distributed
 from tide_megatron.losses.ce import bd3lm_ce
 from tide_megatron.models.llada2.model import forward_llada2
-from tide_megatron.training.pretrain_teacher import (TeacherPretrainConfig, TinyLLaDA2Shape, export_llada2_hf,
+from tide_megatron.demo.pretrain_teacher import (TeacherPretrainConfig, TinyLLaDA2Shape, export_llada2_hf,
                                                      llada2_hf_config, masked_diffusion_loss, padded_batch,
                                                      pretrain_llada2_teacher)
 from tide_megatron.diffusion.noise import IGNORE_INDEX, mask_tokens, sample_t

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tide_megatron.align.artifacts import cache_dir
+from tide_megatron.fixtures.artifacts import cache_dir
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[3]
