@@ -199,6 +199,9 @@ class TideBD3LM(TemplateLM):
         if meta.get("architecture") not in STUDENT_MODEL_TYPES:
             raise ModelArgError(f"pretrained={pretrained}: tide_model.json architecture {meta.get('architecture')!r} "
                                 f"is not a BD3LM student (expected {' or '.join(STUDENT_MODEL_TYPES)}, spec §1.1)")
+        if self._world_size == 1 and dist.is_initialized() and dist.get_world_size() > 1:
+            raise ModelArgError(f"pretrained={pretrained}: data_parallel=False with a megatron directory needs a world "
+                                f"of one process (building the student is collective over the world)")
         student = load_mcore_student(pretrained, None if dtype == "auto" else dtype)
         self._closers.append(student.close)
         slots = self._max_length + 2 * self.block_size if kv_cache_slots is None else int(kv_cache_slots)
