@@ -6,6 +6,7 @@
 - Layouts the models cannot be split over (heads, KV groups, vocabulary, FFN sizes, experts, layers against
   tp / etp / ep / pp), and MoE kernels the backend cannot run (models/moe_kernels.py). The checks read only
   the checkpoints' config.json and build megatron-core `TransformerConfig`s, whose own validation runs too.
+- Layouts whose collectives the process-group backend lacks (expert tensor parallelism with ep>1 on gloo).
 """
 
 from __future__ import annotations
@@ -57,10 +58,22 @@ def check_layouts(cfg: TrainConfig, backend: str) -> None:
             raise StartupError(f"{fields}: {err}") from None
 
 
+def check_collectives(cfg: TrainConfig, dist_backend: str) -> None:
+    """Layouts whose collectives the process-group backend lacks: with ep>1, expert tensor parallelism
+    all-gathers a different token count from each rank, and gloo's all-gather needs equal sizes."""
+    teacher = cfg.teacher
+    if dist_backend == "gloo" and cfg.objective.needs_teacher and teacher.etp > 1 and teacher.ep > 1:
+        raise StartupError(f"teacher.etp: etp={teacher.etp} with ep={teacher.ep} all-gathers uneven token counts "
+                           f"across expert ranks, which gloo (the CPU backend) does not support; use teacher.etp=1 "
+                           f"here, or run on GPUs with NCCL")
+
+
 def preflight(cfg: TrainConfig, env: Mapping[str, str] = os.environ, backend: Optional[str] = None) -> None:
     """Everything tide-train checks at start-up after the config is loaded (see the module docstring)."""
+    from tide_megatron.distributed.init import default_backend  # imports torch.distributed: after check_machine
     from tide_megatron.models.backend import backend_name  # imports megatron: after check_machine
 
     check_machine(env)
     check_fp8_available(cfg.precision)
     check_layouts(cfg, backend_name(backend))
+    check_collectives(cfg, default_backend())

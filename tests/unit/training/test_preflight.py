@@ -10,7 +10,7 @@ from tide_megatron.models.qwen3.tiny import save_tiny_qwen3
 from tide_megatron.models.transformer_engine import TEStatus, TransformerEngineError, check_transformer_engine_install
 from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.machine_check import StartupError, check_gpus_visible, gpus_given
-from tide_megatron.training.preflight import check_layouts, teacher_moe_kernels
+from tide_megatron.training.preflight import check_collectives, check_layouts, teacher_moe_kernels
 
 
 @pytest.mark.parametrize("env, given", [
@@ -119,3 +119,12 @@ def test_good_layouts_pass_and_the_teacher_kernels_resolve_per_backend(checkpoin
     assert teacher_moe_kernels(cfg.teacher, "te").grouped_gemm is True
     off = _cfg(checkpoints, "teacher.moe_grouped_gemm=false", "teacher.moe_permute_fusion=false")
     assert teacher_moe_kernels(off.teacher, "te") == MoEKernels(False, False, "alltoall")
+
+
+def test_expert_tensor_parallelism_with_expert_parallelism_is_refused_on_gloo(checkpoints):
+    """etp>1 with ep>1 all-gathers uneven token counts (gloo raises 'invalid tensor size' mid-forward)."""
+    cfg = _cfg(checkpoints, "teacher.ep=2", "teacher.etp=2", "teacher.tp=2")
+    with pytest.raises(StartupError, match=r"teacher.etp: etp=2 with ep=2 .* gloo .* teacher.etp=1"):
+        check_collectives(cfg, "gloo")
+    check_collectives(cfg, "nccl")
+    check_collectives(_cfg(checkpoints, "teacher.etp=2"), "gloo")  # ep=1: every expert rank sees every token
