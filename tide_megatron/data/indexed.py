@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from megatron.core.datasets.indexed_dataset import _INDEX_HEADER, DType, IndexedDataset, IndexedDatasetBuilder
 
+from tide_megatron.atomic import publish
 from tide_megatron.data.samples import FIELDS
 
 META_FILE = "meta.json"
@@ -86,7 +87,7 @@ class DatasetWriter:
     def __enter__(self) -> "DatasetWriter":
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.out_dir)
-        self._tmp = Path(tempfile.mkdtemp(dir=self.out_dir.parent, prefix=_temporary_prefix(self.out_dir, "tmp")))
+        self._tmp = Path(tempfile.mkdtemp(dir=self.out_dir.parent, prefix=_temporary_prefix(self.out_dir)))
         self._builders = {f: IndexedDatasetBuilder(str(self._tmp / f"{f}.bin"), dtype=np.int32) for f in self.fields}
         return self
 
@@ -104,14 +105,7 @@ class DatasetWriter:
                 b.finalize(str(self._tmp / f"{f}.idx"))
             (self._tmp / META_FILE).write_text(json.dumps({**self.meta, "fields": list(self.fields), "num_samples": self.count}, indent=2))
             os.chmod(self._tmp, 0o755)
-            if self.out_dir.exists():
-                old = Path(tempfile.mkdtemp(dir=self.out_dir.parent, prefix=_temporary_prefix(self.out_dir, "old")))
-                os.rmdir(old)  # only the unique name is wanted: the old dataset is renamed there
-                os.rename(self.out_dir, old)
-                os.rename(self._tmp, self.out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(self._tmp, self.out_dir)
+            publish(self._tmp, self.out_dir)
         finally:
             for b in getattr(self, "_builders", {}).values():
                 if not b.data_file.closed:
@@ -119,15 +113,15 @@ class DatasetWriter:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def _temporary_prefix(out_dir: Path, kind: str) -> str:
-    """Hidden sibling names that say who wrote them: ``.<name>.<kind>-<pid>@<host>-<random>``."""
-    return f".{out_dir.name}.{kind}-{os.getpid()}@{socket.gethostname()}-"
+def _temporary_prefix(out_dir: Path) -> str:
+    """A hidden sibling name that says who writes it: ``.<name>.tmp-<pid>@<host>-<random>``."""
+    return f".{out_dir.name}.tmp-{os.getpid()}@{socket.gethostname()}-"
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     """Remove the temporary siblings of ``out_dir`` left by writers on this host that no longer run (a
     ``kill -9`` during tide-preprocess); returns what was removed. Other hosts' and live writers' are kept."""
-    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(?:tmp|old)-(\d+)@(.+)-[a-z0-9_]+$")
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.tmp-(\d+)@(.+)-[a-z0-9_]+$")
     removed = []
     for entry in out_dir.parent.iterdir() if out_dir.parent.is_dir() else ():
         m = pattern.match(entry.name)

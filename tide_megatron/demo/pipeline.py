@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from tide_megatron.atomic import publish, staged_path, write_text_atomic
+
 STUDENT_TOKENIZER = "mistral-v1"
 TEACHER_TOKENIZER = "gpt-2"
 
@@ -116,12 +118,6 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # phases
 # ---------------------------------------------------------------------------------------------------------
@@ -152,7 +148,7 @@ def write_corpus(s: DemoSettings, root: Path) -> tuple[Path, list[str]]:
                             f"conversations; {s.train_conversations} are needed")
         random.Random(s.seed).shuffle(conversations)
         root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(train_file, "".join(json.dumps(c, ensure_ascii=False) + "\n"
+        write_text_atomic(train_file, "".join(json.dumps(c, ensure_ascii=False) + "\n"
                                                for c in conversations[: s.train_conversations]))
     # Held-out: whole modules of the held-out split (never seen in training), in a seeded order.
     base = stdlib_root()
@@ -191,7 +187,7 @@ def preprocess_data(s: DemoSettings, train_file: Path, root: Path, valid_count: 
                           max_response_chars=s.max_response_chars)
         conv = list(iter_conversations("heldout", spec))
         random.Random(s.seed + 2).shuffle(conv)
-        _atomic_write_text(valid_file, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conv[:valid_count]))
+        write_text_atomic(valid_file, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conv[:valid_count]))
     for name, src in (("train", train_file), ("valid", valid_file)):
         target = root / f"data_{name}"
         if not (target / "meta.json").exists():
@@ -477,10 +473,9 @@ def plot_losses(results: dict, path: Path) -> None:
     ax2.set_ylabel("masked-diffusion loss")
     ax2.set_title("teacher pretraining (LLaDA2 MoE)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with staged_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -507,7 +502,7 @@ def run(args: argparse.Namespace, stream=sys.stdout) -> dict:
     stage.mkdir(parents=True)
     try:
         results = _run_phases(s, stage, args.threads, stream)
-        _atomic_replace_dir(stage, out_dir)
+        publish(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -516,16 +511,6 @@ def run(args: argparse.Namespace, stream=sys.stdout) -> dict:
     stream.write("\n" + text + "\n")
     stream.write(f"\n[tide-demo] outputs in {out_dir}: results.json, results.md, loss_curves.png, tensorboard/\n")
     return results
-
-
-def _atomic_replace_dir(stage: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.rename(final, old)
-        os.rename(stage, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(stage, final)
 
 
 def _run_phases(s: DemoSettings, stage: Path, threads: int, stream) -> dict:
@@ -568,7 +553,7 @@ def _run_phases(s: DemoSettings, stage: Path, threads: int, stream) -> dict:
     from tide_megatron.eval.report import write_json_atomic
 
     write_json_atomic(str(stage / "results.json"), results)
-    _atomic_write_text(stage / "results.md", format_table(results) + "\n")
+    write_text_atomic(stage / "results.md", format_table(results) + "\n")
     plot_losses(results, stage / "loss_curves.png")
     return results
 

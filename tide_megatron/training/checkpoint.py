@@ -24,7 +24,7 @@ import random
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,6 +36,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTenso
 from megatron.core.process_groups_config import ProcessGroupCollection
 from torch.distributed.checkpoint.api import CheckpointException
 
+from tide_megatron.atomic import publish, write_text_atomic
 from tide_megatron.distributed import checkpoint_io
 from tide_megatron.distributed.checkpoint_io import CheckpointError
 from tide_megatron.training.optimizer import prepare_optimizer_for_loading, restore_adam_step_counts
@@ -63,10 +64,14 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     total_steps: int = 0  # optimizer steps in the whole run (TIDAL progress denominator)
     consumed_micro_batches: int = 0  # per data-parallel rank, across epochs (the data position)
-    epoch: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainState":
+        """The saved progress; keys only earlier versions wrote (``epoch``, never read) are ignored."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 def step_dir_name(step: int) -> str:
@@ -126,7 +131,8 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state: TrainSt
     rank = dist.get_rank()
     if rank == 0:
         root_path.mkdir(parents=True, exist_ok=True)
-        for stale in root_path.glob(".tmp-step_*"):  # saves killed mid-way (one writer per directory: the run lock)
+        # Saves killed mid-way, or while publishing (one writer per directory: the run lock).
+        for stale in [*root_path.glob(".tmp-step_*"), *root_path.glob(".step_*.old-*")]:
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
@@ -145,16 +151,14 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state: TrainSt
             marker = {"format_version": FORMAT_VERSION, "world_size": dist.get_world_size(), **train_state.to_dict()}
             if fingerprint is not None:
                 marker["fingerprint"] = fingerprint
-            _write_json_atomic(tmp / COMPLETE_MARKER, marker)
+            write_text_atomic(tmp / COMPLETE_MARKER, json.dumps(marker, indent=1))
     except (Exception, CheckpointException) as err:  # CheckpointException is a BaseException
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointSaveError(_save_failure_message(err, root_path, tmp, needed)) from err
     if rank == 0:
-        if final.exists():  # a re-save of the same step (e.g. a signal right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_text_atomic(root_path / "latest", final.name + "\n")
+        publish(tmp, final)  # replaces a re-save of the same step (e.g. a signal right after a periodic save)
+        write_text_atomic(root_path / "latest", final.name + "\n")
         _prune(root_path, keep_last)
         _warn_if_low_space(root_path, checkpoint_io.directory_bytes(final), "the next save may fail")
     dist.barrier()
@@ -212,16 +216,6 @@ def _save_failure_message(err: BaseException, root: Path, tmp: Path, needed: int
     detail = (str(first).strip().splitlines() or [""])[0][:300]
     return (f"checkpoint save to {tmp} failed: {type(first).__name__}: {detail}; the partial directory was removed "
             f"and {kept}")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    _write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -342,7 +336,7 @@ def load_checkpoint(path: str, model, optimizer, scheduler, pgs: ProcessGroupCol
     restore_adam_step_counts(optimizer)
     scheduler.load_state_dict(loaded["lr_scheduler"])
     _set_rng_state(loaded["rng_state"])
-    return TrainState(**loaded["train_state"])
+    return TrainState.from_dict(loaded["train_state"])
 
 
 def read_checkpoint_info(path: str) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tide_megatron.data.batch import DistillBatch
 from tide_megatron.data.stage import TideCollator
 from tide_megatron.distributed.lifetime import make_helper
-from tide_megatron.training.batch import DistillBatch
 
 
 class ListDataset(Dataset):

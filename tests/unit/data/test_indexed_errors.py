@@ -81,13 +81,13 @@ def test_stale_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
     gone = dead.stdout.strip()
-    names = {"dead": f".ds.tmp-{gone}@{host}-abc_1", "dead_old": f".ds.old-{gone}@{host}-x9",
+    names = {"dead": f".ds.tmp-{gone}@{host}-abc_1", "dead_too": f".ds.tmp-{gone}@{host}-x9",
              "live": f".ds.tmp-{os.getpid()}@{host}-abc", "other_host": f".ds.tmp-{gone}@elsewhere-abc",
              "other_dataset": f".other.tmp-{gone}@{host}-abc"}
     for name in names.values():
         (tmp_path / name).mkdir()
     removed = remove_stale_temporaries(tmp_path / "ds")
-    assert sorted(p.name for p in removed) == sorted([names["dead"], names["dead_old"]])
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["dead_too"]])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["live"], names["other_host"],
                                                                   names["other_dataset"]])
 
