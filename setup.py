@@ -43,6 +43,8 @@ setup(
             "tide-train=tide_megatron.cli.train:main",
             "tide-eval=tide_megatron.cli.evaluate:main",
             "tide-demo=tide_megatron.cli.demo:main",
+            "tide-report=tide_megatron.cli.report:main",
+            "tide-ablate=tide_megatron.cli.ablate:main",
         ]
     },
 )

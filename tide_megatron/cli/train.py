@@ -5,7 +5,8 @@
 
 The config is validated (files, layouts against the world size, mode against the tokenizers and the
 dataset) before any model is built. SIGTERM or SIGUSR1 writes a checkpoint and exits 0, so a requeued
-job with checkpoint.resume=auto continues where it stopped.
+job with checkpoint.resume=auto continues where it stopped. When the run stops (finished, signalled or
+failed) rank 0 writes <output_dir>/results.json for tide-report (tide_megatron/report/run_dir.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import os
 import sys
 from typing import Optional, Sequence
+
+from tide_megatron.report.run_dir import write_trainer_results
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +60,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         summary = trainer.run()
+    except BaseException as err:
+        write_trainer_results(trainer, "failed", error=err)  # <output_dir>/results.json: the report lists it
+        raise
     finally:
         trainer.close()
+    write_trainer_results(trainer, "preempted" if summary.get("preempted") else "complete", summary)
     if summary.get("preempted"):
         print(f"tide-train: stopped by a signal at step {trainer.state.step}; checkpoint written, exiting 0",
               file=sys.stderr)
