@@ -62,7 +62,7 @@ def main() -> int:
     from tide_megatron.distributed import build_model_grid, init_distributed, ParallelLayout, seed_model_parallel_rng
     from tide_megatron.diffusion.inputs import bd3lm_inputs
     from tide_megatron.diffusion.masks import block_diffusion_mask
-    from tide_megatron.models.conversion import load_hf_into_model
+    from tide_megatron.models.convert.weights import load_hf_weights
     from tide_megatron.models.safetensors_reader import SafetensorsReader
     from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
     from tide_megatron.models.qwen3.convert import qwen3_mapping
@@ -97,7 +97,7 @@ def main() -> int:
         margs = qwen3_args_from_hf(str(hf_dir), params_dtype=torch.bfloat16, perform_initialization=False,
                                    use_cpu_initialization=False, **extra)
         model = build_qwen3_model(margs, grid.pgs, backend=backend).cuda()
-        load_hf_into_model(model, SafetensorsReader(str(hf_dir)), qwen3_mapping(margs), 0, 1)
+        load_hf_weights(model, SafetensorsReader(str(hf_dir)), qwen3_mapping(margs))
         return model, margs
 
     # 1. TE vs local spec logits parity.
@@ -165,9 +165,7 @@ def main() -> int:
 
     # 3. One teacher forward through the engine (LLaDA2-architecture MoE, bf16).
     from tide_megatron.demo.pretrain_teacher import TinyLLaDA2Shape, write_random_llada2_hf
-    from tide_megatron.models.llada2.config import LLaDA2Config
-    from tide_megatron.models.llada2.convert import load_llada2_from_hf
-    from tide_megatron.models.llada2.model import build_llada2_model
+    from tide_megatron.models.llada2 import load_llada2_teacher
     from tide_megatron.teacher import TeacherEngine
 
     tshape = TinyLLaDA2Shape(hidden_size=args.hidden, intermediate_size=4 * args.hidden,
@@ -176,9 +174,8 @@ def main() -> int:
                              num_experts_per_tok=4, n_group=4, topk_group=2, moe_intermediate_size=args.hidden // 2)
     tdir = write_random_llada2_hf(work / "teacher", tshape, args.vocab, mask_id=args.vocab - 1,
                                   pad_id=args.vocab - 2, eos_id=args.vocab - 2, seed=1)
-    lcfg = LLaDA2Config.from_pretrained(tdir)
-    tmodel = build_llada2_model(lcfg, grid.pgs, params_dtype=torch.bfloat16).cuda()
-    load_llada2_from_hf(tmodel, tdir, lcfg, grid.pgs)
+    tmodel, lcfg = load_llada2_teacher(tdir, grid.pgs, params_dtype=torch.bfloat16)
+    tmodel = tmodel.cuda()
     engine = TeacherEngine(tmodel, grid.pgs, pad_token_id=args.vocab - 2)
     t_ids = torch.randint(0, args.vocab - 8, (args.batch, 2 * L), device="cuda")
     for i in range(3):

@@ -28,7 +28,7 @@ def main() -> None:
     from tide_megatron.diffusion.sampler import SamplerConfig
     from tide_megatron.eval.generation import measure_generation
     from tide_megatron.eval.models import HFDenoiser, RecomputeDenoiser, load_mcore_student
-    from tide_megatron.models.qwen3.convert import load_hf_reference
+    from tide_megatron.models.convert.reference import load_hf_reference
     from tide_megatron.models.qwen3.tiny import save_tiny_qwen3
 
     tmp = tempfile.mkdtemp(prefix="tide-bench-")

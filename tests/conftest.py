@@ -11,8 +11,9 @@ from tide_megatron.distributed import cpu_compat  # noqa: E402
 
 UNDER_TORCHRUN = "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
-# Multi-rank tests run only inside one `torchrun --nproc_per_node=2 -m pytest tests/multirank` session.
-collect_ignore_glob = [] if UNDER_TORCHRUN else ["multirank/*"]
+# Multi-rank tests run only inside `torchrun --nproc_per_node=2 -m pytest tests/multirank` and
+# `torchrun --nproc_per_node=4 -m pytest tests/multirank4` sessions.
+collect_ignore_glob = [] if UNDER_TORCHRUN else ["multirank/*", "multirank4/*"]
 
 cpu_compat.apply()
 

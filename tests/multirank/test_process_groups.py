@@ -9,7 +9,7 @@ from tide_megatron.distributed import ParallelLayout, build_model_grid, build_te
 from tide_megatron.training.trainer import DistillTrainer
 from tests.helpers import tiny_distill as td
 from tests.helpers.multirank import shared_dir, tiny_config
-from tests.multirank.conftest import thread_count
+from tests.helpers.world import thread_count
 
 
 def test_identical_rank_sets_share_one_group():

@@ -16,7 +16,7 @@ from tide_megatron.distributed import (ParallelLayout, build_model_grid, build_t
                                        seed_model_parallel_rng)
 from tide_megatron.losses.ce import bd3lm_ce
 from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
-from tide_megatron.models.converter import args_from_mcore, load_mcore_checkpoint
+from tide_megatron.models.convert.mcore_dir import args_from_mcore, load_mcore_checkpoint
 from tide_megatron.models.qwen3.convert import QWEN3
 from tide_megatron.models.qwen3.tiny import save_tiny_qwen3, tiny_qwen3_config
 from tide_megatron.models.safetensors_reader import SafetensorsReader
@@ -62,7 +62,7 @@ def test_two_rank_checkpoint_back_to_hf_is_exact(two_rank_checkpoint):
 
 
 def _model(closing, mcore, tp, sequence_parallel=False):
-    args = args_from_mcore(QWEN3, mcore, tp=tp, perform_initialization=False, sequence_parallel=sequence_parallel)
+    args = args_from_mcore(QWEN3, mcore, tp=tp, sequence_parallel=sequence_parallel)
     grid = closing(build_model_grid(ParallelLayout(tp=tp), f"tp{tp}"))
     seed_model_parallel_rng(1234, tp_rank=grid.tp_rank)  # SP's embedding forks the model-parallel RNG
     model = build_qwen3_model(args, grid.pgs, parallel_output=False)

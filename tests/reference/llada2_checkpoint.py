@@ -1,8 +1,11 @@
 """Write a tiny random LLaDA2-MoE checkpoint in the released Hugging Face layout (for tests only).
 
 The directory gets config.json (with `auto_map`, as released checkpoints carry), safetensors shards with
-an index (so loaders must stream across files), and `modeling_llada2_moe.py`: a copy of the plain
-reference model, which makes the directory loadable with `trust_remote_code=True`.
+an index (so loaders must stream across files), and `modeling_llada2_moe.py`, which makes the directory
+loadable with `trust_remote_code=True`. By default that file has the published LLaDA2 file's mask handling
+(`llada2_published_masking.py`: a 2-D mask containing a 0 becomes causal, a 4-D float mask is used as
+given); ``modeling="published_imports"`` adds the published file's import of
+`transformers.modeling_attn_mask_utils`, a module transformers 5 no longer has.
 """
 
 from __future__ import annotations
@@ -44,9 +47,15 @@ def build_random_reference(seed: int = 0, **overrides) -> LLaDA2MoeModelLM:
     return model.eval()
 
 
+MODELING_FILES = ("published", "published_imports")
+PUBLISHED_IMPORT = "from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask  # noqa\n"
+
+
 def write_tiny_llada2(directory: Path, seed: int = 0, num_shards: int = 2, drop_keys: tuple[str, ...] = (),
-                      config_overrides: dict | None = None, **overrides) -> Path:
+                      config_overrides: dict | None = None, modeling: str = "published", **overrides) -> Path:
     """Save a random reference model in the HF layout; returns the directory."""
+    if modeling not in MODELING_FILES:
+        raise ValueError(f"modeling must be one of {MODELING_FILES}, got {modeling!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = build_random_reference(seed, **overrides)
@@ -65,5 +74,11 @@ def write_tiny_llada2(directory: Path, seed: int = 0, num_shards: int = 2, drop_
                             "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"})
     config.update(config_overrides or {})
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-    shutil.copyfile(Path(__file__).with_name("llada2_reference.py"), directory / "modeling_llada2_moe.py")
+    here = Path(__file__).parent
+    shutil.copyfile(here / "llada2_reference.py", directory / "llada2_reference.py")
+    code = (here / "llada2_published_masking.py").read_text()
+    if modeling == "published_imports":
+        future = "from __future__ import annotations\n"
+        code = code.replace(future, future + PUBLISHED_IMPORT, 1)
+    (directory / "modeling_llada2_moe.py").write_text(code)
     return directory

@@ -7,7 +7,8 @@ the tiny-checkpoint writer copies it into a checkpoint directory as the checkpoi
 code, which `AutoModel...from_pretrained(trust_remote_code=True)` then loads.
 
 Shapes are batch-first. `forward(input_ids, attention_mask)` takes a 0/1 key-padding mask [b, L]
-and applies a large finite negative on padded keys (§9 pitfall 17); attention is bidirectional.
+and applies a large finite negative on padded keys (§9 pitfall 17); attention is bidirectional. A 4-D
+float mask [b, 1, L, L] is added to the scores as given.
 """
 
 from __future__ import annotations
@@ -219,14 +220,24 @@ class LLaDA2MoeModelLM(PreTrainedModel):
     def _init_weights(self, module):  # weights always come from the checkpoint
         pass
 
+    def additive_mask(self, attention_mask: Optional[torch.Tensor], b: int, L: int, device) -> torch.Tensor:
+        """A float mask added to the attention scores: a 2-D 0/1 mask is key padding (bidirectional); a 4-D
+        float mask [b, 1, L, L] is used as given (0 = may attend, large negative = blocked)."""
+        additive = torch.zeros(b, 1, 1, L, dtype=torch.float32, device=device)
+        if attention_mask is None:
+            return additive
+        if attention_mask.dim() == 4:
+            if not attention_mask.is_floating_point():
+                raise ValueError("a 4-D attention_mask must be an additive float mask")
+            return attention_mask.float()
+        return additive.masked_fill(~attention_mask.bool()[:, None, None, :], -1e30)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, **kwargs) -> MaskedLMOutput:
         b, L = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(L, device=input_ids.device).expand(b, L)
-        additive = torch.zeros(b, 1, 1, L, dtype=torch.float32, device=input_ids.device)
-        if attention_mask is not None:
-            additive = additive.masked_fill(~attention_mask.bool()[:, None, None, :], -1e30)
+        additive = self.additive_mask(attention_mask, b, L, input_ids.device)
         x = self.model.word_embeddings(input_ids)
         for layer in self.model.layers:
             x = layer(x, position_ids, additive)

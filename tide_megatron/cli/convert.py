@@ -1,11 +1,14 @@
-"""tide-convert: HF <-> megatron-core dist checkpoints, and a logits parity check.
+"""tide-convert: HF <-> megatron-core dist checkpoints for every registered model family, and a logits check.
 
-  tide-convert hf-to-mcore --hf-dir D --mcore-dir M [--arch qwen3|llada2 --tp N --pp N --ep N --dtype bfloat16]
-  tide-convert mcore-to-hf --mcore-dir M --hf-dir D [--dtype bfloat16]
-  tide-convert verify      --hf-dir D --mcore-dir M [--seq-length 16 --block-size 4]
+  tide-convert hf-to-mcore --hf-dir D --mcore-dir M [--arch qwen3|wedlm|llada2 --tp N --pp N --ep N --dtype float32]
+  tide-convert mcore-to-hf --mcore-dir M --hf-dir D [--dtype bfloat16 --max-shard-mb 2048]
+  tide-convert verify      --hf-dir D --mcore-dir M [--tolerance 1e-4 --trust-remote-code --seq-length 16 ...]
   tide-convert export      --checkpoint RUN/checkpoints [--hf-dir D --dtype bfloat16]   (a trained student)
 
-Run under torchrun for TP/PP/EP > 1 (world = tp*pp*dp); a plain process is a world of one.
+`mcore-to-hf` and `verify` read the family from the converted directory. `verify` exits 1 when a logit
+differs by more than --tolerance; it runs a checkpoint's own modeling code (LLaDA2) only with
+--trust-remote-code. Run under torchrun for TP/PP/EP > 1 (world = tp*pp*dp); a plain process is a world of one.
+Exit status: 0 done, 1 verify found a difference, 2 bad input.
 """
 
 from __future__ import annotations
@@ -14,10 +17,15 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from tide_megatron.models.registry import ARCHITECTURES
+import torch.distributed as dist
 
-# The LLaDA2 teacher has its own converter module (one-way: the teacher is never trained).
-CLI_ARCHITECTURES = sorted(set(ARCHITECTURES) | {"llada2"})
+from tide_megatron.diffusion.masks import check_block_multiple
+from tide_megatron.distributed import cpu_compat, init_distributed
+from tide_megatron.models.convert.mcore_dir import DTYPES, hf_to_mcore, mcore_to_hf, read_mcore_meta
+from tide_megatron.models.convert.verify import DEFAULT_TOLERANCE, VerifyFailed, verify
+from tide_megatron.models.registry import ARCHITECTURES, get_architecture
+from tide_megatron.training.checkpoint import CheckpointError
+from tide_megatron.training.export import export_student
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,45 +34,46 @@ def build_parser() -> argparse.ArgumentParser:
     to_mcore = sub.add_parser("hf-to-mcore", help="HF safetensors directory -> megatron dist checkpoint")
     to_mcore.add_argument("--hf-dir", required=True)
     to_mcore.add_argument("--mcore-dir", required=True, help="output directory (must not exist)")
+    to_mcore.add_argument("--arch", default="qwen3", choices=sorted(ARCHITECTURES), help="model family")
     to_mcore.add_argument("--tp", type=int, default=1)
     to_mcore.add_argument("--pp", type=int, default=1)
-    to_mcore.add_argument("--ep", type=int, default=1, help="expert parallelism (MoE architectures)")
-    to_mcore.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    to_mcore.add_argument("--ep", type=int, default=1, help="expert parallelism (MoE families)")
+    to_mcore.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     to_hf = sub.add_parser("mcore-to-hf", help="megatron dist checkpoint -> HF safetensors directory")
     to_hf.add_argument("--mcore-dir", required=True)
     to_hf.add_argument("--hf-dir", required=True, help="output directory (must not exist)")
-    to_hf.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    to_hf.add_argument("--dtype", default=None, choices=sorted(DTYPES))
     to_hf.add_argument("--max-shard-mb", type=int, default=2048)
-    verify = sub.add_parser("verify", help="max |logit difference| between transformers and megatron")
-    verify.add_argument("--hf-dir", required=True)
-    verify.add_argument("--mcore-dir", required=True)
-    verify.add_argument("--seq-length", type=int, default=16)
-    verify.add_argument("--block-size", type=int, default=4)
-    verify.add_argument("--batch-size", type=int, default=2)
-    verify.add_argument("--seed", type=int, default=0)
-    for p in (to_mcore, to_hf, verify):
-        p.add_argument("--arch", default=None, choices=CLI_ARCHITECTURES,
-                       help="model family (default: qwen3; later commands read it from the checkpoint)")
+    check = sub.add_parser("verify", help="max |logit difference| between transformers and megatron; "
+                                          "exit 1 above --tolerance")
+    check.add_argument("--hf-dir", required=True)
+    check.add_argument("--mcore-dir", required=True)
+    check.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                       help="largest allowed max |logit difference| (fp32 arithmetic on both sides, HF weights "
+                            "rounded to the checkpoint's dtype, so the default holds for bf16 checkpoints too)")
+    check.add_argument("--trust-remote-code", action="store_true",
+                       help="allow running the modeling code the HF checkpoint ships (config.json auto_map; LLaDA2)")
+    check.add_argument("--tp", type=int, default=None, help="tensor parallelism of the megatron side "
+                                                            "(default: the world size)")
+    check.add_argument("--seq-length", type=int, default=16)
+    check.add_argument("--block-size", type=int, default=4)
+    check.add_argument("--batch-size", type=int, default=2)
+    check.add_argument("--seed", type=int, default=0)
     export = sub.add_parser("export", help="trainer checkpoint (student) -> HF Qwen3 directory (training/export.py)")
     export.add_argument("--checkpoint", required=True, help="a step_XXXXXXX directory or the checkpoint root")
     export.add_argument("--hf-dir", default=None, help="output directory (must not exist; default STEP_DIR/hf)")
-    export.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    export.add_argument("--dtype", default=None, choices=sorted(DTYPES))
     export.add_argument("--max-shard-mb", type=int, default=2048)
     return parser
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
-    """Parse and execute (raises on bad input); returns verify's differences."""
+    """Parse and execute (raises on bad input, `VerifyFailed` on a mismatch); returns verify's differences."""
     args = build_parser().parse_args(argv)
-    from tide_megatron.distributed import cpu_compat, init_distributed
-
     init_distributed()
     if cpu_compat.is_applied():
         cpu_compat.use_fork_checkpoint_manager()
     if args.command == "export":
-        from tide_megatron.training.checkpoint import CheckpointError
-        from tide_megatron.training.export import export_student
-
         try:
             out = export_student(args.checkpoint, args.hf_dir, dtype=args.dtype,
                                  max_shard_bytes=args.max_shard_mb * 1024**2)
@@ -72,51 +81,32 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
             raise ValueError(str(err)) from None
         _rank0_print(f"exported {args.checkpoint} -> {out}")
         return None
-    if args.arch == "llada2":
-        return _run_llada2(args)
-    from tide_megatron.models import converter
-    from tide_megatron.models.registry import get_architecture
-
     if args.command == "hf-to-mcore":
-        converter.hf_to_mcore(get_architecture(args.arch or "qwen3"), args.hf_dir, args.mcore_dir, tp=args.tp,
-                              pp=args.pp, ep=args.ep, dtype=args.dtype)
+        hf_to_mcore(get_architecture(args.arch), args.hf_dir, args.mcore_dir, tp=args.tp, pp=args.pp, ep=args.ep,
+                    dtype=args.dtype)
         return None
-    arch = get_architecture(args.arch or converter.read_mcore_meta(args.mcore_dir).get("architecture", "qwen3"))
+    arch = get_architecture(read_mcore_meta(args.mcore_dir).get("architecture", "qwen3"))
     if args.command == "mcore-to-hf":
-        converter.mcore_to_hf(arch, args.mcore_dir, args.hf_dir, dtype=args.dtype,
-                              max_shard_bytes=args.max_shard_mb * 1024**2)
+        mcore_to_hf(arch, args.mcore_dir, args.hf_dir, dtype=args.dtype, max_shard_bytes=args.max_shard_mb * 1024**2)
         return None
-    from tide_megatron.diffusion.masks import check_block_multiple
-
     check_block_multiple(args.seq_length, args.block_size)
-    return converter.verify(arch, args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
-                            block_size=args.block_size, seed=args.seed, log=_rank0_print)
-
-
-def _run_llada2(args) -> Optional[dict]:
-    """LLaDA2-MoE teacher: HF -> mcore (TP x PP x EP) and verify against the checkpoint's own modeling code."""
-    from tide_megatron.models.llada2 import convert
-
-    if args.command == "hf-to-mcore":
-        convert.hf_to_mcore(args.hf_dir, args.mcore_dir, tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype)
-        return None
-    if args.command == "verify":
-        return convert.verify(args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
-                              seed=args.seed, log=_rank0_print)
-    raise ValueError("--arch llada2: mcore-to-hf is not supported (the teacher is never trained)")
+    return verify(arch, args.hf_dir, args.mcore_dir, seq_len=args.seq_length, batch=args.batch_size,
+                  block_size=args.block_size, seed=args.seed, tp=args.tp, tolerance=args.tolerance,
+                  trust_remote_code=args.trust_remote_code, log=_rank0_print)
 
 
 def _rank0_print(msg: str) -> None:
-    import torch.distributed as dist
-
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(msg, flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point: bad input -> one line on stderr and exit status 2."""
+    """Console entry point: a verify mismatch -> exit 1; bad input -> one line on stderr and exit 2."""
     try:
         run(argv)
+    except VerifyFailed as err:
+        print(f"tide-convert: verify failed: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"tide-convert: error: {err}", file=sys.stderr)
         return 2

@@ -83,7 +83,7 @@ def load_hf_model(hf_dir: str, dtype: str, device: str):
     """
     import torch
 
-    from tide_megatron.models.qwen3.convert import load_hf_reference
+    from tide_megatron.models.convert.reference import load_hf_reference
 
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
         raise SystemExit(f"tide-eval: --hf-dir {hf_dir}: no config.json there")

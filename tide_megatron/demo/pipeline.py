@@ -55,11 +55,9 @@ from tide_megatron.eval.models import HFDenoiser
 from tide_megatron.eval.nll import bits_per_byte, split_windows, tokenize_with_bytes
 from tide_megatron.eval.report import write_json_atomic
 from tide_megatron.fixtures.artifacts import ArtifactFetchError, cache_dir
-from tide_megatron.models.conversion import atomic_output_dir
-from tide_megatron.models.llada2.config import LLaDA2Config
-from tide_megatron.models.llada2.convert import load_llada2_from_hf
-from tide_megatron.models.llada2.model import build_llada2_model, forward_llada2
-from tide_megatron.models.qwen3.convert import load_hf_reference
+from tide_megatron.models.convert.output_dir import atomic_output_dir
+from tide_megatron.models.convert.reference import load_hf_reference
+from tide_megatron.models.llada2 import forward_llada2, load_llada2_teacher
 from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
 from tide_megatron.report.build import Report, build_report
 from tide_megatron.report.render import write_report
@@ -344,12 +342,10 @@ def evaluate_teacher_bpb(teacher_dir: str, teacher_tok: TideTokenizer, docs: Seq
     tokenizer's bytes: comparable in bits per byte with the students' BD3LM bound (which also sees clean
     earlier blocks, an advantage a whole-sequence MDLM does not have).
     """
-    cfg = LLaDA2Config.from_pretrained(teacher_dir)
     L = s.student_seq_length
     windows = [w for d in docs for w in split_windows(tokenize_with_bytes(teacher_tok.hf, d), L)]
     with build_model_grid(ParallelLayout(), name="teacher-eval") as grid:
-        model = build_llada2_model(cfg, grid.pgs, params_dtype=torch.float32)
-        load_llada2_from_hf(model, Path(teacher_dir), cfg, grid.pgs)
+        model, _ = load_llada2_teacher(teacher_dir, grid.pgs, params_dtype=torch.float32)
 
         def xt_only(ids, positions, mask):  # [xt ; x0] -> the teacher on xt alone (bidirectional, no padding)
             return forward_llada2(model, ids[:, :L])

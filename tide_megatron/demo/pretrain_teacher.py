@@ -10,15 +10,14 @@ per replica): the teacher is tiny, and the trainer reshards nothing because it r
 
 The result is written as a Hugging Face LLaDA2 directory (config.json, safetensors in the released key
 layout, tokenizer files), which is what the trainer's teacher loader (`training.models.build_teacher`,
-`models.llada2.convert.load_llada2_from_hf`) reads. `export_llada2_hf` is the megatron → HF key map, the
-inverse of ``models/llada2/convert.py`` at TP = EP = 1.
+`models.llada2.load_llada2_teacher`) reads. `export_llada2_hf` writes it through the registered LLaDA2
+weight mapping (`models/llada2/convert.py`, megatron → HF), the one the loader reads it back with.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,10 @@ import torch
 import torch.distributed as dist
 
 from tide_megatron.diffusion.noise import IGNORE_INDEX, mask_tokens, sample_t
+from tide_megatron.models.convert.hf_files import write_hf_safetensors
+from tide_megatron.models.convert.output_dir import atomic_output_dir
+from tide_megatron.models.convert.weights import hf_tensors
+from tide_megatron.models.registry import get_architecture
 
 
 @dataclass
@@ -280,86 +283,17 @@ def write_random_llada2_hf(directory: Union[str, Path], shape: TinyLLaDA2Shape, 
     return Path(directory)
 
 
-# ---- megatron (TP = EP = 1) -> HF LLaDA2 layout ---------------------------------------------------------
-
-def llada2_hf_state_dict(model: torch.nn.Module, hf_config: dict) -> dict[str, torch.Tensor]:
-    """The released HF key layout of an unsharded megatron LLaDA2 model (inverse of ``load_llada2_from_hf``)."""
-    c = hf_config
-    hd, nh, ng, h = c["head_dim"], c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
-    out: dict[str, torch.Tensor] = {}
-    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()
-             if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
-    for name, value in state.items():
-        if name == "embedding.word_embeddings.weight":
-            out["model.word_embeddings.weight"] = value
-        elif name == "output_layer.weight":
-            out["lm_head.weight"] = value
-        elif name == "decoder.final_layernorm.weight":
-            out["model.norm.weight"] = value
-        elif name.startswith("decoder.layers."):
-            j, local = name[len("decoder.layers."):].split(".", 1)
-            layer = model.decoder.layers[int(j)].layer_number - 1
-            for key, tensor in _layer_tensors(local, value, f"model.layers.{layer}", hd, nh, ng, h):
-                out[key] = tensor
-        else:
-            raise KeyError(f"megatron parameter {name!r} has no LLaDA2 HF name")
-    return {k: v.contiguous() for k, v in out.items()}
-
-
-def _layer_tensors(local: str, value: torch.Tensor, p: str, hd: int, nh: int, ng: int, h: int):
-    if local in ("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight"):
-        return [(f"{p}.input_layernorm.weight", value)]
-    if local == "self_attention.linear_qkv.weight":  # per group [q_g; k_g; v_g] -> [q; k; v]
-        per = nh // ng
-        grouped = value.view(ng, (per + 2) * hd, h)
-        q = grouped[:, : per * hd].reshape(-1, h)
-        k = grouped[:, per * hd: (per + 1) * hd].reshape(-1, h)
-        v = grouped[:, (per + 1) * hd:].reshape(-1, h)
-        return [(f"{p}.attention.query_key_value.weight", torch.cat([q, k, v], 0))]
-    if local == "self_attention.q_layernorm.weight":
-        return [(f"{p}.attention.query_layernorm.weight", value)]
-    if local == "self_attention.k_layernorm.weight":
-        return [(f"{p}.attention.key_layernorm.weight", value)]
-    if local == "self_attention.linear_proj.weight":
-        return [(f"{p}.attention.dense.weight", value)]
-    if local in ("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"):
-        return [(f"{p}.post_attention_layernorm.weight", value)]
-    if local == "mlp.router.weight":
-        return [(f"{p}.mlp.gate.weight", value)]
-    if local == "mlp.router.expert_bias":
-        return [(f"{p}.mlp.gate.expert_bias", value)]
-    if local.endswith("local_tokens_per_expert"):
-        return []  # router load statistics, not weights
-    for prefix, hf_prefix in (("mlp.shared_experts.", f"{p}.mlp.shared_experts"), ("mlp.", f"{p}.mlp")):
-        if local in (prefix + "linear_fc1.weight", prefix + "linear_fc2.weight"):
-            return _gated(local.endswith("fc1.weight"), value, hf_prefix)
-    if local.startswith("mlp.experts.local_experts."):
-        e, rest = local[len("mlp.experts.local_experts."):].split(".", 1)
-        return _gated(rest == "linear_fc1.weight", value, f"{p}.mlp.experts.{e}")
-    raise KeyError(f"megatron layer parameter {local!r} has no LLaDA2 HF name")
-
-
-def _gated(is_fc1: bool, value: torch.Tensor, prefix: str):
-    if is_fc1:
-        gate, up = value.chunk(2, dim=0)
-        return [(f"{prefix}.gate_proj.weight", gate), (f"{prefix}.up_proj.weight", up)]
-    return [(f"{prefix}.down_proj.weight", value)]
-
-
 def export_llada2_hf(model: torch.nn.Module, hf_config: dict, out_dir: str, tokenizer=None,
                      extra_files: Optional[dict[str, str]] = None) -> str:
-    """Write ``out_dir`` (config.json, model.safetensors, tokenizer files) atomically; returns it."""
-    from safetensors.torch import save_file
-
-    from tide_megatron.models.conversion import atomic_output_dir
-
-    tensors = llada2_hf_state_dict(model, hf_config)
+    """Write ``out_dir`` (config.json, fp32 safetensors in the released key layout, tokenizer files) atomically;
+    returns it. The weights go through the registered LLaDA2 mapping (`models.registry`), megatron -> HF."""
+    arch = get_architecture("llada2")
+    mapping = arch.mapping(arch.args_from_hf(hf_config, source="teacher config"))
     with atomic_output_dir(out_dir, "teacher output directory") as tmp:
-        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        write_hf_safetensors(tmp, hf_tensors(model, mapping), dtype=torch.float32)
         Path(tmp, "config.json").write_text(json.dumps(hf_config, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             Path(tmp, name).write_text(text)
     return out_dir
-

@@ -211,12 +211,14 @@ def load_mcore_student(mcore_dir: str, dtype: Optional[str] = None) -> MegatronS
     Starts a world of one (gloo on CPU, NCCL on GPU) when torch.distributed is not running yet.
     """
     from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed
-    from tide_megatron.models.qwen3.convert import build_model_for, load_mcore_checkpoint, qwen3_args_from_mcore
+    from tide_megatron.models.convert.mcore_dir import args_from_mcore, load_mcore_checkpoint
+    from tide_megatron.models.qwen3 import build_qwen3_model
+    from tide_megatron.models.qwen3.convert import QWEN3
 
     init_distributed()
-    args = qwen3_args_from_mcore(mcore_dir, tp=1, pp=1, dtype=dtype, perform_initialization=False)
+    args = args_from_mcore(QWEN3, mcore_dir, dtype=dtype)
     grid = build_model_grid(ParallelLayout(), name="eval")
-    model = build_model_for(args, grid.pgs, parallel_output=False)
+    model = build_qwen3_model(args, grid.pgs, parallel_output=False)
     load_mcore_checkpoint(model, mcore_dir)
     return MegatronStudent(model)
 

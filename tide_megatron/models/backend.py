@@ -1,7 +1,9 @@
 """The one place that picks megatron-core layer classes: Transformer Engine on GPU, local + SDPA on CPU.
 
-Both providers give the same parameter names (norms are never fused into linears), so one dist
-checkpoint loads on either backend. Attention always takes an explicit mask (`AttnMaskType.arbitrary`).
+TE fuses the pre-attention and a dense FFN's pre-MLP norm into the next linear (`layer_norm_weight`);
+the layer specs (`models.spec`) place norms per provider and save unfused ones under the fused names, so
+one dist checkpoint loads on either backend; "local_fused" is the local provider with TE's norm fusion.
+Attention always takes an explicit mask (`AttnMaskType.arbitrary`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import torch
 from megatron.core.models.backends import BackendSpecProvider, LocalSpecProvider
 
 from tide_megatron.models.attention import SDPACoreAttention
+from tide_megatron.models.layernorm_linear import FusedNormSpecProvider
 from tide_megatron.models.norms import TorchNorm
 
-BACKEND_ENV = "TIDE_BACKEND"  # "te" | "local" | unset (auto)
+BACKEND_ENV = "TIDE_BACKEND"  # "te" | "local" | "local_fused" (local parts, norms fused as TE fuses them) | unset (auto)
+BACKENDS = ("te", "local", "local_fused")
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,8 +48,8 @@ class LocalSDPASpecProvider(LocalSpecProvider):
 def backend_name(requested: Optional[str] = None) -> str:
     """Resolve 'te' / 'local' from the argument, the TIDE_BACKEND variable, or what is installed."""
     name = requested or os.environ.get(BACKEND_ENV) or ("te" if transformer_engine_available() else "local")
-    if name not in ("te", "local"):
-        raise ValueError(f"backend must be 'te' or 'local' (flag --backend / {BACKEND_ENV}), got {name!r}")
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} (flag --backend / {BACKEND_ENV}), got {name!r}")
     if name == "te" and not transformer_engine_available():
         raise ValueError("backend 'te' requested but transformer_engine.pytorch with CUDA is not available")
     return name
@@ -57,4 +61,6 @@ def get_backend(requested: Optional[str] = None) -> BackendSpecProvider:
         from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
 
         return TESpecProvider()
+    if backend_name(requested) == "local_fused":
+        return FusedNormSpecProvider(LocalSDPASpecProvider())
     return LocalSDPASpecProvider()

@@ -5,8 +5,8 @@ root, whose ``latest`` names the newest step). Its ``config.yaml`` names the stu
 from (an HF directory or a ``tide-convert`` megatron directory): that gives the architecture, config.json
 and tokenizer files. The weights come from the checkpoint's ``model`` entries (the optimizer state is
 not read) and are written with the converter's own pieces (the registered ``qwen3`` `Architecture`:
-its model builder and weight mapping; `conversion.iter_hf_tensors`, `write_hf_safetensors`), as
-`models.converter.mcore_to_hf` does, so there is one megatron → HF key map.
+its model builder and weight mapping; `convert.weights.hf_tensors`, `convert.hf_files.write_hf_safetensors`),
+as `models.convert.mcore_dir.mcore_to_hf` does, so there is one megatron → HF key map.
 
     tide-convert export --checkpoint runs/x/checkpoints [--hf-dir OUT] [--dtype bfloat16]
 
@@ -16,12 +16,23 @@ The output appears only when complete (written to a temporary sibling, then rena
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 import yaml
+from megatron.core import dist_checkpointing
+
+from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed
+from tide_megatron.models.convert.hf_files import copy_hf_assets, write_hf_safetensors
+from tide_megatron.models.convert.mcore_dir import DTYPES, is_mcore_dir
+from tide_megatron.models.convert.output_dir import atomic_output_dir
+from tide_megatron.models.convert.weights import hf_tensors
+from tide_megatron.models.llada2.model import ensure_megatron_runtime
+from tide_megatron.models.registry import get_architecture
+from tide_megatron.training.checkpoint import CheckpointError, resolve_resume, validate_checkpoint_dir
 
 DDP_PREFIX = "module."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -30,8 +41,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def resolve_step_dir(checkpoint: str) -> str:
     """A step directory, or the newest complete one under a checkpoint root; errors name the path."""
-    from tide_megatron.training.checkpoint import CheckpointError, resolve_resume, validate_checkpoint_dir
-
     path = Path(checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"--checkpoint {checkpoint}: no such directory")
@@ -56,33 +65,22 @@ def student_source(step_dir: str) -> tuple[str, str, Optional[str]]:
     if not source or not Path(source).is_dir():
         raise FileNotFoundError(f"{cfg_file}: student.checkpoint {source!r} is not a directory any more; the export "
                                 f"reads config.json and the tokenizer from it")
-    from tide_megatron.training.models import is_mcore_dir
-
     assets = os.path.join(source, "hf") if is_mcore_dir(source) else source
     if not Path(assets, "config.json").is_file():
         raise FileNotFoundError(f"{assets}: no config.json (student.checkpoint of {cfg_file})")
     return source, assets, student.get("tokenizer") or None
 
 
-def load_student_from_checkpoint(step_dir: str, dtype: torch.dtype = torch.float32):
-    """Build the Qwen3 student at TP=PP=1 in this process and load the model weights of a trainer checkpoint.
-
-    Returns ``(model, its megatron -> HF weight mapping, assets dir, tokenizer)``. Collective when torch.distributed runs.
+def load_student_from_checkpoint(step_dir: str, pgs, dtype: torch.dtype = torch.float32):
+    """Build the Qwen3 student on `pgs` (a TP=PP=1 grid of this process) and load the model weights of a
+    trainer checkpoint. Returns ``(model, its megatron -> HF weight mapping, assets dir, tokenizer)``.
+    Collective when torch.distributed runs.
     """
-    from megatron.core import dist_checkpointing
-
-    from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed
-    from tide_megatron.models.llada2.model import ensure_megatron_runtime
-    from tide_megatron.models.registry import get_architecture
-    from tide_megatron.training.checkpoint import CheckpointError
-
     _, assets, tokenizer = student_source(step_dir)
-    init_distributed()
     arch = get_architecture("qwen3")
-    args = arch.args_from_hf(assets, tp=1, pp=1, params_dtype=dtype, perform_initialization=False)
-    grid = build_model_grid(ParallelLayout(), name="export")
-    ensure_megatron_runtime(grid.pgs)
-    model = arch.build_model(args, grid.pgs, backend="local", parallel_output=False)
+    args = arch.args_from_hf(assets, tp=1, pp=1, params_dtype=dtype)
+    ensure_megatron_runtime(pgs)
+    model = arch.build_model(args, pgs, backend="local")
     # The trainer saves the DDP-wrapped student, whose entries are named "module.<parameter>".
     wrapped = model.sharded_state_dict(prefix=DDP_PREFIX, metadata={"dp_cp_group": model.pg_collection.dp_cp})
     try:
@@ -100,30 +98,23 @@ def load_student_from_checkpoint(step_dir: str, dtype: torch.dtype = torch.float
 def export_student(checkpoint: str, out_dir: Optional[str] = None, dtype: Optional[str] = None,
                    max_shard_bytes: int = 2 * 1024**3) -> str:
     """Write the student of ``checkpoint`` as an HF Qwen3 directory (default ``<step dir>/hf``); returns it."""
-    from tide_megatron.models.conversion import (atomic_output_dir, copy_hf_assets, iter_hf_tensors,
-                                                 write_hf_safetensors)
-    from tide_megatron.models.converter import DTYPES
-
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     step_dir = resolve_step_dir(checkpoint)
     out_dir = out_dir or os.path.join(step_dir, "hf")
-    model, mapping, assets, tokenizer = load_student_from_checkpoint(step_dir)
+    init_distributed()
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     barrier = dist.barrier if dist.is_initialized() else (lambda: None)
-    with atomic_output_dir(out_dir, "--hf-dir", is_writer=rank0, barrier=barrier) as tmp:
+    with build_model_grid(ParallelLayout(), name="export") as grid, \
+            atomic_output_dir(out_dir, "--hf-dir", is_writer=rank0, barrier=barrier) as tmp:
+        model, mapping, assets, tokenizer = load_student_from_checkpoint(step_dir, grid.pgs)
         if rank0:
             copy_hf_assets(assets, tmp)
             if tokenizer and Path(tokenizer).is_dir():  # a separate tokenizer directory named by the run
                 for name in TOKENIZER_FILES:
                     if Path(tokenizer, name).is_file():
-                        copy_hf_assets_file(Path(tokenizer, name), Path(tmp, name))
-            write_hf_safetensors(tmp, iter_hf_tensors(model, mapping), max_shard_bytes,
+                        shutil.copy2(Path(tokenizer, name), Path(tmp, name))
+            write_hf_safetensors(tmp, hf_tensors(model, mapping), max_shard_bytes,
                                  DTYPES[dtype] if dtype else None)
     return out_dir
 
-
-def copy_hf_assets_file(src: Path, dst: Path) -> None:
-    import shutil
-
-    shutil.copy2(src, dst)

@@ -14,21 +14,17 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from tide_megatron.config import PrecisionConfig, StudentConfig, TeacherConfig
 from tide_megatron.distributed.grids import ModelGrid
-from tide_megatron.models.wedlm import WEDLM_MASK_ID
+from tide_megatron.models.convert.mcore_dir import args_from_mcore, is_mcore_dir, load_mcore_checkpoint
+from tide_megatron.models.llada2 import load_llada2_teacher
+from tide_megatron.models.qwen3 import build_qwen3_model
+from tide_megatron.models.qwen3.convert import QWEN3
+from tide_megatron.models.wedlm import WEDLM_MASK_ID, load_wedlm_teacher
 from tide_megatron.teacher import TeacherEngine
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def is_mcore_dir(path: str) -> bool:
-    """A directory written by ``tide-convert hf-to-mcore`` (has its metadata file)."""
-    from tide_megatron.models.converter import META_FILE
-
-    return os.path.isfile(os.path.join(path, META_FILE))
 
 
 def read_json(path: str) -> dict:
@@ -46,11 +42,6 @@ class StudentBundle:
 def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGrid,
                   backend: Optional[str] = None) -> StudentBundle:
     """The Qwen3 BD3LM student on the student grid, weights loaded from ``cfg.checkpoint``."""
-    from tide_megatron.models.conversion import load_hf_into_model
-    from tide_megatron.models.safetensors_reader import SafetensorsReader
-    from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
-    from tide_megatron.models.converter import load_mcore_checkpoint
-    from tide_megatron.models.qwen3.convert import qwen3_args_from_mcore, qwen3_mapping
     from tide_megatron.training.fp8 import fp8_settings
 
     dtype = DTYPES[precision.dtype]
@@ -58,16 +49,12 @@ def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGri
     if cfg.recompute:
         overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     if is_mcore_dir(cfg.checkpoint):
-        args = qwen3_args_from_mcore(cfg.checkpoint, tp=cfg.tp, pp=1, dtype="bfloat16" if dtype == torch.bfloat16
-                                     else "float32", **overrides)
+        args = args_from_mcore(QWEN3, cfg.checkpoint, tp=cfg.tp, dtype="bfloat16" if dtype == torch.bfloat16
+                               else "float32", **overrides)
         model = build_qwen3_model(args, grid.pgs, backend=backend)
         load_mcore_checkpoint(model, cfg.checkpoint)
     else:
-        args = qwen3_args_from_hf(cfg.checkpoint, tp=cfg.tp, pp=1, params_dtype=dtype, perform_initialization=False,
-                                  **overrides)
-        model = build_qwen3_model(args, grid.pgs, backend=backend)
-        load_hf_into_model(model, SafetensorsReader(cfg.checkpoint), qwen3_mapping(args), grid.tp_rank,
-                           dist.get_world_size(grid.pgs.tp))
+        model, args, _ = QWEN3.build_from_hf(cfg.checkpoint, grid.pgs, dtype, backend=backend, **overrides)
     return StudentBundle(model=model, vocab_size=args.vocab_size, hf_config=args.hf_config)
 
 
@@ -100,18 +87,9 @@ def build_teacher(cfg: TeacherConfig, grid: ModelGrid, backend: Optional[str] = 
     hf = read_json(os.path.join(cfg.checkpoint, "config.json"))
     mask, pad, eos = _teacher_special_ids(cfg, hf)
     if cfg.arch == "llada2":
-        from tide_megatron.models.llada2.config import LLaDA2Config
-        from tide_megatron.models.llada2.convert import load_llada2_from_hf
-        from tide_megatron.models.llada2.model import build_llada2_model
-
-        lcfg = LLaDA2Config.from_pretrained(cfg.checkpoint)
-        lcfg.check_layout(cfg.layout)
-        model = build_llada2_model(lcfg, grid.pgs, params_dtype=dtype)
-        load_llada2_from_hf(model, cfg.checkpoint, lcfg, grid.pgs)
+        model, lcfg = load_llada2_teacher(cfg.checkpoint, grid.pgs, params_dtype=dtype)
         vocab = lcfg.vocab_size
     else:
-        from tide_megatron.models.wedlm import load_wedlm_teacher
-
         model, args = load_wedlm_teacher(cfg.checkpoint, grid.pgs, params_dtype=dtype)
         vocab = args.vocab_size
     engine = TeacherEngine(model, grid.pgs, pad_token_id=pad)

@@ -14,7 +14,7 @@ VOCAB, MASK, PAD, EOS = 128, 127, 126, 125
 @pytest.fixture(scope="module")
 def both_students(tmp_path_factory):
     from tide_megatron.cli.convert import main as tide_convert
-    from tide_megatron.models.qwen3.convert import load_hf_reference
+    from tide_megatron.models.convert.reference import load_hf_reference
     from tide_megatron.models.qwen3.tiny import save_tiny_qwen3
 
     root = tmp_path_factory.mktemp("mcore_student")

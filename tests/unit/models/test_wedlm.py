@@ -7,7 +7,8 @@ import torch
 
 from tests.reference.wedlm_checkpoint import write_tiny_wedlm
 from tide_megatron.diffusion.masks import block_diffusion_mask
-from tide_megatron.models.wedlm import wedlm_args_from_hf, wedlm_inputs, xt_rows
+from tide_megatron.models.qwen3.config import wedlm_args_from_hf
+from tide_megatron.models.wedlm import wedlm_inputs, xt_rows
 
 
 def test_inputs_are_x0_first_with_duplicated_positions_and_padding_blocked():

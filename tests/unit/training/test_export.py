@@ -14,7 +14,8 @@ from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
 from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
 from tide_megatron.losses.ce import bd3lm_ce
 from tide_megatron.models.llada2.model import ensure_megatron_runtime
-from tide_megatron.models.qwen3.convert import hf_additive_mask, load_hf_reference
+from tide_megatron.models.convert.reference import load_hf_reference
+from tide_megatron.models.convert.verify import hf_additive_mask
 from tide_megatron.models.qwen3.tiny import save_tiny_qwen3
 from tide_megatron.training.checkpoint import CheckpointError, TrainState, save_checkpoint
 from tide_megatron.training.export import export_student

@@ -18,7 +18,7 @@ from tests.helpers import tiny_distill as td
 from tests.reference.llada2_reference import LLaDA2MoeConfig, LLaDA2MoeModelLM
 from tide_megatron.config import config_from_dict
 from tide_megatron.data.stage import AlignmentStage, collate_samples
-from tide_megatron.models.converter import load_hf_reference
+from tide_megatron.models.convert.reference import load_hf_reference
 from tide_megatron.training.batch import DistillBatch
 from tide_megatron.training.trainer import DistillTrainer
 

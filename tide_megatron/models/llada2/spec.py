@@ -1,7 +1,8 @@
 """LLaDA2-MoE layer specs on megatron-core: dense SwiGLU for the first k layers, megatron's MoELayer
 (SequentialMLP or grouped experts, plus a SharedExpertMLP) for the rest; bidirectional attention from
 an explicit mask (§2.1). The shared backend provider (`models.backend`) picks TE modules on GPU and
-local linears + SDPA core attention + torch RMSNorm on CPU.
+local linears + SDPA core attention + torch RMSNorm on CPU; norms sit where `models.spec.dense_layer_spec`
+puts them for that provider (a dense layer's pre-MLP norm fused into fc1 under TE, an MoE layer's never).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 from megatron.core.models.backends import BackendSpecProvider
-from megatron.core.models.gpt.gpt_layer_specs import get_mlp_module_spec_for_backend
+from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec_for_backend
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -22,9 +23,9 @@ from tide_megatron.models.spec import dense_layer_spec
 def layer_spec(backend: BackendSpecProvider, moe: bool, config: TransformerConfig) -> ModuleSpec:
     """One LLaDA2 decoder layer: the shared pre-norm GQA + QK-RMSNorm layer (bidirectional attention from
     the caller's key-padding mask, §2.1) with a dense SwiGLU or a megatron MoE FFN."""
-    mlp = get_mlp_module_spec_for_backend(backend, num_experts=config.num_moe_experts if moe else None,
-                                          moe_grouped_gemm=config.moe_grouped_gemm)
-    return dense_layer_spec(backend, config.qk_layernorm, mlp=mlp)
+    mlp = get_moe_module_spec_for_backend(backend, num_experts=config.num_moe_experts,
+                                          moe_grouped_gemm=config.moe_grouped_gemm) if moe else None
+    return dense_layer_spec(backend, config.qk_layernorm, moe_mlp=mlp)
 
 
 def decoder_block_spec(config: TransformerConfig, backend: Optional[str] = None,

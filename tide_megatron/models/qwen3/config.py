@@ -1,8 +1,8 @@
-"""HF Qwen3 config.json -> megatron-core TransformerConfig plus the model-level arguments (spec §1.1)."""
+"""HF Qwen3 config.json -> megatron-core TransformerConfig plus the model-level arguments (spec §1.1), and the
+WeDLM-8B variant of the same layout (§2.2)."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from tide_megatron.models.convert.hf_files import read_hf_config
+
 QWEN3_MODEL_TYPES = ("qwen3",)
+WEDLM_MODEL_TYPES = ("wedlm", "qwen3")
 
 
 @dataclass
@@ -25,18 +28,6 @@ class Qwen3Args:
     rotary_percent: float = 1.0
     tie_embeddings: bool = True
     hf_config: dict[str, Any] = field(default_factory=dict)
-
-
-def read_hf_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
-    """Load `config.json` (a directory or the file itself) with an error naming the file."""
-    file = os.path.join(path, "config.json") if os.path.isdir(path) else str(path)
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file}: no config.json (expected a Hugging Face model directory)")
-    try:
-        with open(file, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: not valid JSON ({err})") from err
 
 
 def _rope_theta(hf: dict[str, Any], source: str) -> float:
@@ -137,3 +128,21 @@ def qwen3_args_from_hf(
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         hf_config=dict(hf),
     )
+
+
+def wedlm_args_from_hf(hf: Union[dict[str, Any], str, os.PathLike], tp: int = 1, pp: int = 1,
+                       params_dtype: torch.dtype = torch.bfloat16, source: Optional[str] = None,
+                       **overrides: Any) -> Qwen3Args:
+    """Qwen3 arguments for a WeDLM (or plain Qwen3) checkpoint; the WeDLM-7B layout (no QK-norm) is refused."""
+    if not isinstance(hf, dict):
+        source = source or os.path.join(str(hf), "config.json")
+        hf = read_hf_config(hf)
+    source = source or "config.json"
+    if hf.get("qk_norm") is False:
+        raise ValueError(f"{source}: qk_norm=false (the Qwen2.5-based WeDLM-7B layout); the WeDLM teacher expects "
+                         "the Qwen3-8B layout with QK-norm")
+    if any(t != "full_attention" for t in hf.get("layer_types") or []):
+        raise ValueError(f"{source}: layer_types must all be 'full_attention' (§2.2), got {set(hf['layer_types'])}")
+    settings = dict(perform_initialization=False, pipeline_dtype=params_dtype, batch_p2p_comm=False)
+    return qwen3_args_from_hf(hf, tp=tp, pp=pp, params_dtype=params_dtype, model_types=WEDLM_MODEL_TYPES,
+                              source=source, **{**settings, **overrides})
