@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", required=True, help="seeds (space or comma separated), e.g. 42 43 44")
     p.add_argument("--config", action="append", default=[], metavar="FILE",
                    help="a variant named after its config file (repeatable)")
-    p.add_argument("--variant", action="append", nargs="+", default=[], metavar="NAME FILE [KEY=VALUE",
-                   help="a named variant: its config and its own overrides (repeatable)")
+    p.add_argument("--variant", action="append", nargs="+", default=[], metavar="ITEM",
+                   help="NAME FILE [KEY=VALUE ...]: a named variant, its config and its own overrides (repeatable)")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides for every run")
     p.add_argument("--nproc-per-node", type=int, default=1, help="ranks per run (torchrun when > 1)")

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from tide_megatron.report.run_dir import write_trainer_results
+from tide_megatron.report.run_dir import run_recorded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,13 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tide-train: error: {err}", file=sys.stderr)
         return 2
     try:
-        summary = trainer.run()
-    except BaseException as err:
-        write_trainer_results(trainer, "failed", error=err)  # <output_dir>/results.json: the report lists it
-        raise
+        summary = run_recorded(trainer)  # trainer.run(), then <output_dir>/results.json however it ended
     finally:
         trainer.close()
-    write_trainer_results(trainer, "preempted" if summary.get("preempted") else "complete", summary)
     if summary.get("preempted"):
         print(f"tide-train: stopped by a signal at step {trainer.state.step}; checkpoint written, exiting 0",
               file=sys.stderr)

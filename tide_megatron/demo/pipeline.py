@@ -61,7 +61,7 @@ from tide_megatron.models.llada2 import forward_llada2, load_llada2_teacher
 from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
 from tide_megatron.report.build import Report, build_report
 from tide_megatron.report.render import write_report
-from tide_megatron.report.run_dir import add_run_metrics, atomic_text, read_runs, write_trainer_results
+from tide_megatron.report.run_dir import add_run_metrics, atomic_text, read_runs, run_recorded
 from tide_megatron.training.export import export_student
 from tide_megatron.training.trainer import DistillTrainer
 
@@ -288,13 +288,9 @@ def train_student(mode: str, name: str, seed: int, s: DemoSettings, student_dir:
     trainer = DistillTrainer(cfg, TideAlignedDataset(cfg.data.train), valid_data=TideAlignedDataset(cfg.data.valid),
                              stream=_Indented(sys.stdout))
     try:
-        summary = trainer.run()
-    except BaseException as err:
-        write_trainer_results(trainer, "failed", error=err)
-        raise
+        summary = run_recorded(trainer)
     finally:
         trainer.close()
-    write_trainer_results(trainer, "complete", summary)
     return {"summary": summary, "parameters": sum(p.numel() for p in trainer.model.module.parameters()),
             "checkpoints": cfg.checkpoint.dir, "run_dir": str(run_dir)}
 

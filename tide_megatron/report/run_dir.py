@@ -112,6 +112,17 @@ def write_trainer_results(trainer, status: str, summary: Optional[dict] = None,
                              None if error is None else f"{type(error).__name__}: {error}")
 
 
+def run_recorded(trainer) -> dict:
+    """``trainer.run()``, leaving results.json behind however it ends (complete, preempted, or failed and re-raised)."""
+    try:
+        summary = trainer.run()
+    except BaseException as err:
+        write_trainer_results(trainer, "failed", error=err)
+        raise
+    write_trainer_results(trainer, "preempted" if summary.get("preempted") else "complete", summary)
+    return summary
+
+
 def add_run_metrics(run_dir: str, metrics: Mapping[str, float]) -> None:
     """Add metrics measured after training (e.g. held-out bits per byte of the export) to results.json."""
     path = Path(run_dir) / RESULTS_FILE

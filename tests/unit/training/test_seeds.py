@@ -55,3 +55,26 @@ def test_same_seed_repeats_exactly_and_another_seed_differs(artifacts, tmp_path)
     assert all(x != y for x, y in zip(a["losses"], b["losses"]))
     # the init is the checkpoint's whatever the seed
     assert a["init"].keys() == b["init"].keys() and all(torch.equal(a["init"][k], b["init"][k]) for k in a["init"])
+
+
+def test_a_run_that_fails_leaves_results_saying_so(artifacts, tmp_path):
+    """A real failure (the loss overflows under an absurd learning rate): results.json says failed, and why."""
+    from tide_megatron.report.run_dir import read_run, run_recorded
+
+    raw = {"preset": "a_tide_cross", "output_dir": str(tmp_path / "run"),
+           "student": {"checkpoint": str(artifacts / "student"), "seq_length": SEQ, "block_size": BLOCK},
+           "teacher": {"checkpoint": str(artifacts / "moe"), "dtype": "fp32"},
+           "data": {"micro_batch_size": 2, "num_workers": 0},
+           "optim": {"train_steps": 6, "lr": 1e30, "warmup_ratio": 0.0, "clip_grad": 0.0, "seed": 7},
+           "precision": {"dtype": "fp32"},
+           "checkpoint": {"resume": "none", "save_interval": 1000, "save_at_end": False},
+           "logging": {"log_interval": 1, "tensorboard": False}}
+    trainer = DistillTrainer(config_from_dict(raw), td.make_dataset(32, "A", seq_length=SEQ))
+    try:
+        with pytest.raises(FloatingPointError, match="loss is"):
+            run_recorded(trainer)
+    finally:
+        trainer.close()
+    rec = read_run(tmp_path / "run")
+    assert rec.status == "failed" and "FloatingPointError: loss is" in rec.reason and rec.seed == 7
+    assert rec.metrics == {} and 0 < rec.step < 6
