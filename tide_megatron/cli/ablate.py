@@ -15,7 +15,6 @@ OUT/report (paired against --baseline when given).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -26,7 +25,7 @@ from typing import Optional, Sequence
 from tide_megatron.config import ConfigError, load_config
 from tide_megatron.report.build import build_report
 from tide_megatron.report.render import write_report
-from tide_megatron.report.run_dir import RESULTS_FILE, read_runs
+from tide_megatron.report.run_dir import read_run, read_runs
 
 
 def parse_seeds(items: Sequence[str]) -> list[int]:
@@ -83,13 +82,6 @@ def train_command(config: str, overrides: Sequence[str], nproc: int) -> list[str
     return [*launcher, "-m", "tide_megatron.cli.train", "--config", config, *overrides]
 
 
-def _is_complete(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / RESULTS_FILE).read_text()).get("status") == "complete"
-    except (OSError, ValueError):
-        return False
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tide-ablate", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -128,14 +120,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for seed in seeds:
         for name, (cfg, overrides) in variants.items():
             run_dir = out / name / f"seed{seed}"
-            if _is_complete(run_dir):
+            if read_run(run_dir).complete:
                 print(f"[tide-ablate] {name} seed {seed}: complete in {run_dir}, skipped", flush=True)
                 continue
             run_dir.mkdir(parents=True, exist_ok=True)
             print(f"[tide-ablate] {name} seed {seed} -> {run_dir}", flush=True)
             cmd = train_command(cfg, run_overrides(run_dir, seed, overrides, args.set), args.nproc_per_node)
             rc = subprocess.call(cmd, env=env)
-            if rc != 0 or not _is_complete(run_dir):
+            if rc != 0 or not read_run(run_dir).complete:
                 failed.append(f"{name} seed {seed} (exit {rc})")
                 print(f"[tide-ablate] {name} seed {seed}: FAILED (exit {rc}); continuing", file=sys.stderr, flush=True)
     try:

@@ -52,6 +52,7 @@ class Report:
     comparisons: list[Comparison] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     curve_key: str = "loss/ce"
+    config_changes: dict[str, dict[str, tuple]] = field(default_factory=dict)
 
     @property
     def interval(self) -> str:
@@ -127,10 +128,41 @@ def build_report(runs: Sequence[RunRecord], baseline: Optional[str] = None, metr
             if values:
                 cells[v][m] = Cell(values, estimate(list(values.values()), confidence))
     report = Report(confidence, variants, chosen, cells, list(runs), excluded, baseline, flags=flags,
-                    curve_key=curve_key)
+                    curve_key=curve_key, config_changes=config_changes(complete or runs, baseline or variants[0]))
     if baseline is not None:
         _compare(report, complete)
     return report
+
+
+#: Config fields that name a run rather than shape it (they differ between any two runs).
+_RUN_FIELDS = ("name", "output_dir", "optim.seed", "checkpoint.dir", "checkpoint.resume", "logging.dir")
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, name + "."))
+        elif name not in _RUN_FIELDS:
+            out[name] = value
+    return out
+
+
+def config_changes(runs: Sequence[RunRecord], reference: str) -> dict[str, dict[str, tuple]]:
+    """Per variant, the config fields whose value differs from the reference variant's: ``{field: (value, ref)}``."""
+    first = {}
+    for r in runs:
+        if r.config and r.variant not in first:
+            first[r.variant] = _flat(r.config)
+    ref = first.get(reference, {})
+    out = {}
+    for v, flat in first.items():
+        if v == reference:
+            continue
+        keys = sorted(set(flat) | set(ref))
+        out[v] = {k: (flat.get(k), ref.get(k)) for k in keys if flat.get(k) != ref.get(k)}
+    return out
 
 
 def _default_metrics(complete: Sequence[RunRecord], flags: list[str]) -> list[str]:

@@ -31,6 +31,13 @@ def to_markdown(report: Report) -> str:
     lines = ["# Ablation report", "",
              f"Intervals: {report.interval} (mean ± t·s/√n, s the sample standard deviation, n the seeds). "
              f"Only complete runs are averaged.", ""]
+    ref = report.baseline or report.variants[0]
+    if report.config_changes:
+        lines += [f"## What each variant changes (config against {ref})", ""]
+        for v, changes in report.config_changes.items():
+            text = "; ".join(f"`{k}` = {a!r} (vs {b!r})" for k, (a, b) in changes.items()) or "nothing"
+            lines.append(f"- {v}: {text}")
+        lines.append("")
     lines += ["## Metrics per variant", "", "| metric | variant | n | seeds | mean | std | "
               f"{report.confidence:.0%} CI |", "|---|---|---|---|---|---|---|"]
     for m in report.metrics:
@@ -85,6 +92,8 @@ def to_dict(report: Report) -> dict:
         "runs": [_run_dict(r) for r in report.runs],
         "excluded": [_run_dict(r) for r in report.excluded],
         "flags": report.flags,
+        "config_changes": {v: {k: {"value": a, "reference": b} for k, (a, b) in c.items()}
+                           for v, c in report.config_changes.items()},
     }
 
 

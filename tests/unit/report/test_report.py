@@ -18,8 +18,9 @@ GSM = "lm_eval/gsm8k_cot/exact_match,strict-match"
 
 
 def _config(name: str, seed: int, data: str = "/data/train") -> dict:
-    return {"name": name, "optim": {"seed": seed, "train_steps": 10}, "objective": {"mode": "ce"},
-            "data": {"train": data, "micro_batch_size": 4}}
+    mode = "reverse_alm" if name == "tide_cross" else "ce"
+    return {"name": name, "output_dir": f"/runs/{name}/seed{seed}", "optim": {"seed": seed, "train_steps": 10},
+            "objective": {"mode": mode}, "data": {"train": data, "micro_batch_size": 4}}
 
 
 def _run(root: Path, variant: str, seed: int, ce: float, status: str = "complete", step: int = 10,
@@ -125,6 +126,8 @@ def test_cli_writes_markdown_json_and_both_plots(runs, tmp_path, capsys):
     assert "| heldout/ce | ce_only | 3 | 1, 2, 3 | 2.2000 | 0.2000 | [1.7032, 2.6968] |" in md
     assert "| heldout/ce | tide_cross | 3 | -0.1500 | 0.0500 | [-0.2742, -0.0258] | yes |" in md
     assert "| noisy | 3 | failed |" in md and "| noisy | 5 | incomplete |" in md
+    # what each variant changes against the baseline: the objective, not the seed or the directory
+    assert "- tide_cross: `objective.mode` = 'reverse_alm' (vs 'ce')" in md and "- noisy: nothing" in md
     data = json.loads((out / "report.json").read_text())
     assert data["table"]["noisy"]["heldout/ce"]["mean"] == pytest.approx(2.1)
     assert {(r["variant"], r["seed"]) for r in data["excluded"]} == {("noisy", 3), ("noisy", 4), ("noisy", 5)}
