@@ -32,9 +32,12 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout"],
-        # Transformer Engine for the GPU layer specs and FP8. Never install it on a CPU machine:
-        # its meta package breaks `import megatron.core` there.
-        "gpu": ["transformer-engine[pytorch]"],
+        # Transformer Engine for the GPU layer specs, fused attention and MoE kernels, and FP8, in the range
+        # megatron-core 0.16.1 declares (its `dev` extra: >=2.9.0a0,<2.12.0; models/transformer_engine.py).
+        # The core library must come with it ([pytorch] alone is an empty shell): CUDA 12 torch -> `gpu`,
+        # CUDA 13 torch -> `gpu-cu13`. Never install TE on a CPU machine: it breaks `import megatron.core` there.
+        "gpu": ["transformer-engine[core_cu12,pytorch]>=2.9.0a0,<2.12.0"],
+        "gpu-cu13": ["transformer-engine[core_cu13,pytorch]>=2.9.0a0,<2.12.0"],
     },
     entry_points={
         "console_scripts": [

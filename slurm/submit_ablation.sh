@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Submit the paper's ablation: one job array per pipeline (A on 2 nodes, B on 1 node, 8 GPUs each),
+# Submit the paper's ablation: one job array per pipeline (A and B each on 1 node x 8 GPUs, the paper's global batch),
 # every variant x seed as one array element. Extra arguments are passed to tide-train as overrides.
 # Usage: slurm/submit_ablation.sh [--seeds "42 43 44"] [--pipelines "a b"] [key=value ...]
 #   --seeds LIST       seeds, space or comma separated (default: $TIDE_ABLATION_SEEDS, else 42 43 44)
@@ -35,7 +35,7 @@ if (( ${#seed_list[@]} == 0 )); then
 fi
 for pipeline in ${pipelines//,/ }; do
   case "$pipeline" in
-    a) nodes=2; variants="pipeline_a_calm pipeline_a_tide_cross pipeline_a_tide_shared" ;;
+    a) nodes=1; variants="pipeline_a_calm pipeline_a_tide_cross pipeline_a_tide_shared" ;;
     b) nodes=1; variants="pipeline_b_kl pipeline_b_tide_cross pipeline_b_tide_shared" ;;
     *) echo "submit_ablation: unknown pipeline '$pipeline' (expected a or b)" >&2; exit 2 ;;
   esac

@@ -150,6 +150,10 @@ class TeacherConfig:
     dtype: str = "bf16"  # bf16 | fp32 (inference only, no gradients)
     max_length: int = 1024  # 1024 for LLaDA2 (§2.3), 768 for WeDLM (§2.4)
     mask_id: Optional[int] = None  # None: read from the checkpoint / tokenizer
+    # MoE kernels (LLaDA2; models/moe_kernels.py): None = on with Transformer Engine, off on the local backend.
+    moe_grouped_gemm: Optional[bool] = None
+    moe_permute_fusion: Optional[bool] = None
+    moe_dispatcher: str = "alltoall"  # alltoall | allgather
 
     def __post_init__(self) -> None:
         _require(self.arch in TEACHER_ARCHS, "teacher.arch", "|".join(TEACHER_ARCHS), self.arch)

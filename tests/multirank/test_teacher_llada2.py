@@ -1,5 +1,5 @@
 """LLaDA2 teacher on megatron-core vs the independent plain-PyTorch reference, at TP=1, TP=2 (+SP),
-EP=2 and PP=2 on 2 gloo ranks (§2.1, §9 pitfalls 17, 21, 22); payloads against full-logit math."""
+EP=2, PP=2 and ETP=2 (with and without TP=2) on 2 gloo ranks (§2.1, §9 pitfalls 17, 21, 22); payloads against full-logit math."""
 
 import tempfile
 from pathlib import Path
@@ -58,6 +58,8 @@ LAYOUTS = {
     "tp2_sp": (ParallelLayout(tp=2), None),
     "ep2": (ParallelLayout(ep=2), None),
     "pp2": (ParallelLayout(pp=2), 1),
+    "etp2": (ParallelLayout(etp=2), None),  # expert tensor parallelism runs on gloo too
+    "tp2_etp2": (ParallelLayout(tp=2, etp=2), None),
 }
 
 

@@ -57,7 +57,8 @@ LLADA2_LAYOUTS = {
     "ep4": (ParallelLayout(ep=4), None),
     "tp2_ep2_etp2": (ParallelLayout(tp=2, ep=2, etp=2), None),
 }
-#: Expert tensor parallelism all-gathers uneven token counts per rank, which gloo does not provide.
+#: Expert tensor parallelism with ep>1 all-gathers uneven token counts per rank, which gloo does not provide
+#: (tide-train refuses the layout there: training/preflight.check_collectives).
 NEEDS_NCCL = {"tp2_ep2_etp2"}
 
 
@@ -65,8 +66,8 @@ NEEDS_NCCL = {"tp2_ep2_etp2"}
 def test_llada2_logits_and_token_logprobs_match_reference(closing, name, llada2_checkpoint, llada2_batch):
     layout, micro_batch = LLADA2_LAYOUTS[name]
     if name in NEEDS_NCCL and dist.get_backend() != "nccl":
-        pytest.skip(f"{name}: expert tensor parallelism (etp>1) needs uneven all-gathers that gloo does not "
-                    f"provide; this layout runs where NCCL is available")
+        pytest.skip(f"{name}: expert tensor parallelism (etp>1) with ep>1 needs uneven all-gathers that gloo "
+                    f"does not provide; this layout runs where NCCL is available")
     grid = closing(build_model_grid(layout, "teacher"))
     assert dist.get_world_size(grid.pgs.tp) == layout.tp and dist.get_world_size(grid.pgs.ep) == layout.ep
     assert dist.get_world_size(grid.pgs.pp) == layout.pp

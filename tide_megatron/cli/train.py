@@ -30,7 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from tide_megatron.training.machine_check import StartupError, check_machine
+
+    try:
+        check_machine()  # before megatron-core is imported: a broken TE install breaks that import
+    except StartupError as err:
+        print(f"tide-train: error: {err}", file=sys.stderr)
+        return 2
     from tide_megatron.config import ConfigError, dump_config, load_config
+    from tide_megatron.training.preflight import preflight
 
     try:
         cfg = load_config(args.config, list(args.overrides))
@@ -38,10 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(dump_config(cfg), end="")
             return 0
         cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))
-        if cfg.precision.fp8:
-            from tide_megatron.training.fp8 import check_fp8_available
-
-            check_fp8_available(cfg.precision)
+        preflight(cfg)  # GPUs, Transformer Engine, FP8, layouts, MoE kernels: before any model is built
         if not cfg.data.train:
             raise ConfigError("data.train: expected the directory of a tide-preprocess dataset")
     except (ConfigError, ValueError) as err:

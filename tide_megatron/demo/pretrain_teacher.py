@@ -137,7 +137,7 @@ def masked_diffusion_loss(model: torch.nn.Module, ids: torch.Tensor, real: torch
     `bd3lm_ce` formula. Logits are computed only at masked positions (§9.21: the LM head dominates here).
     """
     from tide_megatron.losses.ce import bd3lm_ce_from_logprobs
-    from tide_megatron.models.llada2.model import key_padding_allowed
+    from tide_megatron.models.llada2.model import key_padding_mask
 
     t = sample_t(ids.shape[0], time_epsilon, generator)
     labels = torch.where(real, ids, torch.full_like(ids, IGNORE_INDEX))
@@ -147,7 +147,7 @@ def masked_diffusion_loss(model: torch.nn.Module, ids: torch.Tensor, real: torch
     captured: list[torch.Tensor] = []
     hook = module.decoder.register_forward_hook(lambda mod, args, out: captured.append(out))
     try:  # the decoder's output is the final-normed hidden state [s, b, h]; no logits are built here
-        model(xt, torch.arange(L).expand(b, L), key_padding_allowed(real.long(), xt), logits_rows=slice(0, 0))
+        model(xt, torch.arange(L).expand(b, L), key_padding_mask(real.long(), xt), logits_rows=slice(0, 0))
     finally:
         hook.remove()
     hidden = captured[0]

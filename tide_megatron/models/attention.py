@@ -2,13 +2,14 @@
 
 A drop-in for megatron-core's `DotProductAttention` / `TEDotProductAttention` (same constructor and
 `forward(query, key, value, attention_mask, ...)`), so specs can swap it freely. It never builds a
-causal mask: the caller's mask is the whole truth (spec §1.1, "attention is not causal").
+causal mask: the caller's mask is the whole truth (spec §1.1, "attention is not causal"). A mask
+description (models/attention_mask.py) is expanded to its dense mask here.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,8 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
+
+from tide_megatron.models.attention_mask import AttentionMaskSpec, KeyPaddingMask
 
 
 def additive_mask(blocked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -34,8 +37,8 @@ def additive_mask(blocked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class SDPACoreAttention(MegatronModule):
     """softmax(q k^T * scale + mask) v with GQA, via `F.scaled_dot_product_attention`.
 
-    Mask convention is megatron-core's core-attention one (bool, True = masked out, broadcastable to
-    [b, heads, sq, sk]); models in this package convert their public "True = may attend" masks once.
+    Mask: a description (`AttentionMaskSpec`), or megatron-core's core-attention convention (bool, True =
+    masked out, broadcastable to [b, heads, sq, sk]); models in this package convert their public masks once.
     Softmax precision is what SDPA gives (fp32 accumulation for fp32 inputs).
     """
 
@@ -71,7 +74,7 @@ class SDPACoreAttention(MegatronModule):
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        attention_mask: Optional[torch.Tensor],
+        attention_mask: Union[AttentionMaskSpec, torch.Tensor, None],
         attn_mask_type: Optional[AttnMaskType] = None,
         attention_bias: Optional[torch.Tensor] = None,
         packed_seq_params=None,
@@ -80,6 +83,11 @@ class SDPACoreAttention(MegatronModule):
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPACoreAttention supports neither packed sequences nor attention_bias")
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, heads, s, hn]
+        if isinstance(attention_mask, KeyPaddingMask) and not attention_mask.has_padding:
+            attention_mask = None
+        elif isinstance(attention_mask, AttentionMaskSpec):
+            attention_mask.check(q.shape[0], q.shape[2])
+            attention_mask = attention_mask.to(q.device).blocked()
         mask = None
         if attention_mask is not None:
             mask = additive_mask(attention_mask.to(torch.bool), q.dtype)

@@ -3,36 +3,27 @@
 TE fuses the pre-attention and a dense FFN's pre-MLP norm into the next linear (`layer_norm_weight`);
 the layer specs (`models.spec`) place norms per provider and save unfused ones under the fused names, so
 one dist checkpoint loads on either backend; "local_fused" is the local provider with TE's norm fusion.
-Attention always takes an explicit mask (`AttnMaskType.arbitrary`).
+Core attention follows the mask (DESIGN §3): on the TE backend, key padding runs TE's fused padding
+attention and block-diffusion masks run FlexAttention; the local backends run SDPA with the explicit mask
+(CPU; `LocalFlexSpecProvider` swaps in FlexAttention). Whether TE is usable is answered by
+`models.transformer_engine`.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Optional
 
-import torch
 from megatron.core.models.backends import BackendSpecProvider, LocalSpecProvider
 
 from tide_megatron.models.attention import SDPACoreAttention
+from tide_megatron.models.flex_attention import FlexCoreAttention
 from tide_megatron.models.layernorm_linear import FusedNormSpecProvider
 from tide_megatron.models.norms import TorchNorm
+from tide_megatron.models.transformer_engine import transformer_engine_available, transformer_engine_status
 
 BACKEND_ENV = "TIDE_BACKEND"  # "te" | "local" | "local_fused" (local parts, norms fused as TE fuses them) | unset (auto)
 BACKENDS = ("te", "local", "local_fused")
-
-
-@functools.lru_cache(maxsize=None)
-def transformer_engine_available() -> bool:
-    """True when `transformer_engine.pytorch` imports and CUDA is usable."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import transformer_engine.pytorch  # noqa: F401
-    except Exception:  # the TE meta package raises RuntimeError, not ImportError
-        return False
-    return True
 
 
 class LocalSDPASpecProvider(LocalSpecProvider):
@@ -45,22 +36,34 @@ class LocalSDPASpecProvider(LocalSpecProvider):
         return SDPACoreAttention
 
 
+class LocalFlexSpecProvider(LocalSDPASpecProvider):
+    """The local provider with FlexAttention core attention (block-sparse from the mask's structure)."""
+
+    def core_attention(self) -> type:
+        return FlexCoreAttention
+
+
 def backend_name(requested: Optional[str] = None) -> str:
     """Resolve 'te' / 'local' from the argument, the TIDE_BACKEND variable, or what is installed."""
     name = requested or os.environ.get(BACKEND_ENV) or ("te" if transformer_engine_available() else "local")
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} (flag --backend / {BACKEND_ENV}), got {name!r}")
     if name == "te" and not transformer_engine_available():
-        raise ValueError("backend 'te' requested but transformer_engine.pytorch with CUDA is not available")
+        raise ValueError(f"backend 'te' requested but Transformer Engine is not usable here: "
+                         f"{transformer_engine_status().reason}")
     return name
 
 
 def get_backend(requested: Optional[str] = None) -> BackendSpecProvider:
     """The `BackendSpecProvider` for `backend_name(requested)`."""
     if backend_name(requested) == "te":
-        from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
-
-        return TESpecProvider()
+        return _te_spec_provider()
     if backend_name(requested) == "local_fused":
         return FusedNormSpecProvider(LocalSDPASpecProvider())
     return LocalSDPASpecProvider()
+
+
+def _te_spec_provider() -> BackendSpecProvider:
+    from tide_megatron.models.te_attention import MaskFollowingTESpecProvider  # imports TE: GPU installs only
+
+    return MaskFollowingTESpecProvider()

@@ -14,6 +14,7 @@ from megatron.core import tensor_parallel
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
 
+from tide_megatron.models.attention_mask import AttentionMaskSpec
 from tide_megatron.models.rotary import ExplicitPositionRotaryEmbedding
 
 RowSelector = Union[slice, torch.Tensor, None]
@@ -28,12 +29,19 @@ def ensure_global_memory_buffer() -> None:
         parallel_state._set_global_memory_buffer()
 
 
-def to_core_attention_mask(allowed: Optional[torch.Tensor], seq_len: int, device: torch.device,
-                           batch: int = 1) -> torch.Tensor:
+def to_core_attention_mask(allowed: Union[AttentionMaskSpec, torch.Tensor, None], seq_len: int,
+                           device: torch.device, batch: int = 1,
+                           recompute: bool = False) -> Union[AttentionMaskSpec, torch.Tensor]:
     """Public mask (bool, True = may attend, [s, s] / [b, s, s] / [b, 1, s, s]) -> megatron's (True = blocked).
 
-    The result is a [b, 1, s, s] view (TE's arbitrary-mask attention wants the batch dimension).
+    The result is a [b, 1, s, s] view (TE's arbitrary-mask attention wants the batch dimension). A mask
+    description (models/attention_mask.py) goes to the core attention as it is, on ``device``; under
+    activation recompute as its dense mask, since megatron's checkpoint saves the mask as a tensor.
     """
+    if isinstance(allowed, AttentionMaskSpec):
+        allowed.check(batch, seq_len)
+        allowed = allowed.to(device)
+        return allowed.blocked() if recompute else allowed
     if allowed is None:
         allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device)
     elif allowed.dtype != torch.bool:
@@ -97,15 +105,17 @@ class ExplicitMaskGPTModel(GPTModel):
         return logits.transpose(0, 1).contiguous()
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                attention_mask: Optional[torch.Tensor] = None, logits_rows: RowSelector = None,
+                attention_mask: Union[AttentionMaskSpec, torch.Tensor, None] = None, logits_rows: RowSelector = None,
                 **kwargs) -> torch.Tensor:
-        """ids/position_ids [b, s]; attention_mask bool True = may attend -> logits [b, rows, V(/tp)].
+        """ids/position_ids [b, s]; attention_mask bool True = may attend, or a mask description
+        (models/attention_mask.py) -> logits [b, rows, V(/tp)].
 
         `logits_rows` (a slice or index tensor over the sequence) limits the output layer to those rows.
         """
         if position_ids is None:
             raise ValueError("position_ids are required (RoPE uses explicit positions, spec §1.4)")
-        mask = to_core_attention_mask(attention_mask, input_ids.shape[1], input_ids.device, input_ids.shape[0])
+        mask = to_core_attention_mask(attention_mask, input_ids.shape[1], input_ids.device, input_ids.shape[0],
+                                      recompute=self.config.recompute_granularity is not None)
         self._logits_rows = logits_rows
         try:
             return super().forward(input_ids, position_ids, mask, **kwargs)

@@ -19,6 +19,7 @@ from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
+from tide_megatron.models.attention_mask import AttentionMaskSpec, KeyPaddingMask
 from tide_megatron.teacher import payloads
 
 
@@ -36,18 +37,21 @@ class _HiddenStatesHead(torch.nn.Module):
         return hidden, None
 
 
-def allowed_attention_mask(attention_mask: Optional[torch.Tensor], b: int, L: int) -> Optional[torch.Tensor]:
-    """Our masks → bool [b, 1, L, L] "may attend" for `ExplicitMaskGPTModel` (None = attend everywhere).
+def allowed_attention_mask(attention_mask: Union[AttentionMaskSpec, torch.Tensor, None], b: int,
+                           L: int) -> Union[AttentionMaskSpec, torch.Tensor, None]:
+    """Our masks → what `ExplicitMaskGPTModel` takes (None = attend everywhere).
 
-    [b, L] 0/1 key padding (1 = real token; LLaDA2, §2.1) → every query sees every real key;
-    [b, L, L] or [b, 1, L, L] bool (e.g. the [x0 ; xt] block-diffusion mask of WeDLM, §2.2) as given.
+    [b, L] 0/1 key padding (1 = real token; LLaDA2, §2.1) → a `KeyPaddingMask` (every query sees every real
+    key; fused padding attention under TE); a mask description (e.g. the [x0 ; xt] `BlockDiffusionMask` of
+    WeDLM, §2.2) as given; [b, L, L] or [b, 1, L, L] bool "may attend" masks as given.
     """
     if attention_mask is None:
         return None
+    if isinstance(attention_mask, AttentionMaskSpec):
+        attention_mask.check(b, L)
+        return attention_mask
     if attention_mask.dim() == 2:
-        if attention_mask.shape != (b, L):
-            raise ValueError(f"key-padding attention_mask must be [b, L] = {(b, L)}, got {tuple(attention_mask.shape)}")
-        return attention_mask.bool()[:, None, None, :].expand(b, 1, L, L)
+        return KeyPaddingMask.from_attention_mask(attention_mask, b, L)
     if attention_mask.dim() == 3:
         attention_mask = attention_mask[:, None]
     if attention_mask.dim() != 4 or attention_mask.shape[-2:] != (L, L) or attention_mask.shape[0] not in (1, b):
@@ -98,8 +102,12 @@ class TeacherEngine:
             return ids, allowed, pos
         ids = torch.cat([ids, ids.new_full((b, extra), self.pad_token_id)], 1)
         pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, extra + 1, device=pos.device)], 1)
+        if isinstance(allowed, AttentionMaskSpec):
+            return ids, allowed.padded(extra), pos
+        if allowed is None:
+            return ids, KeyPaddingMask(torch.arange(L + extra, device=ids.device).expand(b, L + extra) < L), pos
         full = torch.zeros(b, 1, L + extra, L + extra, dtype=torch.bool, device=ids.device)
-        full[..., :L, :L] = True if allowed is None else allowed
+        full[..., :L, :L] = allowed
         idx = torch.arange(L, L + extra, device=ids.device)
         full[..., idx, idx] = True  # padded queries see only themselves
         return ids, full, pos

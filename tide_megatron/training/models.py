@@ -17,12 +17,14 @@ import torch
 
 from tide_megatron.config import PrecisionConfig, StudentConfig, TeacherConfig
 from tide_megatron.distributed.grids import ModelGrid
+from tide_megatron.models.backend import backend_name
 from tide_megatron.models.convert.mcore_dir import args_from_mcore, is_mcore_dir, load_mcore_checkpoint
 from tide_megatron.models.llada2 import load_llada2_teacher
 from tide_megatron.models.qwen3 import build_qwen3_model
 from tide_megatron.models.qwen3.convert import QWEN3
 from tide_megatron.models.wedlm import WEDLM_MASK_ID, load_wedlm_teacher
 from tide_megatron.teacher import TeacherEngine
+from tide_megatron.training.preflight import teacher_moe_kernels
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -42,7 +44,7 @@ class StudentBundle:
 def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGrid,
                   backend: Optional[str] = None) -> StudentBundle:
     """The Qwen3 BD3LM student on the student grid, weights loaded from ``cfg.checkpoint``."""
-    from tide_megatron.training.fp8 import fp8_settings
+    from tide_megatron.training.fp8 import fp8_settings, use_amax_reduction_group
 
     dtype = DTYPES[precision.dtype]
     overrides = dict(fp8_settings(precision))
@@ -55,6 +57,8 @@ def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGri
         load_mcore_checkpoint(model, cfg.checkpoint)
     else:
         model, args, _ = QWEN3.build_from_hf(cfg.checkpoint, grid.pgs, dtype, backend=backend, **overrides)
+    if precision.fp8:  # amaxes reduced over the student's own tp x dp group, not the whole world
+        use_amax_reduction_group(model.config, grid.pgs.tp_dp_cp, grid.pgs.tp_cp)
     return StudentBundle(model=model, vocab_size=args.vocab_size, hf_config=args.hf_config)
 
 
@@ -87,7 +91,8 @@ def build_teacher(cfg: TeacherConfig, grid: ModelGrid, backend: Optional[str] = 
     hf = read_json(os.path.join(cfg.checkpoint, "config.json"))
     mask, pad, eos = _teacher_special_ids(cfg, hf)
     if cfg.arch == "llada2":
-        model, lcfg = load_llada2_teacher(cfg.checkpoint, grid.pgs, params_dtype=dtype)
+        model, lcfg = load_llada2_teacher(cfg.checkpoint, grid.pgs, params_dtype=dtype, backend=backend,
+                                          moe_kernels=teacher_moe_kernels(cfg, backend_name(backend)))
         vocab = lcfg.vocab_size
     else:
         model, args = load_wedlm_teacher(cfg.checkpoint, grid.pgs, params_dtype=dtype)

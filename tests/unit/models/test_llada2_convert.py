@@ -124,3 +124,32 @@ def test_verify_without_the_modeling_code_is_a_clear_error(converted, tmp_path):
     (tmp_path / "modeling_llada2_moe.py").unlink()
     with pytest.raises(CheckpointError, match="own modeling code"):
         tide_convert_run(["verify", "--hf-dir", str(tmp_path), "--mcore-dir", converted, "--trust-remote-code"])
+
+
+def test_key_padding_reaches_core_attention_as_a_description(pgs, checkpoint):
+    """LLaDA2's mask is key padding only (§2.1): every core attention gets a `KeyPaddingMask` (TE runs it as its
+    fused ``padding`` type, or ``no_mask`` without padding), never a dense [b, 1, L, L] arbitrary mask."""
+    from tide_megatron.models.attention_mask import KeyPaddingMask
+    from tide_megatron.teacher.engine import TeacherEngine
+
+    model, _ = load_llada2_teacher(checkpoint, pgs, torch.float32)
+    seen = []
+    hooks = [layer.self_attention.core_attention.register_forward_pre_hook(lambda m, a: seen.append(a[3]))
+             for layer in model.decoder.layers]
+    ids = torch.randint(0, 120, (2, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    with torch.no_grad():
+        forward_llada2(model, ids, mask)
+        assert len(seen) == len(model.decoder.layers) and all(isinstance(m, KeyPaddingMask) for m in seen)
+        assert seen[0].right_padded and torch.equal(seen[0].te_padding_mask()[:, 0, 0], mask == 0)
+        seen.clear()
+        forward_llada2(model, ids, torch.ones_like(ids))  # no padding: no mask at all
+        assert all(m.key_valid is None for m in seen)
+        seen.clear()
+        engine = TeacherEngine(model, pgs, pad_token_id=126)  # the trainer's path: [b, L] 0/1 from the batch
+        targets = torch.where(mask.bool(), ids, -1)
+        engine.token_logprobs(ids, targets, mask)
+        assert seen and all(isinstance(m, KeyPaddingMask) and m.has_padding for m in seen)
+    for h in hooks:
+        h.remove()

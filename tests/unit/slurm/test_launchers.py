@@ -197,7 +197,7 @@ def test_submit_ablation_submits_one_array_per_pipeline(fake_slurm):
     assert proc.returncode == 0, proc.stderr
     sb = [c for c in calls if c["prog"] == "sbatch"]
     assert [c["argv"] for c in sb] == [
-        ["--export=ALL", "--nodes=2", "--array=0-5", "--job-name=tide-ablation-a", "slurm/ablation.sbatch",
+        ["--export=ALL", "--nodes=1", "--array=0-5", "--job-name=tide-ablation-a", "slurm/ablation.sbatch",
          "optim.train_steps=5"],
         ["--export=ALL", "--nodes=1", "--array=0-5", "--job-name=tide-ablation-b", "slurm/ablation.sbatch",
          "optim.train_steps=5"]]
@@ -304,3 +304,59 @@ def test_launcher_overrides_name_real_trainer_config_fields(fake_slurm):
             fields = {f.name: f for f in dataclasses.fields(node)}
             assert part in fields, f"{override}: {part!r} is not a field of {node.__name__}"
             node = fields[part].default_factory if fields[part].default_factory is not dataclasses.MISSING else None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Global batch: nodes x GPUs per node / student TP x micro-batch x accumulation = the config's documented one
+# ------------------------------------------------------------------------------------------------------
+
+TRAINING_LAUNCHERS = {"distill_pipeline_a.sbatch": VARIANTS[:3], "distill_pipeline_b.sbatch": VARIANTS[3:],
+                      "ablation.sbatch": VARIANTS}
+
+
+def _directive(script, name):
+    (value,) = [d.split("=", 1)[1] for d in _sbatch_directives(script) if d.startswith(f"--{name}=")]
+    return int(value)
+
+
+def _documented_global_batch(variant):
+    import re
+
+    text = (REPO / "examples" / f"{variant}.yaml").read_text()
+    found = re.findall(r"^# Global batch: (\d+) sequences per optimizer step", text, re.M)
+    assert len(found) == 1, f"examples/{variant}.yaml must document its global batch once ('# Global batch: N ...')"
+    return int(found[0])
+
+
+def _global_batch(variant, nodes, gpus_per_node):
+    from tide_megatron.config import load_config, paths_unchecked
+
+    with paths_unchecked():
+        cfg = load_config(str(REPO / "examples" / f"{variant}.yaml"))
+    data_parallel = nodes * gpus_per_node // cfg.student.tp
+    return data_parallel * cfg.data.micro_batch_size * cfg.optim.grad_accum
+
+
+def test_every_training_launcher_is_checked():
+    trains = {s for s in SCRIPTS if "tide-train" in (SLURM_DIR / s).read_text() and s.endswith(".sbatch")}
+    assert trains == set(TRAINING_LAUNCHERS)
+
+
+@pytest.mark.parametrize("script", sorted(TRAINING_LAUNCHERS))
+def test_launchers_run_the_documented_global_batch(script):
+    nodes, gpus = _directive(script, "nodes"), _directive(script, "gpus-per-node")
+    for variant in TRAINING_LAUNCHERS[script]:
+        assert _global_batch(variant, nodes, gpus) == _documented_global_batch(variant), (script, variant)
+
+
+def test_submit_ablation_node_counts_run_the_documented_global_batch(fake_slurm):
+    proc, calls = fake_slurm.run("submit_ablation.sh")
+    assert proc.returncode == 0, proc.stderr
+    gpus = _directive("ablation.sbatch", "gpus-per-node")
+    checked = []
+    for call in (c for c in calls if c["prog"] == "sbatch"):
+        (nodes,) = [int(a.split("=", 1)[1]) for a in call["argv"] if a.startswith("--nodes=")]
+        for variant in call["env"]["TIDE_ABLATION_VARIANTS"].split():
+            assert _global_batch(variant, nodes, gpus) == _documented_global_batch(variant), variant
+            checked.append(variant)
+    assert sorted(checked) == sorted(VARIANTS)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from tide_megatron.distributed.grids import ParallelLayout
+from tide_megatron.models.moe_kernels import MoEKernels
 
 LLADA2_MODEL_TYPES = ("llada2_moe",)
 LLADA2_ARCHITECTURES = ("LLaDA2MoeModelLM",)
@@ -136,13 +137,23 @@ class LLaDA2Config:
         if self.num_attention_heads % layout.tp or self.num_key_value_heads % layout.tp:
             raise LLaDA2ConfigError(f"{src}: tp={layout.tp} must divide num_attention_heads="
                                     f"{self.num_attention_heads} and num_key_value_heads={self.num_key_value_heads}")
+        ffn = [("intermediate_size", self.intermediate_size, layout.tp, "tp")] if self.first_k_dense_replace else []
+        ffn.append(("moe_intermediate_size", self.moe_intermediate_size, layout.etp, "etp"))
+        if self.num_shared_experts:
+            ffn.append(("num_shared_experts x moe_intermediate_size", self.num_shared_experts *
+                        self.moe_intermediate_size, layout.tp, "tp"))
+        for name, size, parts, flag in ffn:
+            if size % parts:
+                raise LLaDA2ConfigError(f"{src}: {flag}={parts} does not divide {name}={size} (the FFN is split "
+                                        f"over {flag})")
         if self.num_hidden_layers % layout.pp:
             raise LLaDA2ConfigError(f"{src}: pipeline size pp={layout.pp} does not divide "
                                     f"num_hidden_layers={self.num_hidden_layers}")
 
     def to_transformer_config(self, layout: ParallelLayout = ParallelLayout(), params_dtype: torch.dtype = torch.bfloat16,
-                              use_cpu_initialization: Optional[bool] = None, grouped_gemm: bool = False):
-        """The megatron-core TransformerConfig (MoE fields included) for ``layout``."""
+                              use_cpu_initialization: Optional[bool] = None, moe_kernels: Optional[MoEKernels] = None):
+        """The megatron-core TransformerConfig (MoE fields included) for ``layout``; ``moe_kernels`` from
+        `models.moe_kernels.resolve_moe_kernels` (default: no grouped GEMM, no fused permutation, alltoall)."""
         from megatron.core.transformer.transformer_config import TransformerConfig
 
         self.check_layout(layout)
@@ -168,8 +179,7 @@ class LLaDA2Config:
             moe_router_dtype="fp32", moe_router_load_balancing_type="none", moe_aux_loss_coeff=0.0,
             moe_shared_expert_intermediate_size=(self.num_shared_experts * self.moe_intermediate_size
                                                  if self.num_shared_experts else None),
-            moe_layer_freq=self.moe_layer_pattern, moe_token_dispatcher_type="alltoall",
-            moe_grouped_gemm=grouped_gemm, moe_permute_fusion=False,
+            moe_layer_freq=self.moe_layer_pattern, **(moe_kernels or MoEKernels()).transformer_config_fields(),
             # Parallelism. MoE with TP > 1 requires sequence parallelism in megatron-core.
             tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
             expert_model_parallel_size=layout.ep, expert_tensor_parallel_size=layout.etp,

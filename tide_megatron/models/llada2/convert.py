@@ -31,6 +31,7 @@ from tide_megatron.models.convert.mapping import ParamRule, WeightMapping
 from tide_megatron.models.convert.reference import load_remote_code_reference
 from tide_megatron.models.llada2.config import LLaDA2Config
 from tide_megatron.models.llada2.model import build_llada2_model
+from tide_megatron.models.moe_kernels import MoEKernels
 from tide_megatron.models.safetensors_reader import CheckpointError, SafetensorsReader
 
 
@@ -40,6 +41,7 @@ class LLaDA2Args:
 
     cfg: LLaDA2Config
     params_dtype: torch.dtype
+    moe_kernels: Optional[MoEKernels] = None  # None: the backend's default (models/moe_kernels.py)
 
     @property
     def vocab_size(self) -> int:
@@ -47,14 +49,15 @@ class LLaDA2Args:
 
 
 def llada2_args(hf: Union[dict, str, Path], tp: int = 1, pp: int = 1, ep: int = 1,
-                params_dtype: torch.dtype = torch.bfloat16, source: Optional[str] = None, **overrides: Any) -> LLaDA2Args:
+                params_dtype: torch.dtype = torch.bfloat16, source: Optional[str] = None,
+                moe_kernels: Optional[MoEKernels] = None, **overrides: Any) -> LLaDA2Args:
     """Read and check config.json (a dict, a directory or the file) for a TP x PP x EP layout."""
     if overrides:
         raise ValueError(f"LLaDA2 takes no TransformerConfig overrides here, got {sorted(overrides)}")
     cfg = (LLaDA2Config.from_dict(hf, source=source or "config.json") if isinstance(hf, dict)
            else LLaDA2Config.from_pretrained(hf))
     cfg.check_layout(ParallelLayout(tp=tp, pp=pp, ep=ep))
-    return LLaDA2Args(cfg=cfg, params_dtype=params_dtype)
+    return LLaDA2Args(cfg=cfg, params_dtype=params_dtype, moe_kernels=moe_kernels)
 
 
 def llada2_mapping(args: LLaDA2Args) -> WeightMapping:
@@ -107,7 +110,7 @@ def check_vocab(args: LLaDA2Args, reader: SafetensorsReader, hf_dir: str) -> Non
 
 def build_model(args: LLaDA2Args, pgs: ProcessGroupCollection, backend: Optional[str] = None) -> torch.nn.Module:
     """`build_llada2_model` with the Architecture builder signature (vocab-parallel logits)."""
-    return build_llada2_model(args.cfg, pgs, args.params_dtype, backend=backend)
+    return build_llada2_model(args.cfg, pgs, args.params_dtype, backend=backend, moe_kernels=args.moe_kernels)
 
 
 def reference(hf_dir: str, trust_remote_code: bool = False) -> torch.nn.Module:
@@ -133,12 +136,14 @@ LLADA2 = Architecture(name="llada2", args_from_hf=llada2_args, mapping=llada2_ma
 
 def load_llada2_teacher(hf_dir: Union[str, Path], pgs: ProcessGroupCollection,
                         params_dtype: torch.dtype = torch.bfloat16, expected_vocab_size: Optional[int] = None,
-                        backend: Optional[str] = None) -> tuple[torch.nn.Module, LLaDA2Config]:
-    """This rank's teacher for the layout of `pgs`, its weights streamed from `hf_dir`; returns (model, config)."""
+                        backend: Optional[str] = None,
+                        moe_kernels: Optional[MoEKernels] = None) -> tuple[torch.nn.Module, LLaDA2Config]:
+    """This rank's teacher for the layout of `pgs`, its weights streamed from `hf_dir`; returns (model, config).
+    ``moe_kernels`` (from the teacher config) defaults to the backend's default."""
     if expected_vocab_size is not None:
         cfg = LLaDA2Config.from_pretrained(hf_dir)
         if expected_vocab_size != cfg.vocab_size:
             raise CheckpointError(f"{Path(hf_dir) / 'config.json'}: vocab_size={cfg.vocab_size}, but the tokenizer / "
                                   f"caller expects {expected_vocab_size}")
-    model, args, _ = LLADA2.build_from_hf(hf_dir, pgs, params_dtype, backend=backend)
+    model, args, _ = LLADA2.build_from_hf(hf_dir, pgs, params_dtype, backend=backend, moe_kernels=moe_kernels)
     return model, args.cfg

@@ -2,8 +2,9 @@
 
 The shared `ExplicitMaskGPTModel` (explicit mask, explicit-position RoPE) gets the LLaDA2 layer specs
 (megatron's MoELayer), partial RoPE (``rotary_percent``) with the checkpoint's θ, an untied output
-layer, and the process groups of the teacher grid. Outputs are vocab-parallel logits: TP rank r holds
-rows [r*V/tp, (r+1)*V/tp).
+layer, the MoE kernels of the backend (models/moe_kernels.py) and the process groups of the teacher grid.
+Attention is bidirectional over the valid keys: the mask is a `KeyPaddingMask` (fused padding attention
+under TE, SDPA on CPU). Outputs are vocab-parallel logits: TP rank r holds rows [r*V/tp, (r+1)*V/tp).
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from megatron.core import parallel_state
 from megatron.core.process_groups_config import ProcessGroupCollection
 
 from tide_megatron.distributed.grids import ParallelLayout
+from tide_megatron.models.attention_mask import KeyPaddingMask
+from tide_megatron.models.backend import backend_name
 from tide_megatron.models.gpt import ExplicitMaskGPTModel
 from tide_megatron.models.llada2.config import LLaDA2Config
 from tide_megatron.models.llada2.spec import decoder_block_spec
+from tide_megatron.models.moe_kernels import PERMUTE_FUSION_MIN_TE, MoEKernels, resolve_moe_kernels
+from tide_megatron.models.transformer_engine import te_version_at_least
 
 
 def ensure_megatron_runtime(pgs: ProcessGroupCollection, seed: int = 1234) -> None:
@@ -40,12 +45,21 @@ def layout_of(pgs: ProcessGroupCollection) -> ParallelLayout:
                           ep=dist.get_world_size(pgs.ep), etp=dist.get_world_size(pgs.expt_tp))
 
 
+def default_moe_kernels(backend: Optional[str] = None) -> MoEKernels:
+    """The backend's default MoE kernels (grouped GEMM + fused permutation with TE, neither on the local backend)."""
+    return resolve_moe_kernels(backend_name(backend), te_version_ok=te_version_at_least(PERMUTE_FUSION_MIN_TE))
+
+
 def build_llada2_model(cfg: LLaDA2Config, pgs: ProcessGroupCollection, params_dtype: torch.dtype = torch.bfloat16,
-                       backend: Optional[str] = None) -> ExplicitMaskGPTModel:
-    """This rank's stage of the teacher: embeddings on the first stage, the output layer on the last."""
+                       backend: Optional[str] = None, moe_kernels: Optional[MoEKernels] = None) -> ExplicitMaskGPTModel:
+    """This rank's stage of the teacher: embeddings on the first stage, the output layer on the last.
+
+    ``moe_kernels`` (from the teacher config, `resolve_moe_kernels`) defaults to the backend's default.
+    """
     ensure_megatron_runtime(pgs)
     layout = layout_of(pgs)
-    tconfig = cfg.to_transformer_config(layout, params_dtype=params_dtype)
+    tconfig = cfg.to_transformer_config(layout, params_dtype=params_dtype,
+                                        moe_kernels=moe_kernels or default_moe_kernels(backend))
     pp_rank, pp_size = dist.get_rank(pgs.pp), layout.pp
     model = ExplicitMaskGPTModel(
         config=tconfig,
@@ -64,18 +78,17 @@ def build_llada2_model(cfg: LLaDA2Config, pgs: ProcessGroupCollection, params_dt
     return model.eval()
 
 
-def key_padding_allowed(attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor) -> Optional[torch.Tensor]:
-    """[b, L] 0/1 (1 = real token) → bool [b, 1, L, L] "may attend" (every query sees every real key).
+def key_padding_mask(attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor) -> KeyPaddingMask:
+    """[b, L] 0/1 (1 = real token) → a `KeyPaddingMask`: every query sees every real key (§2.1).
 
-    Only keys are masked (§9 pitfall 17): pad query rows still see the real tokens and are ignored.
+    Only keys are masked (§9 pitfall 17): pad query rows still see the real tokens and are ignored. No
+    padding at all (or no mask) gives no mask, which TE runs as ``no_mask``.
     """
-    if attention_mask is None:
-        return None
-    if attention_mask.shape != input_ids.shape:
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape "
                          f"{tuple(input_ids.shape)}")
     b, L = input_ids.shape
-    return attention_mask.bool()[:, None, None, :].expand(b, 1, L, L)
+    return KeyPaddingMask.from_attention_mask(attention_mask, b, L)
 
 
 def forward_llada2(model: ExplicitMaskGPTModel, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -84,4 +97,4 @@ def forward_llada2(model: ExplicitMaskGPTModel, input_ids: torch.Tensor, attenti
     b, L = input_ids.shape
     if position_ids is None:
         position_ids = torch.arange(L, device=input_ids.device).expand(b, L)
-    return model(input_ids, position_ids, key_padding_allowed(attention_mask, input_ids))
+    return model(input_ids, position_ids, key_padding_mask(attention_mask, input_ids))
