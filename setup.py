@@ -8,7 +8,6 @@ setup(
     description="Cross-architecture distillation of diffusion LLMs (TIDE) on megatron-core",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["tide_megatron", "tide_megatron.*"]),
-    package_data={"tide_megatron": ["configs/*.yaml", "data/fixtures/*"]},
     install_requires=[
         # megatron-core 0.17+ needs Python 3.12; 0.16.1 is the newest release for 3.11.
         "megatron-core==0.16.1",

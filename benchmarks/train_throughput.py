@@ -124,7 +124,7 @@ def run_variant(variant: str, steps: int) -> dict:
     cfg = config_from_dict({
         "preset": preset, "output_dir": str(work / "run"),
         "student": {"checkpoint": str(work / "student"), "seq_length": L, "block_size": BLOCK},
-        "teacher": {"checkpoint": str(work / "teacher"), "dtype": "fp32", "max_length": 1024},
+        "teacher": {"checkpoint": str(work / "teacher"), "dtype": "fp32"},
         "data": {"micro_batch_size": B, "num_workers": 0},
         "optim": {"train_steps": steps + 1, "lr": 5e-5},
         "objective": {"kl_temperature": T, "alm_temperature": T, "shared_vocab": STUDENT["vocab"] - 8},
@@ -183,8 +183,9 @@ def run_loss_side(method: str) -> dict:
     before the measurement in both cases."""
     import torch
 
-    from tide_megatron.losses import LossInputs, ObjectiveConfig, build_objective, masked_rows
-    from tide_megatron.training.student_loss import chunked_loss_backward, loss_chunk_rows
+    from tide_megatron.align.rows import masked_rows
+    from tide_megatron.losses import LossInputs, ObjectiveConfig, build_objective
+    from tide_megatron.training.student_loss import chunked_loss_backward
 
     torch.manual_seed(0)
     b, Lr, V, h = 2, 256, 151936, 1024
@@ -192,9 +193,8 @@ def run_loss_side(method: str) -> dict:
     masked = torch.rand(b, Lr) < 0.5
     t = torch.rand(b)
     logits_bytes = b * Lr * V * 4
-    # The baseline keeps the losses' default row chunks; the trainer sets its own (training/student_loss.py).
-    chunk_rows = loss_chunk_rows(V) if method == "chunked" else None
-    objective = build_objective("taid", ObjectiveConfig(kl_temperature=T, shared_vocab=151646, chunk_rows=chunk_rows))
+    # Both keep the losses' automatic row chunks (objective.chunk_rows unset), as the trainer does.
+    objective = build_objective("taid", ObjectiveConfig(kl_temperature=T, shared_vocab=151646))
     inputs = LossInputs(student_logits=None, x0=x0, masked=masked, maskable=torch.ones_like(masked), t=t,
                         rows=masked_rows(masked), teacher_rows=torch.randn(int(masked.sum()), 151646))
     weight = (torch.randn(V, h) * 0.02).requires_grad_()

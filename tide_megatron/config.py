@@ -5,7 +5,7 @@
 ``precision``), optionally starting from one of the six paper presets (``preset: a_tide_cross`` ...),
 then applies overrides such as ``optim.lr=1e-4``. Every section validates itself in ``__post_init__``
 and names the offending field; `TrainConfig.check_world_size` checks the layouts against the job.
-Hyperparameters follow spec §7.1; modes follow spec §6.
+The ``objective`` section is `losses.modes.ObjectiveConfig` (modes of spec §6, hyperparameters of §7.1).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
-import json
 import os
+import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +23,10 @@ from typing import Any, Optional
 
 import yaml
 
+from tide_megatron.data.compatibility import check_dataset, read_dataset_meta, same_tokenizer
 from tide_megatron.distributed.grids import ParallelLayout
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or inconsistent; the message names it."""
-
+from tide_megatron.errors import ConfigError, require
+from tide_megatron.losses.modes import CHUNK_LEVEL_MODES, ObjectiveConfig
 
 _CHECK_PATHS: contextvars.ContextVar[bool] = contextvars.ContextVar("tide_check_paths", default=True)
 
@@ -43,90 +41,10 @@ def paths_unchecked():
         _CHECK_PATHS.reset(token)
 
 
-def _require(cond: bool, name: str, expected: str, got: Any) -> None:
-    if not cond:
-        raise ConfigError(f"{name}: expected {expected}, got {got!r}")
-
-
 def _require_path(path: Optional[str], name: str, kind: str = "file or directory") -> None:
     """A configured path must exist (checked before any work is done)."""
     if path and _CHECK_PATHS.get() and not Path(path).exists():
         raise ConfigError(f"{name}: {kind} {path!r} does not exist")
-
-
-# --------------------------------------------------------------------------------------------------
-# Objective: modes and their pipelines (spec §6)
-# --------------------------------------------------------------------------------------------------
-
-#: Modes that compare logits position by position: they need the student and teacher to share a tokenizer.
-TOKEN_LEVEL_MODES = ("kl", "reverse_kl", "taid", "kl_aligned", "reverse_kl_aligned", "taid_aligned")
-#: Modes over byte-aligned chunks (spec §5): they work across different tokenizers.
-CHUNK_LEVEL_MODES = ("alm", "reverse_alm", "alm_taid", "reverse_alm_taid")
-#: Plain BD3LM fine-tuning with no teacher term (the baseline of spec §8).
-CE_ONLY_MODE = "ce"
-ALL_MODES = (CE_ONLY_MODE,) + TOKEN_LEVEL_MODES + CHUNK_LEVEL_MODES
-
-
-def mode_components(mode: str) -> list[str]:
-    """Split a composite mode ``x+y`` into its parts (spec §6: ALM modes cannot be composed)."""
-    return [m.strip() for m in mode.split("+")]
-
-
-def is_chunk_mode(mode: str) -> bool:
-    return any(m in CHUNK_LEVEL_MODES for m in mode_components(mode))
-
-
-def is_tidal_mode(mode: str) -> bool:
-    return any(m in ("taid", "taid_aligned", "alm_taid", "reverse_alm_taid") for m in mode_components(mode))
-
-
-@dataclass
-class ObjectiveConfig:
-    """The TIDE objective (spec §1.5, §3-§6): L = L_CE + weight * distillation term."""
-
-    mode: str = "reverse_alm"
-    distill_weight: float = 1.0  # alm_weight / kl_weight / taid_weight: all 1.0 in the paper (§9.20)
-    kl_temperature: float = 2.0  # T for KL and TIDAL (T^2 scaling applies)
-    alm_temperature: float = 5.0  # T_alm for CALM / Reverse CALM / chunk-TIDAL (§5.6, script value)
-    lambda_init: float = 0.1  # TIDAL λ0
-    lambda_max: float = 0.9  # TIDAL λ1
-    lambda_schedule: str = "cosine"  # g(ρ): cosine | linear
-    axis_mode: str = "both"  # both | training_only | timestep_only
-    timestep_weight: str = "uniform"  # ω(t): uniform | midrange
-    compdemo: bool = False  # complementary demonstration teacher passes (§4)
-    demo_ratio: float = 0.5
-    time_epsilon: float = 1e-3  # t = eps + (1 - eps) u (§1.3)
-    shared_vocab: int = 151646  # token modes compare ids [0, shared_vocab) on both sides (§2.2, §9.1)
-    chunk_rows: int = 0  # rows per fp32 chunk in KL/TIDAL (0 = automatic)
-
-    def __post_init__(self) -> None:
-        parts = mode_components(self.mode)
-        for part in parts:
-            _require(part in ALL_MODES, "objective.mode", f"one of {', '.join(ALL_MODES)} or 'x+y'", self.mode)
-        if len(parts) > 1 and any(p in CHUNK_LEVEL_MODES for p in parts):
-            raise ConfigError(f"objective.mode: ALM modes cannot be composed (spec §6), got {self.mode!r}")
-        if len(parts) > 1 and CE_ONLY_MODE in parts:
-            raise ConfigError(f"objective.mode: 'ce' is already part of every mode, got {self.mode!r}")
-        _require(self.lambda_schedule in ("cosine", "linear"), "objective.lambda_schedule", "cosine|linear",
-                 self.lambda_schedule)
-        _require(self.axis_mode in ("both", "training_only", "timestep_only"), "objective.axis_mode",
-                 "both|training_only|timestep_only", self.axis_mode)
-        _require(self.timestep_weight in ("uniform", "midrange"), "objective.timestep_weight", "uniform|midrange",
-                 self.timestep_weight)
-        _require(0.0 < self.demo_ratio < 1.0, "objective.demo_ratio", "a value in (0, 1)", self.demo_ratio)
-        _require(self.kl_temperature > 0, "objective.kl_temperature", "> 0", self.kl_temperature)
-        _require(self.alm_temperature > 0, "objective.alm_temperature", "> 0", self.alm_temperature)
-        _require(0.0 <= self.lambda_init <= 1.0 and 0.0 <= self.lambda_max <= 1.0, "objective.lambda_init/max",
-                 "values in [0, 1]", (self.lambda_init, self.lambda_max))
-        _require(self.shared_vocab >= 1, "objective.shared_vocab", "an integer >= 1", self.shared_vocab)
-        _require(self.chunk_rows >= 0, "objective.chunk_rows", "an integer >= 0", self.chunk_rows)
-        _require(0.0 < self.time_epsilon < 1.0, "objective.time_epsilon", "a value in (0, 1)", self.time_epsilon)
-        if self.compdemo and self.mode == CE_ONLY_MODE:
-            raise ConfigError("objective.compdemo: CompDemo needs a teacher term; mode 'ce' has none")
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.mode != CE_ONLY_MODE
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,14 +59,13 @@ class TeacherConfig:
     """The teacher checkpoint and its layout on the teacher grid (spec §2; DESIGN §2)."""
 
     arch: str = "llada2"  # llada2 (pipeline A, MoE, bidirectional) | wedlm (pipeline B, Qwen3 layout, [x0 ; xt])
-    checkpoint: str = ""  # HF directory (config.json + safetensors) or a megatron dist checkpoint
+    checkpoint: str = ""  # HF directory (config.json + safetensors), streamed onto the teacher grid at start-up
     tokenizer: str = ""  # defaults to the checkpoint directory
     tp: int = 1
     pp: int = 1
     ep: int = 1
     etp: int = 1
     dtype: str = "bf16"  # bf16 | fp32 (inference only, no gradients)
-    max_length: int = 1024  # 1024 for LLaDA2 (§2.3), 768 for WeDLM (§2.4)
     mask_id: Optional[int] = None  # None: read from the checkpoint / tokenizer
     # MoE kernels (LLaDA2; models/moe_kernels.py): None = on with Transformer Engine, off on the local backend.
     moe_grouped_gemm: Optional[bool] = None
@@ -156,10 +73,10 @@ class TeacherConfig:
     moe_dispatcher: str = "alltoall"  # alltoall | allgather
 
     def __post_init__(self) -> None:
-        _require(self.arch in TEACHER_ARCHS, "teacher.arch", "|".join(TEACHER_ARCHS), self.arch)
-        _require(self.dtype in ("bf16", "fp32"), "teacher.dtype", "bf16|fp32", self.dtype)
-        for name in ("tp", "pp", "ep", "etp", "max_length"):
-            _require(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"teacher.{name}",
+        require(self.arch in TEACHER_ARCHS, "teacher.arch", "|".join(TEACHER_ARCHS), self.arch)
+        require(self.dtype in ("bf16", "fp32"), "teacher.dtype", "bf16|fp32", self.dtype)
+        for name in ("tp", "pp", "ep", "etp"):
+            require(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"teacher.{name}",
                      "an integer >= 1", getattr(self, name))
         if self.arch == "wedlm" and (self.ep != 1 or self.etp != 1):
             raise ConfigError(f"teacher.ep: the dense WeDLM teacher has no experts; expected ep=1, etp=1, "
@@ -185,15 +102,14 @@ class StudentConfig:
     tp: int = 1
     seq_length: int = 512  # L (§1.2)
     block_size: int = 32  # B (§1.4)
-    mask_id: Optional[int] = None  # None: the tokenizer's mask token (§1.1, ≈151669)
     recompute: bool = False  # full activation recomputation for large micro-batches
     logits_chunk_seqs: int = 1  # sequences per output-layer + loss group (0 = the whole micro-batch at once, §9.21)
     skip_unmasked_blocks: bool = True  # leave out xt blocks without a masked token and the x0 blocks after them
 
     def __post_init__(self) -> None:
-        _require(self.tp >= 1, "student.tp", "an integer >= 1", self.tp)
-        _require(self.block_size >= 1, "student.block_size", "an integer >= 1", self.block_size)
-        _require(self.logits_chunk_seqs >= 0, "student.logits_chunk_seqs", "an integer >= 0", self.logits_chunk_seqs)
+        require(self.tp >= 1, "student.tp", "an integer >= 1", self.tp)
+        require(self.block_size >= 1, "student.block_size", "an integer >= 1", self.block_size)
+        require(self.logits_chunk_seqs >= 0, "student.logits_chunk_seqs", "an integer >= 0", self.logits_chunk_seqs)
         if self.seq_length % self.block_size:
             raise ConfigError(f"student.seq_length: {self.seq_length} is not a multiple of student.block_size "
                               f"{self.block_size} (spec §9.6)")
@@ -226,9 +142,9 @@ class DataConfig:
     shuffle: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.micro_batch_size >= 1, "data.micro_batch_size", "an integer >= 1", self.micro_batch_size)
-        _require(self.num_workers >= 0, "data.num_workers", "an integer >= 0", self.num_workers)
-        _require(self.prefetch_factor >= 1, "data.prefetch_factor", "an integer >= 1", self.prefetch_factor)
+        require(self.micro_batch_size >= 1, "data.micro_batch_size", "an integer >= 1", self.micro_batch_size)
+        require(self.num_workers >= 0, "data.num_workers", "an integer >= 0", self.num_workers)
+        require(self.prefetch_factor >= 1, "data.prefetch_factor", "an integer >= 1", self.prefetch_factor)
         for name in ("train", "valid"):
             prefix = getattr(self, name)
             if prefix and _CHECK_PATHS.get() and not _dataset_exists(prefix):
@@ -260,16 +176,16 @@ class OptimConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0, "optim.lr", "> 0", self.lr)
-        _require(0 <= self.min_lr <= self.lr, "optim.min_lr", f"a value in [0, optim.lr={self.lr}]", self.min_lr)
-        _require(0.0 <= self.warmup_ratio < 1.0, "optim.warmup_ratio", "a value in [0, 1)", self.warmup_ratio)
-        _require(self.lr_schedule in ("cosine", "linear", "constant"), "optim.lr_schedule",
+        require(self.lr > 0, "optim.lr", "> 0", self.lr)
+        require(0 <= self.min_lr <= self.lr, "optim.min_lr", f"a value in [0, optim.lr={self.lr}]", self.min_lr)
+        require(0.0 <= self.warmup_ratio < 1.0, "optim.warmup_ratio", "a value in [0, 1)", self.warmup_ratio)
+        require(self.lr_schedule in ("cosine", "linear", "constant"), "optim.lr_schedule",
                  "cosine|linear|constant", self.lr_schedule)
-        _require(self.epochs > 0, "optim.epochs", "> 0", self.epochs)
-        _require(self.train_steps >= 0, "optim.train_steps", "an integer >= 0", self.train_steps)
-        _require(self.grad_accum >= 1, "optim.grad_accum", "an integer >= 1", self.grad_accum)
-        _require(self.clip_grad >= 0, "optim.clip_grad", ">= 0 (0 disables clipping)", self.clip_grad)
-        _require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "optim.adam_beta1/2", "values in [0, 1)",
+        require(self.epochs > 0, "optim.epochs", "> 0", self.epochs)
+        require(self.train_steps >= 0, "optim.train_steps", "an integer >= 0", self.train_steps)
+        require(self.grad_accum >= 1, "optim.grad_accum", "an integer >= 1", self.grad_accum)
+        require(self.clip_grad >= 0, "optim.clip_grad", ">= 0 (0 disables clipping)", self.clip_grad)
+        require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "optim.adam_beta1/2", "values in [0, 1)",
                  (self.adam_beta1, self.adam_beta2))
 
 
@@ -285,8 +201,8 @@ class CheckpointConfig:
     save_at_end: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.save_interval >= 1, "checkpoint.save_interval", "an integer >= 1", self.save_interval)
-        _require(self.keep_last >= 1, "checkpoint.keep_last", "an integer >= 1", self.keep_last)
+        require(self.save_interval >= 1, "checkpoint.save_interval", "an integer >= 1", self.save_interval)
+        require(self.keep_last >= 1, "checkpoint.keep_last", "an integer >= 1", self.keep_last)
         if self.resume not in ("auto", "none"):
             _require_path(self.resume, "checkpoint.resume", "checkpoint directory")
 
@@ -302,9 +218,9 @@ class LoggingConfig:
     eval_batches: int = 8
 
     def __post_init__(self) -> None:
-        _require(self.log_interval >= 1, "logging.log_interval", "an integer >= 1", self.log_interval)
-        _require(self.eval_interval >= 0, "logging.eval_interval", "an integer >= 0", self.eval_interval)
-        _require(self.eval_batches >= 1, "logging.eval_batches", "an integer >= 1", self.eval_batches)
+        require(self.log_interval >= 1, "logging.log_interval", "an integer >= 1", self.log_interval)
+        require(self.eval_interval >= 0, "logging.eval_interval", "an integer >= 0", self.eval_interval)
+        require(self.eval_batches >= 1, "logging.eval_batches", "an integer >= 1", self.eval_batches)
 
 
 @dataclass
@@ -319,11 +235,11 @@ class PrecisionConfig:
     fp8_amax_compute_algo: str = "max"
 
     def __post_init__(self) -> None:
-        _require(self.dtype in ("bf16", "fp32"), "precision.dtype", "bf16|fp32", self.dtype)
-        _require(self.fp8_format in ("hybrid", "e4m3"), "precision.fp8_format", "hybrid|e4m3", self.fp8_format)
-        _require(self.fp8_recipe in ("delayed", "tensorwise"), "precision.fp8_recipe", "delayed|tensorwise",
+        require(self.dtype in ("bf16", "fp32"), "precision.dtype", "bf16|fp32", self.dtype)
+        require(self.fp8_format in ("hybrid", "e4m3"), "precision.fp8_format", "hybrid|e4m3", self.fp8_format)
+        require(self.fp8_recipe in ("delayed", "tensorwise"), "precision.fp8_recipe", "delayed|tensorwise",
                  self.fp8_recipe)
-        _require(self.fp8_amax_compute_algo in ("max", "most_recent"), "precision.fp8_amax_compute_algo",
+        require(self.fp8_amax_compute_algo in ("max", "most_recent"), "precision.fp8_amax_compute_algo",
                  "max|most_recent", self.fp8_amax_compute_algo)
         if self.fp8 and self.dtype != "bf16":
             raise ConfigError("precision.fp8: FP8 runs on top of bf16 compute; set precision.dtype=bf16")
@@ -362,16 +278,16 @@ class TrainConfig:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
 
     def __post_init__(self) -> None:
-        _require(bool(self.output_dir), "output_dir", "a directory path", self.output_dir)
+        require(bool(self.output_dir), "output_dir", "a directory path", self.output_dir)
         if not self.checkpoint.dir:
             self.checkpoint.dir = os.path.join(self.output_dir, "checkpoints")
         if not self.logging.dir:
             self.logging.dir = os.path.join(self.output_dir, "tensorboard")
         if self.objective.needs_teacher and _CHECK_PATHS.get():
-            _require(bool(self.teacher.checkpoint), "teacher.checkpoint",
+            require(bool(self.teacher.checkpoint), "teacher.checkpoint",
                      f"a checkpoint path (objective.mode={self.objective.mode!r} needs a teacher)", "")
         if _CHECK_PATHS.get():
-            _require(bool(self.student.checkpoint), "student.checkpoint", "a checkpoint path", "")
+            require(bool(self.student.checkpoint), "student.checkpoint", "a checkpoint path", "")
         self._check_mode_against_tokenizers()
         self._check_tokenizers_against_dataset()
 
@@ -379,7 +295,7 @@ class TrainConfig:
 
     def _check_mode_against_tokenizers(self) -> None:
         """Token-level modes compare logits position by position: they need one shared tokenizer (§6)."""
-        if not self.objective.needs_teacher or is_chunk_mode(self.objective.mode):
+        if not self.objective.needs_teacher or self.objective.chunk_level:
             return
         if self.teacher.arch == "llada2":
             raise ConfigError(
@@ -387,41 +303,18 @@ class TrainConfig:
                 f"student's tokenizer (pipeline B); the llada2 teacher has a different tokenizer: use a chunk "
                 f"mode ({', '.join(CHUNK_LEVEL_MODES)})")
         s_tok, t_tok = self.student.tokenizer_path, self.teacher.tokenizer_path
-        if _CHECK_PATHS.get() and s_tok and t_tok:
-            s_id, t_id = tokenizer_fingerprint(s_tok), tokenizer_fingerprint(t_tok)
-            if s_id is not None and t_id is not None and s_id != t_id:
-                raise ConfigError(
-                    f"objective.mode: {self.objective.mode!r} is token-level but student.tokenizer {s_tok!r} and "
-                    f"teacher.tokenizer {t_tok!r} differ; use a chunk mode ({', '.join(CHUNK_LEVEL_MODES)})")
+        if _CHECK_PATHS.get() and s_tok and t_tok and same_tokenizer(s_tok, t_tok) is False:
+            raise ConfigError(
+                f"objective.mode: {self.objective.mode!r} is token-level but student.tokenizer {s_tok!r} and "
+                f"teacher.tokenizer {t_tok!r} differ; use a chunk mode ({', '.join(CHUNK_LEVEL_MODES)})")
 
     def _check_tokenizers_against_dataset(self) -> None:
         """The dataset (tide-preprocess meta.json) must have been written for these tokenizers, this mode and L."""
         if not (_CHECK_PATHS.get() and self.data.train):
             return
         meta = read_dataset_meta(self.data.train)
-        if meta is None:
-            return
-        where = f"data.train {self.data.train!r}"
-        dcfg = meta.get("config", {})
-        if self.objective.needs_teacher and dcfg.get("align"):
-            wanted = "chunks" if is_chunk_mode(self.objective.mode) else "pairs"
-            if dcfg["align"] != wanted:
-                raise ConfigError(f"objective.mode: {self.objective.mode!r} needs a dataset aligned by {wanted}, but "
-                                  f"{where} was preprocessed with --align {dcfg['align']}")
-        if dcfg.get("student_max_len") not in (None, self.student.seq_length):
-            raise ConfigError(f"student.seq_length: {self.student.seq_length} differs from the dataset's "
-                              f"student_max_len {dcfg['student_max_len']} ({where})")
-        sides = [("student", self.student)] + ([("teacher", self.teacher)] if self.objective.needs_teacher else [])
-        for side, cfg in sides:
-            recorded = dcfg.get(f"{side}_tokenizer")
-            if recorded and cfg.tokenizer_path and not same_tokenizer(recorded, cfg.tokenizer_path):
-                raise ConfigError(f"{side}.tokenizer: {cfg.tokenizer_path!r} is not the tokenizer that wrote {where} "
-                                  f"(the dataset records {recorded!r})")
-        if self.objective.needs_teacher and not is_chunk_mode(self.objective.mode):
-            s_tok, t_tok = dcfg.get("student_tokenizer"), dcfg.get("teacher_tokenizer")
-            if s_tok and t_tok and not same_tokenizer(s_tok, t_tok):
-                raise ConfigError(f"objective.mode: {self.objective.mode!r} is token-level, but {where} pairs two "
-                                  f"different tokenizers ({s_tok!r}, {t_tok!r}); use a chunk mode")
+        if meta is not None:
+            check_dataset(meta, self, f"data.train {self.data.train!r}")
 
     def check_world_size(self, world_size: int) -> tuple[int, int]:
         """Teacher and student data-parallel sizes; a clear error when a layout does not divide the world."""
@@ -438,67 +331,17 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Tokenizer and dataset identity
-# --------------------------------------------------------------------------------------------------
-
-
-def tokenizer_fingerprint(path: str) -> Optional[str]:
-    """A content hash of a tokenizer's vocabulary files, so two paths to one tokenizer compare equal.
-
-    Returns None when the path holds no recognised tokenizer file (nothing to compare).
-    """
-    import hashlib
-
-    p = Path(path)
-    if p.is_file():
-        files = [p]
-    elif p.is_dir():
-        names = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json")
-        files = [p / n for n in names if (p / n).exists()] or sorted(p.glob("*.gguf"))[:1]
-    else:
-        return None
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode())
-        digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def same_tokenizer(a: str, b: str) -> bool:
-    """Two tokenizer references name one tokenizer: equal strings, or files with equal content."""
-    if a == b or os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b)):
-        return True
-    fa, fb = tokenizer_fingerprint(a), tokenizer_fingerprint(b)
-    if fa is None or fb is None:
-        return True  # a registry name on one side: nothing to compare here (tide-preprocess resolved it)
-    return fa == fb
-
-
-def read_dataset_meta(prefix: str) -> Optional[dict]:
-    """The JSON metadata that ``tide-preprocess`` writes beside a dataset, or None if there is none."""
-    for candidate in (Path(prefix) / "meta.json", Path(prefix + ".meta.json")):
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"data.train: dataset metadata {str(candidate)!r} is not valid JSON: {err}") from None
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
 # Presets: the six paper variants (spec §6, §7.1, §8)
 # --------------------------------------------------------------------------------------------------
 
 _PIPELINE_A = {
-    "teacher": {"arch": "llada2", "max_length": 1024},
+    "teacher": {"arch": "llada2"},
     "data": {"micro_batch_size": 8},
     "optim": {"lr": 5e-5, "epochs": 2.0},
     "objective": {"alm_temperature": 5.0, "timestep_weight": "uniform", "axis_mode": "both"},
 }
 _PIPELINE_B = {
-    "teacher": {"arch": "wedlm", "max_length": 768, "ep": 1, "etp": 1},
+    "teacher": {"arch": "wedlm", "ep": 1, "etp": 1},
     "data": {"micro_batch_size": 10},
     "optim": {"lr": 5e-5, "epochs": 3.0},
     "objective": {"kl_temperature": 2.0, "axis_mode": "both"},
@@ -579,11 +422,25 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     return value
 
 
+#: Fields of earlier versions: loading a config that sets one says what to write instead.
+RETIRED_FIELDS = {
+    "objective.distill_weight": "replaced by objective.kl_weight, objective.taid_weight and objective.alm_weight "
+                                "(the weight of each kind of term; all 1.0 in the paper, spec §9.20)",
+    "teacher.max_length": "removed (nothing read it): the teacher length is fixed when the dataset is written, "
+                          "with tide-preprocess --teacher-max-len",
+    "student.mask_id": "removed (nothing read it): the student mask id is the student tokenizer's, recorded in "
+                       "the dataset's meta.json by tide-preprocess",
+}
+
+
 def _build_section(cls: type, values: dict, section: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{section}: expected a mapping of fields, got {values!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    retired = sorted(f"{section}.{k}" for k in values if f"{section}.{k}" in RETIRED_FIELDS)
+    if retired:
+        raise ConfigError(f"{retired[0]}: {RETIRED_FIELDS[retired[0]]}")
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{section}.{unknown[0]}: unknown field; valid fields are {', '.join(sorted(known))}")
@@ -676,8 +533,6 @@ def _expand_paths(raw: dict) -> dict:
 
 
 def _expand_vars(text: str, env: dict) -> str:
-    import string
-
     return string.Template(text).safe_substitute(env)
 
 

@@ -6,18 +6,17 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from tide_megatron.align.rows import aligned_rows, masked_rows
 from tide_megatron.distributed import ParallelLayout, build_model_grid
 from tide_megatron.losses import (
     LossInputs,
     MODES,
     ObjectiveConfig,
-    aligned_rows,
     bd3lm_ce,
     build_objective,
     chunk_masking,
     kl_loss,
     logsumexp,
-    masked_rows,
     tidal_loss,
     token_logprobs,
 )

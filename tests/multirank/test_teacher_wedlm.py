@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.reference.wedlm_checkpoint import load_reference, write_tiny_wedlm
+from tests.reference.wedlm_checkpoint import load_reference, wedlm_inputs, write_tiny_wedlm, xt_rows
 from tide_megatron.distributed import ParallelLayout, build_model_grid, seed_model_parallel_rng
-from tide_megatron.models.wedlm import load_wedlm_teacher, wedlm_inputs, xt_rows
+from tide_megatron.models.wedlm import load_wedlm_teacher
 from tide_megatron.teacher import TeacherEngine
 
 L, BLOCK = 8, 4

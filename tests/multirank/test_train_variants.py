@@ -181,10 +181,10 @@ def test_gradient_accumulation_counts_optimizer_steps(make_trainer, artifacts):
 
 def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(make_trainer, artifacts):
     """Pipeline B: [x0 ; xt_1 ; xt_2] in one forward gives the rows of two [x0 ; xt_p] forwards (TP=2 teacher)."""
+    from tide_megatron.align.rows import aligned_rows
     from tide_megatron.diffusion.inputs import bd3lm_inputs
     from tide_megatron.diffusion.masks import block_diffusion_mask
     from tide_megatron.distributed import payload_exchange as px
-    from tide_megatron.losses import aligned_rows
 
     cfg, pipe = _config(artifacts, "b_tide_shared", shared_dir("sharedx0"))
     trainer = make_trainer(cfg, pipe)
@@ -192,8 +192,13 @@ def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(make_train
     assert batch.num_passes == 2
     got = trainer.teacher_payload(batch)
 
-    ids, att, passes = trainer._padded_teacher(batch)
-    _, b, Lt = passes.shape
+    # The reference: each pass as its own full [x0 ; xt_p] forward, every rank padded to the group's length.
+    Lt = px.common_length(int(batch.teacher_ids.shape[1]), trainer.teacher_group)
+    Lt += -Lt % cfg.student.block_size
+    extra = Lt - batch.teacher_ids.shape[1]
+    ids = torch.nn.functional.pad(batch.teacher_ids, (0, extra), value=trainer.teacher_pad_id)
+    att = torch.nn.functional.pad(batch.teacher_attention, (0, extra), value=False)
+    passes = torch.nn.functional.pad(batch.teacher_pass_masks, (0, extra), value=False)
     rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
     which = batch.take_pass2[rows.batch, rows.teacher_pos]
     expected = torch.empty_like(got)
@@ -214,13 +219,16 @@ def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(make_train
 
 
 @pytest.mark.parametrize("variant", ["a_tide_shared", "a_calm"])
-def test_teacher_log_probs_only_where_a_chunk_loss_reads_them(make_trainer, artifacts, variant):
+def test_teacher_log_probs_only_where_a_chunk_loss_reads_them(make_trainer, artifacts, variant, monkeypatch):
     """Pipeline A asks the teacher only for active-chunk tokens (in the pass that wins there): same loss."""
+    from tide_megatron.teacher import passes
+
     cfg, pipe = _config(artifacts, variant, shared_dir(f"needed-{variant}"))
     trainer = make_trainer(cfg, pipe)
     batch = _first_batch(trainer)
     restricted = trainer.teacher_payload(batch)
-    trainer._needed_teacher_tokens = lambda b, P, Lt: torch.ones(P, *b.teacher_ids.shape[:1], Lt, dtype=torch.bool)
+    monkeypatch.setattr(passes, "needed_teacher_tokens",
+                        lambda b: torch.ones(b.num_passes, *b.teacher_ids.shape, dtype=torch.bool))
     full = trainer.teacher_payload(batch)
     needed = (batch.teacher_chunk >= 0) & batch.active.gather(1, batch.teacher_chunk.clamp_min(0))
     assert needed.any() and (restricted[~needed] == 0).all()

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tide_megatron.diffusion.masks import block_diffusion_mask
+
 TINY_WEDLM = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False,
                   max_position_embeddings=512, attention_bias=False, hidden_act="silu")
@@ -49,3 +51,25 @@ def write_tiny_wedlm(directory: Path, seed: int = 0) -> Path:
 
 def load_reference(directory: Path):
     return qwen3_reference(load_file(str(Path(directory) / "model.safetensors")))
+
+
+def wedlm_inputs(x0: torch.Tensor, xt: torch.Tensor, block_size: int,
+                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass's teacher input written from §2.2: ids [x0 ; xt] [b, 2L], position ids [0..L-1, 0..L-1] and the
+    bool [b, 1, 2L, 2L] "may attend" mask; rows and columns of padded positions (attention_mask 0) are blocked
+    in both halves (§9 pitfall 17)."""
+    if x0.shape != xt.shape:
+        raise ValueError(f"x0 {tuple(x0.shape)} and xt {tuple(xt.shape)} must have the same shape")
+    b, L = x0.shape
+    ids = torch.cat([x0, xt], dim=1)
+    pos = torch.arange(L, device=x0.device).repeat(2).expand(b, 2 * L)
+    allowed = block_diffusion_mask(L, block_size, "x0_xt", device=x0.device)[None, None].expand(b, 1, 2 * L, 2 * L)
+    if attention_mask is not None:
+        real = attention_mask.bool().repeat(1, 2)
+        allowed = allowed & real[:, None, :, None] & real[:, None, None, :]
+    return ids, pos, allowed
+
+
+def xt_rows(rows: torch.Tensor, L: int) -> torch.Tensor:
+    """(batch, position in xt) pairs → rows of the [x0 ; xt] teacher sequence (the second half, §9.4)."""
+    return torch.stack([rows[:, 0], rows[:, 1] + L], dim=1)

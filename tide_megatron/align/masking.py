@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-IGNORE_INDEX = -100
+from tide_megatron.diffusion.noise import IGNORE_INDEX
 
 
 def chunk_any(token_chunk: torch.Tensor, token_flag: torch.Tensor, num_cols: int) -> torch.Tensor:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Sequence
 
 from tide_megatron.align.tokenizers import TideTokenizer
+from tide_megatron.diffusion.noise import IGNORE_INDEX
 
 ROLES = ("system", "user", "assistant")
-IGNORE_INDEX = -100
 
 QWEN3_TEMPLATE = (
     "{%- set ns = namespace(last=-1) -%}"

@@ -83,12 +83,12 @@ def load_hf_model(hf_dir: str, dtype: str, device: str):
     """
     import torch
 
+    from tide_megatron.dtypes import DTYPES
     from tide_megatron.models.convert.reference import load_hf_reference
 
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
         raise SystemExit(f"tide-eval: --hf-dir {hf_dir}: no config.json there")
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
-        dtype, torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    torch_dtype = DTYPES.get(dtype, torch.bfloat16 if device.startswith("cuda") else torch.float32)
     return load_hf_reference(hf_dir).to(device=device, dtype=torch_dtype).eval()
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from tide_megatron.atomic import staged_path
+
 
 @dataclass(frozen=True)
 class CorpusSpec:
@@ -77,13 +79,11 @@ def write_jsonl(path: Path, split: str, limit: int, spec: CorpusSpec = CorpusSpe
     """Write up to ``limit`` conversations of ``split`` to ``path`` atomically; returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as out:
+    with staged_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for conversation in iter_conversations(split, spec):
             out.write(json.dumps(conversation, ensure_ascii=False) + "\n")
             count += 1
             if count >= limit:
                 break
-    os.replace(tmp, path)
     return count

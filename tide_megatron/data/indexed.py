@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
+from tide_megatron.atomic import publish
 from tide_megatron.data.samples import FIELDS
 
 META_FILE = "meta.json"
@@ -54,13 +55,7 @@ class DatasetWriter:
                 b.finalize(str(self._tmp / f"{f}.idx"))
             (self._tmp / META_FILE).write_text(json.dumps({**self.meta, "fields": list(self.fields), "num_samples": self.count}, indent=2))
             os.chmod(self._tmp, 0o755)
-            if self.out_dir.exists():
-                old = self.out_dir.with_name(f".{self.out_dir.name}.old-{os.getpid()}")
-                os.rename(self.out_dir, old)
-                os.rename(self._tmp, self.out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(self._tmp, self.out_dir)
+            publish(self._tmp, self.out_dir)
         finally:
             for b in getattr(self, "_builders", {}).values():
                 if not b.data_file.closed:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tide_megatron.align.templates import SampleError
+from tide_megatron.data.compatibility import tokenizer_fingerprint
 from tide_megatron.data.indexed import DatasetWriter
 from tide_megatron.data.samples import SampleBuilder, SampleConfig
 
@@ -151,8 +152,10 @@ def preprocess(
             "config": config.to_json(),
             "summary": summary.as_dict(),
             "student": {"vocab_size": builder.student.vocab_size, "mask_id": builder.student.mask_id,
-                        "eos_id": builder.student.eos_id, "pad_id": builder.student.pad_id},
+                        "eos_id": builder.student.eos_id, "pad_id": builder.student.pad_id,
+                        "fingerprint": tokenizer_fingerprint(builder.student)},  # checked at start-up
             "teacher": {"vocab_size": builder.teacher.vocab_size, "mask_id": builder.teacher.mask_id,
-                        "eos_id": builder.teacher.eos_id, "pad_id": builder.teacher.pad_id},
+                        "eos_id": builder.teacher.eos_id, "pad_id": builder.teacher.pad_id,
+                        "fingerprint": tokenizer_fingerprint(builder.teacher)},
         }
     return summary

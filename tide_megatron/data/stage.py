@@ -1,10 +1,12 @@
-"""Train-time alignment stage: collate samples, draw the student mask, build the teacher inputs (§1.2-1.3, §2.3-2.4, §4, §5.5).
+"""Train-time alignment stage: collate samples, draw the student mask, project it onto the teacher (§1.2-1.3, §2.3-2.4, §4, §5.5).
 
 `TideCollator` runs inside DataLoader workers (it is picklable and deterministic given its seed: every random
 draw of a sample comes from a generator seeded by (seed, epoch, sample index), so results do not depend on the
-worker count, the batch composition or prefetching). It returns the collated student batch, the sampled
-and chunk-expanded student masks, the teacher ids clean and masked with their attention masks, and the sparse
-alignment (per-token chunk ids or pairs). `AlignmentStage` is the mask-dependent part alone, usable on a
+worker count, the batch composition or prefetching). It returns the collated student batch, the sampled and
+chunk-expanded student masks, the noised student ids, the clean teacher ids with their attention mask, where
+the teacher is masked (one pass, or CompDemo's two), and the sparse alignment (per-token chunk ids or pairs).
+`data.batch.DistillBatch.from_stage` names these for the step; the teacher's own inputs, with its own mask
+id, are built from them by `teacher.passes`. `AlignmentStage` is the mask-dependent part alone, usable on a
 batch with any externally drawn student mask.
 """
 
@@ -15,20 +17,22 @@ from typing import Literal
 
 import torch
 
+from tide_megatron.align import compdemo
 from tide_megatron.align.masking import chunk_consistent_masking, project_mask_through_pairs
 from tide_megatron.diffusion.collate import collate_student
 from tide_megatron.diffusion.noise import mask_tokens, sample_t
-from tide_megatron.losses import compdemo
 
 
 @dataclass
 class StageConfig:
-    """Token ids and lengths of one student/teacher pair; `from_meta` reads them from a dataset's meta.json."""
+    """Token ids and lengths of one student/teacher pair; `from_meta` reads them from a dataset's meta.json.
+
+    No teacher mask id: the stage only says where the teacher is masked; `teacher.passes` writes the id.
+    """
 
     student_mask_id: int
     student_eos_id: int
     student_pad_id: int
-    teacher_mask_id: int
     teacher_eos_id: int
     teacher_pad_id: int
     align: Literal["chunks", "pairs"] = "chunks"
@@ -50,7 +54,7 @@ class StageConfig:
     def from_meta(cls, meta: dict, **overrides) -> "StageConfig":
         s, t = meta["student"], meta["teacher"]
         kw = dict(student_mask_id=s["mask_id"], student_eos_id=s["eos_id"], student_pad_id=s["pad_id"],
-                  teacher_mask_id=t["mask_id"], teacher_eos_id=t["eos_id"], teacher_pad_id=t["pad_id"],
+                  teacher_eos_id=t["eos_id"], teacher_pad_id=t["pad_id"],
                   align=meta["config"]["align"], student_len=meta["config"]["student_max_len"])
         kw.update(overrides)
         return cls(**kw)
@@ -111,7 +115,7 @@ def _collate_pairs(samples: list[dict]) -> dict[str, torch.Tensor]:
         rows = smp["pairs"].view(-1, 2)
         n = rows.shape[0]
         ps[k, :n], pt[k, :n], valid[k, :n] = rows[:, 0], rows[:, 1], True
-    return {"pair_student": ps, "pair_teacher": pt, "pair_valid": valid, "n_aligned": valid.sum(1)}
+    return {"pair_student": ps, "pair_teacher": pt, "pair_valid": valid}
 
 
 def sample_student_mask(input_ids: torch.Tensor, labels: torch.Tensor, mask_id: int, generators: list[torch.Generator],
@@ -126,7 +130,8 @@ def sample_student_mask(input_ids: torch.Tensor, labels: torch.Tensor, mask_id: 
 
 
 class AlignmentStage:
-    """Given a collated batch and the student mask, build the teacher inputs and the alignment index tensors."""
+    """Given a collated batch and the student mask: the expanded student mask, where the teacher is masked in
+    each pass, and the active chunks."""
 
     def __init__(self, cfg: StageConfig):
         self.cfg = cfg
@@ -135,31 +140,31 @@ class AlignmentStage:
                  generators: list[torch.Generator] | None = None) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         out: dict[str, torch.Tensor] = {"sampled_student_mask": student_mask}
+        chunk_has_masked = None
         if cfg.align == "chunks":
             C = int(batch["num_chunks"].max().item()) if batch["num_chunks"].numel() else 0
             cm = chunk_consistent_masking(student_mask, batch["student_chunk"], batch["teacher_chunk"],
                                           batch["labels"], num_cols=C)
             out.update(student_mask=cm.student_mask, teacher_mask=cm.teacher_mask & batch["teacher_attention_mask"],
-                       chunk_has_masked=cm.has_masked, active_chunks=cm.active)
+                       active_chunks=cm.active)
+            chunk_has_masked = cm.has_masked
         else:
             tm = project_mask_through_pairs(student_mask, batch["pair_student"], batch["pair_teacher"],
                                             batch["pair_valid"], batch["teacher_ids"].shape[1])
-            distill = batch["pair_valid"] & torch.gather(student_mask, 1, batch["pair_student"])
-            out.update(student_mask=student_mask, teacher_mask=tm, distill_pairs=distill)
+            out.update(student_mask=student_mask, teacher_mask=tm)
         out["student_noised_ids"] = torch.where(out["student_mask"], cfg.student_mask_id, batch["input_ids"])
-        out["teacher_input_ids"] = torch.where(out["teacher_mask"], cfg.teacher_mask_id, batch["teacher_ids"])
         if cfg.compdemo_ratio is not None:
-            out.update(self._compdemo(batch, out, generators))
+            units = chunk_has_masked if cfg.align == "chunks" else out["student_mask"]
+            out.update(self._compdemo(batch, units, generators))
         return out
 
-    def _compdemo(self, batch, out, generators) -> dict[str, torch.Tensor]:
-        """§4 through `losses.compdemo`: split masked units (chunks in A, positions in B) into A and B by u < ratio.
+    def _compdemo(self, batch, units: torch.Tensor, generators) -> dict[str, torch.Tensor]:
+        """§4 through `align.compdemo`: split masked units (chunks in A, positions in B) into A and B by u < ratio.
 
-        Pass 1 masks B (A shows ground truth), pass 2 masks A and its values win on `demo_take_pass2`. With no
-        masked unit in the batch, `demo_two_pass` is False and pass 1 is the single standard pass.
+        Pass 1 masks B (A shows ground truth), pass 2 masks A and its values win there. With no masked unit in
+        the batch, pass 1 is the single standard pass and pass 2 masks nothing.
         """
         cfg = self.cfg
-        units = out["chunk_has_masked"] if cfg.align == "chunks" else out["student_mask"]
         u = (torch.stack([torch.rand(units.shape[1], generator=g) for g in generators]) if generators
              else torch.rand(units.shape))
         if cfg.align == "chunks":
@@ -167,14 +172,9 @@ class AlignmentStage:
         else:
             plan = compdemo.plan_token_level(units, batch["pair_student"], batch["pair_teacher"], batch["pair_valid"],
                                              batch["teacher_ids"].shape[1], cfg.compdemo_ratio, u=u)
-        t_ids = batch["teacher_ids"]
         pass1 = plan.passes[0]  # teacher(M_B), or teacher(M) in the single-pass fallback
         pass2 = plan.passes[1] if plan.two_pass else torch.zeros_like(pass1)  # teacher(M_A)
-        return {"demo_two_pass": torch.tensor(plan.two_pass),
-                "demo_teacher_mask_a": pass2, "demo_teacher_mask_b": pass1,
-                "demo_pass1_ids": torch.where(pass1, cfg.teacher_mask_id, t_ids),
-                "demo_pass2_ids": torch.where(pass2, cfg.teacher_mask_id, t_ids),
-                "demo_take_pass2": pass2}
+        return {"demo_teacher_mask_a": pass2, "demo_teacher_mask_b": pass1}
 
 
 class TideCollator:
@@ -206,16 +206,3 @@ class TideCollator:
         batch["t"] = t
         batch.update(self.stage(batch, sampled, gens))
         return batch
-
-
-def build_dataloader(dataset, cfg: StageConfig, batch_size: int, seed: int = 42, shuffle: bool = True,
-                     num_workers: int = 0, prefetch_factor: int | None = 2, drop_last: bool = False,
-                     sampler=None) -> torch.utils.data.DataLoader:
-    """A DataLoader whose workers run `TideCollator`; shuffling is seeded, so the whole stream is reproducible."""
-    gen = torch.Generator()
-    gen.manual_seed(seed)
-    kw = {"prefetch_factor": prefetch_factor, "persistent_workers": False} if num_workers > 0 else {}
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-        generator=gen if sampler is None else None, num_workers=num_workers, collate_fn=TideCollator(cfg, seed),
-        drop_last=drop_last, **kw)

@@ -42,6 +42,7 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from tide_megatron.align.tokenizers import TideTokenizer, load_tokenizer
+from tide_megatron.atomic import publish, staged_path, write_text_atomic
 from tide_megatron.config import config_from_dict
 from tide_megatron.data.corpus import CorpusSpec, iter_conversations, split_of, stdlib_modules, stdlib_root
 from tide_megatron.data.indexed import TideAlignedDataset
@@ -61,7 +62,7 @@ from tide_megatron.models.llada2 import forward_llada2, load_llada2_teacher
 from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
 from tide_megatron.report.build import Report, build_report
 from tide_megatron.report.render import write_report
-from tide_megatron.report.run_dir import add_run_metrics, atomic_text, read_runs, run_recorded
+from tide_megatron.report.run_dir import add_run_metrics, read_runs, run_recorded
 from tide_megatron.training.export import export_student
 from tide_megatron.training.trainer import DistillTrainer
 
@@ -146,7 +147,7 @@ def write_corpus(s: DemoSettings, root: Path) -> tuple[Path, list[str]]:
                             f"conversations; {s.train_conversations} are needed")
         random.Random(s.data_seed).shuffle(conversations)
         root.mkdir(parents=True, exist_ok=True)
-        atomic_text(train_file, _jsonl(conversations[: s.train_conversations]))
+        write_text_atomic(train_file, _jsonl(conversations[: s.train_conversations]))
     # Held-out: whole modules of the held-out split (never seen in training), in a seeded order.
     base = stdlib_root()
     files = [p for p in stdlib_modules(base) if split_of(p, base, spec.heldout_fraction) == "heldout"]
@@ -178,7 +179,7 @@ def preprocess_data(s: DemoSettings, train_file: Path, root: Path, valid_count: 
     if not valid_file.exists():
         conv = list(iter_conversations("heldout", _corpus_spec(s)))
         random.Random(s.data_seed + 2).shuffle(conv)
-        atomic_text(valid_file, _jsonl(conv[:valid_count]))
+        write_text_atomic(valid_file, _jsonl(conv[:valid_count]))
     for name, src in (("train", train_file), ("valid", valid_file)):
         target = root / f"data_{name}"
         if not (target / "meta.json").exists():
@@ -421,9 +422,8 @@ def plot_teacher_loss(teacher: dict, path: Path) -> None:
     ax.set_ylabel("masked-diffusion loss")
     ax.set_title("teacher pretraining (LLaDA2 MoE)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with staged_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -438,7 +438,7 @@ def run(s: DemoSettings, output_dir: str, threads: int = 0, stream=sys.stdout) -
     stage.mkdir(parents=True)
     try:
         results = _run_phases(s, stage, out_dir, threads, stream)
-        _atomic_replace_dir(stage, out_dir)
+        publish(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -446,16 +446,6 @@ def run(s: DemoSettings, output_dir: str, threads: int = 0, stream=sys.stdout) -
     stream.write(f"[tide-demo] outputs in {out_dir}: results.md, results.json, teacher_loss.png, report/ "
                  f"(report.md, report.json, loss_curves.png, metrics.png), runs/, tensorboard/\n")
     return results
-
-
-def _atomic_replace_dir(stage: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.rename(final, old)
-        os.rename(stage, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(stage, final)
 
 
 def _run_phases(s: DemoSettings, stage: Path, final: Path, threads: int, stream) -> dict:
@@ -503,10 +493,10 @@ def _run_phases(s: DemoSettings, stage: Path, final: Path, threads: int, stream)
                "interval": report.interval}
     results = json.loads(json.dumps(results, default=str).replace(str(stage), str(final)))
     write_json_atomic(str(stage / "results.json"), results)
-    atomic_text(stage / "results.md", format_results(results, report))
+    write_text_atomic(stage / "results.md", format_results(results, report))
     for name in ("report.md", "report.json"):  # run paths inside name the final directory
         path = stage / "report" / name
-        atomic_text(path, path.read_text().replace(str(stage), str(final)))
+        write_text_atomic(path, path.read_text().replace(str(stage), str(final)))
     plot_teacher_loss(teacher, stage / "teacher_loss.png")
     return results
 

@@ -144,16 +144,10 @@ def masked_diffusion_loss(model: torch.nn.Module, ids: torch.Tensor, real: torch
     xt, masked = mask_tokens(ids, labels, t, mask_id, generator)
     b, L = ids.shape
     module = getattr(model, "module", model)
-    captured: list[torch.Tensor] = []
-    hook = module.decoder.register_forward_hook(lambda mod, args, out: captured.append(out))
-    try:  # the decoder's output is the final-normed hidden state [s, b, h]; no logits are built here
-        model(xt, torch.arange(L).expand(b, L), key_padding_mask(real.long(), xt), logits_rows=slice(0, 0))
-    finally:
-        hook.remove()
-    hidden = captured[0]
-    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-    pos, row = masked.T.nonzero(as_tuple=True)  # [s, b] order, like the hidden states
-    logits, _ = module.output_layer(hidden[pos, row])  # [n, V], full vocabulary (TP = 1)
+    # The final-normed hidden states [b, L, h]; no logits are built here.
+    hidden = model(xt, torch.arange(L).expand(b, L), key_padding_mask(real.long(), xt), output="hidden")
+    pos, row = masked.T.nonzero(as_tuple=True)  # position-major, the order the hook-based version used
+    logits, _ = module.output_layer(hidden[row, pos])  # [n, V], full vocabulary (TP = 1)
     # fp32 fused log-softmax + gather (torch's cross_entropy): the elementwise passes over [n, V] dominate here
     logp_masked = -torch.nn.functional.cross_entropy(logits.float(), ids[row, pos], reduction="none")
     token_logp = torch.zeros(b, L, dtype=torch.float32).index_put((row, pos), logp_masked)

@@ -15,13 +15,3 @@ def bd3lm_inputs(xt: torch.Tensor, x0: torch.Tensor, order: Order = "xt_x0") -> 
     ids = torch.cat([xt, x0] if order == "xt_x0" else [x0, xt], dim=1)
     pos = torch.arange(L, device=x0.device, dtype=torch.long).repeat(2).unsqueeze(0).expand(b, 2 * L)
     return ids, pos.contiguous()
-
-
-def xt_half(logits: torch.Tensor, L: int, order: Order = "xt_x0") -> torch.Tensor:
-    """The logits rows of the noisy half (§1.4: student `[:, :L]`; x0-first teacher `[:, L:]`)."""
-    return logits[:, :L] if order == "xt_x0" else logits[:, L:]
-
-
-def xt_rows(L: int, order: Order = "xt_x0") -> slice:
-    """Sequence slice of the xt half, for `ExplicitMaskGPTModel.forward(logits_rows=...)`."""
-    return slice(0, L) if order == "xt_x0" else slice(L, 2 * L)

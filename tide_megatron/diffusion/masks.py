@@ -1,4 +1,8 @@
-"""Block-diffusion attention mask over [xt ; x0] or [x0 ; xt] (spec §1.4, test vectors §11.4)."""
+"""Block-diffusion attention mask over [xt ; x0] or [x0 ; xt] (spec §1.4, test vectors §11.4).
+
+Packed sequences that keep only some blocks of each half (the student and teacher compaction) describe their
+mask as a `models.attention_mask.BlockDiffusionMask` (per-token segment and original block ids).
+"""
 
 from __future__ import annotations
 

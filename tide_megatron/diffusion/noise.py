@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of a position no loss reads (prompt, padding); the one definition
 TIME_EPSILON = 1e-3
 
 

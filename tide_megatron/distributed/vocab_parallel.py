@@ -1,12 +1,13 @@
 """Tensor-parallel vocabulary primitives (megatron-core layout: rank r holds ids [r*V_local, (r+1)*V_local)).
 
 Row statistics (max, sum of exp, a picked logit) are all-reduced over the group, so the vocabulary is
-never gathered. Shared by the teacher payloads and the losses; ``group=None`` means unsharded.
+never gathered. Shared by the teacher payloads and the losses; ``group=None`` means unsharded. Rows are
+processed ``chunk_rows`` at a time, so fp32 temporaries are O(chunk_rows x V_local), never ``[n, V]``.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -54,22 +55,52 @@ def local_vocab_limit(local_vocab: int, vocab_limit: Optional[int], group: Proce
     return max(0, min(local_vocab, vocab_limit - vocab_start(local_vocab, group)))
 
 
-def global_max(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
-    """Row max over the full (sharded) vocabulary; ``x`` is fp32 ``[c, V_local]``, result ``[c]``.
+# fp32 elements per row chunk: 2**22 elements = 16 MiB of fp32 per temporary (27 rows at V = 151936).
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
-    A rank holding no columns contributes -inf. The result is detached: the max only stabilises exp.
+
+def default_chunk_rows(vocab: int, chunk_rows: Optional[int] = None) -> int:
+    """Rows per chunk: ``chunk_rows`` if given, else enough rows for about 2**22 fp32 elements."""
+    if chunk_rows is not None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        return chunk_rows
+    return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, vocab))
+
+
+def row_chunks(n: int, rows: int) -> Iterator[slice]:
+    """Consecutive row slices of at most ``rows`` rows covering ``[0, n)``."""
+    for start in range(0, n, rows):
+        yield slice(start, min(n, start + rows))
+
+
+def logsumexp_and_target(logits: torch.Tensor, group: ProcessGroup, targets: Optional[torch.Tensor] = None,
+                         chunk_rows: Optional[int] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Row logsumexp over the full vocabulary of vocab-parallel logits ``[n, V_local]`` (any dtype), in fp32 and
+    without gradient; with ``targets`` (global ids ``[n]``) also each row's target logit, in fp32.
+
+    Two all-reduces whatever ``n``: the row max (exact in the input dtype), then the sums of exps and the
+    picked logits together. The fp32 temporaries are ``[chunk_rows, V_local]`` (`default_chunk_rows`).
     """
-    if x.shape[-1] == 0:
-        m = torch.full(x.shape[:-1], float("-inf"), dtype=torch.float32, device=x.device)
-    else:
-        m = x.detach().amax(dim=-1)
-    return all_reduce(m, dist.ReduceOp.MAX, group)
-
-
-def global_logsumexp(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
-    """Row logsumexp over the full vocabulary of fp32 ``[c, V_local]`` shards, without gradient."""
+    n, v_local = logits.shape
     with torch.no_grad():
-        m = global_max(x, group)
-        s = torch.exp(x - m.unsqueeze(-1)).sum(dim=-1)
-        all_reduce(s, dist.ReduceOp.SUM, group)
-        return m + torch.log(s)
+        if v_local:
+            m = logits.amax(dim=-1).float()
+        else:  # a rank holding no columns contributes -inf to the max and nothing to the sums
+            m = torch.full((n,), float("-inf"), dtype=torch.float32, device=logits.device)
+        all_reduce(m, dist.ReduceOp.MAX, group)
+        stats = torch.zeros(1 if targets is None else 2, n, dtype=torch.float32, device=logits.device)
+        if n and v_local:
+            rows = default_chunk_rows(v_local, chunk_rows)
+            work = torch.empty(min(rows, n), v_local, dtype=torch.float32, device=logits.device)
+            for sl in row_chunks(n, rows):
+                x = work[: sl.stop - sl.start].copy_(logits[sl])
+                stats[0, sl] = x.sub_(m[sl].unsqueeze(1)).exp_().sum(dim=1)
+            del work
+        if targets is not None and v_local:
+            local_t = targets - vocab_start(v_local, group)
+            in_shard = (local_t >= 0) & (local_t < v_local)
+            picked = logits.gather(1, local_t.clamp(0, v_local - 1).unsqueeze(1)).squeeze(1).float()
+            stats[1] = torch.where(in_shard, picked, torch.zeros_like(picked))
+        all_reduce(stats, dist.ReduceOp.SUM, group)
+        return m + torch.log(stats[0]), (None if targets is None else stats[1])

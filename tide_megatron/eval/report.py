@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Any
+
+from tide_megatron.atomic import write_text_atomic
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
     """Write ``payload`` to ``path`` through a temp file in the same directory, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _fmt(value: Any) -> str:

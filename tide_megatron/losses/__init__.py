@@ -1,4 +1,4 @@
-"""TIDE losses as pure functions over tensors (spec §1.5, §3-§6, §9).
+"""TIDE losses as pure functions over tensors (spec §1.5, §3, §5, §6, §9).
 
 Every function computes in fp32 whatever the input dtype and accepts logits sharded over a
 tensor-parallel group in megatron-core's vocab-parallel layout (``tp_group``; None = unsharded). Values and
@@ -9,7 +9,7 @@ Functional API (usable outside the trainer):
 - ``token_logprobs(logits, targets, tp_group)``: ``z[target] - logsumexp(z)`` per position, fp32.
 - ``bd3lm_ce(student_logits, x0, masked, maskable, t, tp_group)``: BD3LM CE, weight ``1/(t+1e-6)``,
   normalised by the maskable count (§1.5).
-- ``TidalSchedule`` / ``tidal_lambda(t, step, total_steps, schedule)``: λ of §3.1-3.2 and ω of §3.5.
+- ``TidalSchedule(...).lam(t, step, total_steps)`` / ``.omega(t)``: λ of §3.1-3.2 and ω of §3.5.
 - ``tidal_loss(student_rows, teacher_rows, lam, omega, temperature, vocab_limit, tp_group)``: §3.
 - ``kl_loss(student_rows, teacher_rows, temperature, reverse, vocab_limit, tp_group)``: §6 KL baselines.
   TIDAL and KL process rows in chunks (``chunk_rows``): extra memory O(chunk_rows x V) plus the gradient.
@@ -17,15 +17,15 @@ Functional API (usable outside the trainer):
 - ``calm_loss(student_ll, teacher_ll, active, temperature, reverse)``: Reverse CALM / CALM (§5.7).
 - ``chunk_tidal_loss(student_ll, teacher_ll, active, lam, omega, temperature, reverse)``: §5.8.
 - ``chunk_masking(...)``: chunk-consistent masking and active chunks (§5.5).
-- ``compdemo.split / plan_token_level / plan_chunk_level / merge``: CompDemo (§4).
-- ``aligned_rows / masked_rows``: the distilled positions K of the token modes (§2.4, §6).
-- ``build_objective(mode, ObjectiveConfig)`` -> ``Objective``; ``objective(LossInputs, step, total_steps,
-  tp_group)`` -> ``LossOutput(total, ce, terms)``: the mode catalogue of §6.
+- ``ObjectiveConfig`` (the ``objective:`` config section), ``build_objective(mode, ObjectiveConfig)`` -> ``Objective``;
+  ``objective(LossInputs, step, total_steps, tp_group)`` -> ``LossOutput(total, ce, terms)``: the mode catalogue of §6.
+
+The distilled positions K (``align.rows``) and CompDemo's passes (``align.compdemo``) are alignment-side:
+the data stage and the teacher passes build them before any loss runs.
 """
 
 from tide_megatron.losses.calm import ChunkMasking, calm_loss, chunk_loglik, chunk_masking, chunk_tidal_loss
 from tide_megatron.losses.ce import bd3lm_ce, bd3lm_ce_from_logprobs, bd3lm_weight
-from tide_megatron.losses.compdemo import CompDemoPlan, merge, plan_chunk_level, plan_token_level, split
 from tide_megatron.losses.kl import kl_loss
 from tide_megatron.losses.modes import (
     MODES,
@@ -34,16 +34,13 @@ from tide_megatron.losses.modes import (
     Objective,
     ObjectiveConfig,
     build_objective,
-    valid_modes,
+    parse_mode,
 )
-from tide_megatron.losses.rows import DistilledRows, aligned_rows, masked_rows
-from tide_megatron.losses.tidal import TidalSchedule, tidal_lambda, tidal_loss
+from tide_megatron.losses.tidal import TidalSchedule, tidal_loss
 from tide_megatron.losses.vocab_parallel import logsumexp, token_logprobs
 
 __all__ = [
-    "ChunkMasking", "CompDemoPlan", "DistilledRows", "LossInputs", "LossOutput", "MODES", "Objective",
-    "ObjectiveConfig", "TidalSchedule", "aligned_rows", "bd3lm_ce", "bd3lm_ce_from_logprobs", "bd3lm_weight",
-    "build_objective", "calm_loss", "chunk_loglik", "chunk_masking", "chunk_tidal_loss", "kl_loss", "logsumexp",
-    "masked_rows", "merge", "plan_chunk_level", "plan_token_level", "split", "tidal_lambda", "tidal_loss",
-    "token_logprobs", "valid_modes",
+    "ChunkMasking", "LossInputs", "LossOutput", "MODES", "Objective", "ObjectiveConfig", "TidalSchedule", "bd3lm_ce",
+    "bd3lm_ce_from_logprobs", "bd3lm_weight", "build_objective", "calm_loss", "chunk_loglik", "chunk_masking",
+    "chunk_tidal_loss", "kl_loss", "logsumexp", "parse_mode", "tidal_loss", "token_logprobs",
 ]

@@ -10,7 +10,8 @@ from typing import Optional
 
 import torch
 
-from tide_megatron.losses.vocab_parallel import ProcessGroup, token_logprobs
+from tide_megatron.distributed.vocab_parallel import ProcessGroup
+from tide_megatron.losses.vocab_parallel import token_logprobs
 
 CE_WEIGHT_EPS = 1e-6
 

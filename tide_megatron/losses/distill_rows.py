@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from tide_megatron.losses.vocab_parallel import (
+from tide_megatron.distributed.vocab_parallel import (
     ProcessGroup,
     all_reduce,
     default_chunk_rows,

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from tide_megatron.losses.distill_rows import distill_rows
-from tide_megatron.losses.vocab_parallel import ProcessGroup
+from tide_megatron.distributed.vocab_parallel import ProcessGroup
 
 
 def kl_loss(

@@ -1,27 +1,32 @@
-"""The mode catalogue of spec §6: which distillation term is added to the BD3LM CE, and its validation.
+"""The TIDE objective: the mode catalogue of spec §6, its hyperparameters, and the loss it assembles.
 
 Token modes (Pipeline B) compare logit rows at the distilled positions (``*_aligned``: pairs of §2.4;
 plain ``kl``/``reverse_kl``/``taid``: every masked position). Chunk modes (Pipeline A) compare chunk
 log-likelihoods (§5). ``x+y`` composes token modes: CE once plus each component's weighted term; the
-ALM modes cannot be composed. ``L = L_CE + sum_components weight * term``.
+ALM modes cannot be composed. ``ce`` is the BD3LM CE alone (the baseline of §8).
+``L = L_CE + sum_components weight * term``. `ObjectiveConfig` is the ``objective:`` section of a run.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
 
+from tide_megatron.align.rows import DistilledRows
+from tide_megatron.distributed.vocab_parallel import ProcessGroup
+from tide_megatron.errors import ConfigError, require
 from tide_megatron.losses.calm import calm_loss, chunk_loglik, chunk_tidal_loss
 from tide_megatron.losses.ce import bd3lm_ce_from_logprobs
 from tide_megatron.losses.kl import kl_loss
-from tide_megatron.losses.rows import DistilledRows, gather_rows, teacher_rows_to_shard
-from tide_megatron.losses.tidal import TidalSchedule, tidal_loss
-from tide_megatron.losses.vocab_parallel import ProcessGroup, token_logprobs
+from tide_megatron.losses.rows import gather_rows, teacher_rows_to_shard
+from tide_megatron.losses.tidal import AXIS_MODES, DECAYS, TIMESTEP_WEIGHTS, TidalSchedule, tidal_loss
+from tide_megatron.losses.vocab_parallel import token_logprobs
 
 QWEN3_SHARED_VOCAB = 151646  # ids [0, 151646): regular BPE plus <|endoftext|>, <|im_start|>, <|im_end|> (§2.2)
+CE_ONLY_MODE = "ce"  # BD3LM fine-tuning with no teacher term (§8)
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class ModeSpec:
     aligned: bool  # token modes: K from alignment pairs (True) or all masked positions (False)
     pipeline: str
     paper_name: str
-    default_timestep_weight: str = "uniform"
+    default_timestep_weight: str = "uniform"  # ω(t) of the paper recipe when objective.timestep_weight is unset
 
     @property
     def chunk_level(self) -> bool:
@@ -57,6 +62,7 @@ MODES: dict[str, ModeSpec] = {m.name: m for m in (
     ModeSpec("alm_taid", "chunk_tidal", False, False, "A", "TIDE-Shared (A)"),
     ModeSpec("reverse_alm_taid", "chunk_tidal", True, False, "A", "(not in the paper)"),
 )}
+CHUNK_LEVEL_MODES = tuple(name for name, spec in MODES.items() if spec.chunk_level)
 
 REVERSE_TIDAL_WARNING = (
     "TIDAL with a reverse objective: the target mixes (1-lambda)*student into the teacher, and lambda grows "
@@ -65,43 +71,108 @@ REVERSE_TIDAL_WARNING = (
 )
 
 
+def parse_mode(mode: str) -> list[ModeSpec]:
+    """The catalogue entries of a mode string (``name`` or token modes ``a+b``); ``ce`` has none.
+
+    Raises `ConfigError` naming ``objective.mode`` for an unknown mode, for composing ALM modes or ``ce``,
+    for a repeated component and for mixing aligned and unaligned token modes (spec §6).
+    """
+    valid = (f"one of the valid modes: {', '.join(MODES)}, '{CE_ONLY_MODE}' (CE only), or token modes joined "
+             f"by '+'")
+    if not isinstance(mode, str) or not mode.strip():
+        raise ConfigError(f"objective.mode: expected {valid}; got {mode!r}")
+    names = [part.strip() for part in mode.split("+")]
+    if names == [CE_ONLY_MODE]:
+        return []
+    if CE_ONLY_MODE in names:
+        raise ConfigError(f"objective.mode: '{CE_ONLY_MODE}' is already part of every mode, got {mode!r}")
+    unknown = [name for name in names if name not in MODES]
+    if unknown:
+        raise ConfigError(f"objective.mode: expected {valid}; got {mode!r} (unknown {unknown[0]!r})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"objective.mode: a component appears twice in {mode!r}")
+    components = [MODES[n] for n in names]
+    if len(components) > 1:
+        chunk = [c.name for c in components if c.chunk_level]
+        if chunk:
+            raise ConfigError(f"objective.mode: ALM modes cannot be composed with '+' (spec §6); {mode!r} "
+                              f"contains {', '.join(chunk)}")
+        if len({c.aligned for c in components}) > 1:
+            raise ConfigError(f"objective.mode: {mode!r} mixes aligned and unaligned token modes, which use "
+                              "different positions; compose only *_aligned modes or only unaligned ones")
+    return components
+
+
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """Hyperparameters of §6/§7 (reference names in comments); validated by ``build_objective``.
+    """The TIDE objective (spec §1.5, §3-§6): ``L = L_CE + sum_components weight * term``.
 
-    ``taid_timestep_weight=None`` takes the mode's paper recipe: midrange for token TIDAL, uniform for
-    the chunk modes (§5.8, §10).
+    The ``objective:`` section of a training config; defaults are the paper's (§7.1, §9.20), and every
+    field is validated here, once, with errors naming ``objective.<field>``.
     """
 
-    kl_temperature: float = 2.0  # kl_temperature; also TIDAL's T
-    alm_temperature: float = 5.0  # alm_temperature (launch script; Python default 2.0, §10)
-    kl_weight: float = 1.0
-    taid_weight: float = 1.0
-    alm_weight: float = 1.0
-    taid_lambda_init: float = 0.1
-    taid_lambda_max: float = 0.9
-    taid_decay: str = "cosine"
-    taid_axis_mode: str = "both"
-    taid_timestep_weight: Optional[str] = None
-    shared_vocab: Optional[int] = QWEN3_SHARED_VOCAB  # token modes slice both sides to ids below this (§9.1)
-    chunk_rows: Optional[int] = None  # rows per fp32 chunk in KL/TIDAL (memory bound), None = automatic
+    mode: str = "reverse_alm"  # see MODES; token modes compose as 'a+b'; 'ce' = no teacher term
+    kl_weight: float = 1.0  # weight of a KL term (kl*, reverse_kl*)
+    taid_weight: float = 1.0  # weight of a token TIDAL term (taid*)
+    alm_weight: float = 1.0  # weight of a chunk term (alm, reverse_alm, alm_taid, reverse_alm_taid)
+    kl_temperature: float = 2.0  # T of KL and token TIDAL, with T^2 scaling (§3, §6)
+    alm_temperature: float = 5.0  # T_alm of CALM and chunk TIDAL (the launch script's 5.0; §5.6, §10)
+    lambda_init: float = 0.1  # TIDAL λ0 (§3.1)
+    lambda_max: float = 0.9  # TIDAL λ1
+    lambda_schedule: str = "cosine"  # g(ρ): cosine | linear
+    axis_mode: str = "both"  # both | training_only | timestep_only (§3.2)
+    timestep_weight: Optional[str] = None  # ω(t): uniform | midrange; None = the mode's recipe (§3.5, §5.8)
+    compdemo: bool = False  # complementary demonstration teacher passes (§4)
+    demo_ratio: float = 0.5  # ρ_d of the CompDemo split
+    time_epsilon: float = 1e-3  # t = eps + (1 - eps) u (§1.3)
+    shared_vocab: Optional[int] = QWEN3_SHARED_VOCAB  # token modes compare ids below this (§2.2, §9.1); None = all
+    chunk_rows: Optional[int] = None  # rows per fp32 chunk in the losses (memory bound); None = automatic
 
-    def validate(self) -> None:
-        for name in ("kl_temperature", "alm_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"objective config: {name} must be > 0, got {getattr(self, name)}")
+    def __post_init__(self) -> None:
+        components = parse_mode(self.mode)
         for name in ("kl_weight", "taid_weight", "alm_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"objective config: {name} must be >= 0, got {getattr(self, name)}")
-        if self.shared_vocab is not None and self.shared_vocab < 1:
-            raise ValueError("objective config: shared_vocab must be a positive id count or None, "
-                             f"got {self.shared_vocab}")
-        self.schedule("uniform")
+            require(getattr(self, name) >= 0, f"objective.{name}", ">= 0", getattr(self, name))
+        for name in ("kl_temperature", "alm_temperature"):
+            require(getattr(self, name) > 0, f"objective.{name}", "> 0", getattr(self, name))
+        for name in ("lambda_init", "lambda_max"):
+            require(0.0 <= getattr(self, name) <= 1.0, f"objective.{name}", "a value in [0, 1]", getattr(self, name))
+        require(self.lambda_schedule in DECAYS, "objective.lambda_schedule", "|".join(DECAYS), self.lambda_schedule)
+        require(self.axis_mode in AXIS_MODES, "objective.axis_mode", "|".join(AXIS_MODES), self.axis_mode)
+        require(self.timestep_weight is None or self.timestep_weight in TIMESTEP_WEIGHTS, "objective.timestep_weight",
+                "|".join(TIMESTEP_WEIGHTS) + " or null (the mode's recipe)", self.timestep_weight)
+        require(0.0 < self.demo_ratio < 1.0, "objective.demo_ratio", "a value in (0, 1)", self.demo_ratio)
+        require(0.0 < self.time_epsilon < 1.0, "objective.time_epsilon", "a value in (0, 1)", self.time_epsilon)
+        require(self.shared_vocab is None or self.shared_vocab >= 1, "objective.shared_vocab",
+                "an id count >= 1 or null (no cut)", self.shared_vocab)
+        require(self.chunk_rows is None or self.chunk_rows >= 1, "objective.chunk_rows",
+                "an integer >= 1 or null (automatic)", self.chunk_rows)
+        if self.compdemo and not components:
+            raise ConfigError(f"objective.compdemo: CompDemo needs a teacher term; mode {self.mode!r} has none")
 
-    def schedule(self, default_weight: str) -> TidalSchedule:
-        """The TIDAL schedule, with the mode's default timestep weight unless one is set."""
-        return TidalSchedule(self.taid_lambda_init, self.taid_lambda_max, self.taid_decay, self.taid_axis_mode,
-                             self.taid_timestep_weight or default_weight)
+    @property
+    def components(self) -> list[ModeSpec]:
+        """The catalogue entries of ``mode`` (empty for ``ce``)."""
+        return parse_mode(self.mode)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self.components)
+
+    @property
+    def chunk_level(self) -> bool:
+        """Chunk modes (Pipeline A, §5) compare chunk log-likelihoods, across different tokenizers."""
+        return any(c.chunk_level for c in self.components)
+
+    def weight(self, spec: ModeSpec) -> float:
+        """The weight of one component's term (§9.20: all 1.0 in the paper)."""
+        if spec.chunk_level:
+            return self.alm_weight
+        return self.taid_weight if spec.term == "tidal" else self.kl_weight
+
+    def schedule(self, spec: ModeSpec) -> TidalSchedule:
+        """The TIDAL schedule of a component; ω(t) is the mode's recipe unless ``timestep_weight`` is set."""
+        return TidalSchedule(self.lambda_init, self.lambda_max, self.lambda_schedule, self.axis_mode,
+                             self.timestep_weight or spec.default_timestep_weight)
 
 
 @dataclass
@@ -136,12 +207,12 @@ class LossOutput:
 
 
 class Objective:
-    """CE plus the distillation term(s) of one mode string; call it once per micro-batch."""
+    """CE plus the distillation term(s) of one validated `ObjectiveConfig`; call it once per micro-batch."""
 
-    def __init__(self, mode: str, components: list[ModeSpec], config: ObjectiveConfig):
-        self.mode = mode
-        self.components = components
+    def __init__(self, config: ObjectiveConfig):
         self.config = config
+        self.mode = config.mode
+        self.components = config.components
 
     @property
     def chunk_level(self) -> bool:
@@ -151,16 +222,11 @@ class Objective:
     def aligned(self) -> bool:
         return self.components[0].aligned
 
-    def _weight(self, spec: ModeSpec) -> float:
-        c = self.config
-        if spec.chunk_level:
-            return c.alm_weight
-        return c.taid_weight if spec.term == "tidal" else c.kl_weight
-
     def __call__(self, inputs: LossInputs, step: int = 0, total_steps: int = 1,
                  tp_group: ProcessGroup = None) -> LossOutput:
         """Assemble the loss of §6. ``step`` is the 0-based optimizer step, ``total_steps`` the total (§9.14)."""
-        logp = token_logprobs(inputs.student_logits, inputs.x0, tp_group, self.config.chunk_rows)
+        c = self.config
+        logp = token_logprobs(inputs.student_logits, inputs.x0, tp_group, c.chunk_rows)
         ce = bd3lm_ce_from_logprobs(logp, inputs.masked, inputs.maskable, inputs.t)
         terms = {}
         total = ce
@@ -168,7 +234,7 @@ class Objective:
             term = (self._chunk_term(spec, inputs, logp, step, total_steps) if spec.chunk_level
                     else self._token_term(spec, inputs, step, total_steps, tp_group))
             terms[spec.name] = term
-            total = total + self._weight(spec) * term
+            total = total + c.weight(spec) * term
         return LossOutput(total=total, ce=ce, terms=terms)
 
     def _token_term(self, spec: ModeSpec, x: LossInputs, step: int, total_steps: int,
@@ -191,7 +257,7 @@ class Objective:
         teacher = teacher_rows_to_shard(x.teacher_rows.detach(), v_local, tp_group)
         if spec.term == "kl":
             return kl_loss(student, teacher, c.kl_temperature, spec.reverse, c.shared_vocab, tp_group, c.chunk_rows)
-        sched = c.schedule(spec.default_timestep_weight)
+        sched = c.schedule(spec)
         lam = sched.lam(x.t, step, total_steps)[x.rows.batch]
         omega = sched.omega(x.t)[x.rows.batch]
         return tidal_loss(student, teacher, lam, omega, c.kl_temperature, c.shared_vocab, tp_group, c.chunk_rows)
@@ -207,45 +273,24 @@ class Objective:
         t_ll = chunk_loglik(x.teacher_token_logp.detach(), x.teacher_chunk, num_chunks)
         if spec.term == "calm":
             return calm_loss(s_ll, t_ll, x.active, c.alm_temperature, spec.reverse)
-        sched = c.schedule(spec.default_timestep_weight)
+        sched = c.schedule(spec)
         return chunk_tidal_loss(s_ll, t_ll, x.active, sched.lam(x.t, step, total_steps), sched.omega(x.t),
                                 c.alm_temperature, spec.reverse)
 
 
 def build_objective(mode: str, config: ObjectiveConfig = ObjectiveConfig()) -> Objective:
-    """Parse and validate a mode string (``name`` or ``a+b``) into an ``Objective``.
+    """The `Objective` of ``mode`` (``name`` or ``a+b``) with the hyperparameters of ``config``.
 
-    Raises ``ValueError`` naming the valid modes for an unknown one, for composing ALM modes, for mixing
-    aligned and unaligned token modes, and for bad config values. Warns for TIDAL with a reverse objective.
+    Raises `ConfigError` (a ``ValueError``) as `parse_mode` and `ObjectiveConfig` do; warns for TIDAL with a
+    reverse objective (§5.8); ``ce`` has no teacher term and no `Objective`.
     """
-    if not isinstance(mode, str) or not mode.strip():
-        raise ValueError(f"mode must be a non-empty string; valid modes: {', '.join(MODES)} "
-                         "or token modes joined by '+'")
-    names = [part.strip() for part in mode.split("+")]
-    for name in names:
-        if name not in MODES:
-            raise ValueError(f"unknown mode {name!r} in {mode!r}; valid modes: {', '.join(MODES)} "
-                             "(token modes may be composed as 'a+b')")
-    if len(set(names)) != len(names):
-        raise ValueError(f"mode {mode!r}: a component appears twice")
-    components = [MODES[n] for n in names]
-    if len(components) > 1:
-        chunk = [c.name for c in components if c.chunk_level]
-        if chunk:
-            raise ValueError(f"mode {mode!r}: ALM modes ({', '.join(chunk)}) cannot be composed with '+'")
-        if len({c.aligned for c in components}) > 1:
-            raise ValueError(f"mode {mode!r}: aligned and unaligned token modes use different positions; "
-                             "compose only *_aligned modes or only unaligned ones")
-    config.validate()
-    if any(c.uses_tidal for c in components) and any(c.reverse for c in components):
+    config = replace(config, mode=mode)  # validated again with this mode
+    if not config.components:
+        raise ConfigError(f"objective.mode: {mode!r} has no distillation term; use losses.bd3lm_ce alone")
+    if any(c.uses_tidal for c in config.components) and any(c.reverse for c in config.components):
         warnings.warn(f"mode {mode!r}: {REVERSE_TIDAL_WARNING}", UserWarning, stacklevel=2)
-    return Objective(mode, components, config)
+    return Objective(config)
 
 
-def valid_modes() -> list[str]:
-    """The catalogue's mode names (composites of token modes are also accepted)."""
-    return list(MODES)
-
-
-__all__ = ["MODES", "ModeSpec", "ObjectiveConfig", "LossInputs", "LossOutput", "Objective", "build_objective",
-           "valid_modes", "QWEN3_SHARED_VOCAB"]
+__all__ = ["CE_ONLY_MODE", "CHUNK_LEVEL_MODES", "MODES", "ModeSpec", "ObjectiveConfig", "LossInputs", "LossOutput",
+           "Objective", "build_objective", "parse_mode", "QWEN3_SHARED_VOCAB"]

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from tide_megatron.losses.distill_rows import distill_rows
-from tide_megatron.losses.vocab_parallel import ProcessGroup
+from tide_megatron.distributed.vocab_parallel import ProcessGroup
 
 DECAYS = ("cosine", "linear")
 AXIS_MODES = ("both", "training_only", "timestep_only")
@@ -62,13 +62,6 @@ class TidalSchedule:
         if self.timestep_weight == "uniform":
             return torch.ones_like(t)
         return torch.exp(-((t - 0.5) ** 2) / (2 * MIDRANGE_SIGMA ** 2))
-
-
-def tidal_lambda(
-    t: torch.Tensor, step: int, total_steps: int, schedule: TidalSchedule = TidalSchedule()
-) -> torch.Tensor:
-    """λ per sequence (functional form of ``TidalSchedule.lam``)."""
-    return schedule.lam(t, step, total_steps)
 
 
 def tidal_loss(

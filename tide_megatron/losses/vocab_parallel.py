@@ -11,49 +11,24 @@ never a full fp32 copy of ``[n, V]``.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
-import torch.distributed as dist
 
-from tide_megatron.distributed.vocab_parallel import (  # noqa: F401  (re-exported for the losses)
+from tide_megatron.distributed.vocab_parallel import (
     ProcessGroup,
-    all_reduce,
-    global_logsumexp,
-    global_max,
-    local_vocab_limit,
-    tp_rank,
+    default_chunk_rows,
+    logsumexp_and_target,
+    row_chunks,
     tp_size,
     vocab_start,
 )
 
-# fp32 elements per row chunk: 2**22 elements = 16 MiB of fp32 per temporary (27 rows at V = 151936).
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
-
-
-def default_chunk_rows(vocab: int, chunk_rows: Optional[int] = None) -> int:
-    """Rows per chunk: ``chunk_rows`` if given, else enough rows for about 2**22 fp32 elements."""
-    if chunk_rows is not None:
-        if chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        return chunk_rows
-    return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, vocab))
-
-
-def row_chunks(n: int, rows: int) -> Iterator[slice]:
-    """Consecutive row slices of at most ``rows`` rows covering ``[0, n)``."""
-    for start in range(0, n, rows):
-        yield slice(start, min(n, start + rows))
-
 
 def logsumexp(logits: torch.Tensor, tp_group: ProcessGroup = None, chunk_rows: Optional[int] = None) -> torch.Tensor:
     """fp32 logsumexp over the last (possibly vocab-parallel) dimension, no gradient; shape ``logits.shape[:-1]``."""
-    lead = logits.shape[:-1]
-    flat = logits.detach().reshape(-1, logits.shape[-1])
-    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
-    for sl in row_chunks(flat.shape[0], default_chunk_rows(flat.shape[1], chunk_rows)):
-        out[sl] = global_logsumexp(flat[sl].float(), tp_group)
-    return out.reshape(lead)
+    lse, _ = logsumexp_and_target(logits.detach().reshape(-1, logits.shape[-1]), tp_group, chunk_rows=chunk_rows)
+    return lse.reshape(logits.shape[:-1])
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -65,30 +40,15 @@ class _TokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, group: ProcessGroup, chunk_rows: Optional[int]):
-        n, v_local = logits.shape
-        start = vocab_start(v_local, group)
-        local_t = targets - start
+        v_local = logits.shape[1]
+        local_t = targets - vocab_start(v_local, group)
         in_shard = (local_t >= 0) & (local_t < v_local)
         safe_t = torch.where(in_shard, local_t, torch.zeros_like(local_t))
-        picked = logits.gather(1, safe_t.unsqueeze(1)).squeeze(1).float()
-        picked = torch.where(in_shard, picked, torch.zeros_like(picked))
-
         rows = default_chunk_rows(v_local, chunk_rows)
-        # Max in the input dtype is exact; one all-reduce for all rows.
-        m = logits.amax(dim=-1).float() if v_local else torch.full((n,), float("-inf"), device=logits.device)
-        all_reduce(m, dist.ReduceOp.MAX, group)
-        sumexp = torch.empty(n, dtype=torch.float32, device=logits.device)
-        work = torch.empty(min(rows, n), v_local, dtype=torch.float32, device=logits.device)
-        for sl in row_chunks(n, rows):
-            x = work[: sl.stop - sl.start].copy_(logits[sl])
-            sumexp[sl] = x.sub_(m[sl].unsqueeze(1)).exp_().sum(dim=1)
-        del work
-        stats = torch.stack([sumexp, picked])
-        all_reduce(stats, dist.ReduceOp.SUM, group)
-        lse = m + torch.log(stats[0])
+        lse, picked = logsumexp_and_target(logits, group, targets, rows)
         ctx.save_for_backward(logits, safe_t, in_shard, lse)
         ctx.rows = rows
-        return stats[1] - lse
+        return picked - lse
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):

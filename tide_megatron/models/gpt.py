@@ -1,16 +1,18 @@
-"""megatron-core GPTModel with explicit-position RoPE, explicit attention masks and row-sliced logits.
+"""megatron-core GPTModel with explicit-position RoPE, explicit attention masks and row-sliced outputs.
 
 Shared by the Qwen3 student and the teachers: no built-in causal mask, no logit shift (§9.3), RoPE
-gathered per position id (§1.4), and `logits_rows` to materialise logits only where a loss reads
-them (§9.21; e.g. the xt half of [xt ; x0]).
+gathered per position id (§1.4), `logits_rows` to materialise outputs only where a loss reads them
+(§9.21; e.g. the xt half of [xt ; x0]), and ``output="hidden"`` for the final hidden states instead of
+logits (the caller applies the LM head itself, a chunk at a time: the teacher payloads, the student's
+sequence-chunked head).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Literal, Union
 
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
 
@@ -18,13 +20,12 @@ from tide_megatron.models.attention_mask import AttentionMaskSpec
 from tide_megatron.models.rotary import ExplicitPositionRotaryEmbedding
 
 RowSelector = Union[slice, torch.Tensor, None]
+Output = Literal["logits", "hidden"]
 
 
 def ensure_global_memory_buffer() -> None:
     """Sequence-parallel gathers use megatron's global scratch buffer, which only
     `initialize_model_parallel` creates; models built on explicit process groups need it too."""
-    from megatron.core import parallel_state
-
     if parallel_state._GLOBAL_MEMORY_BUFFER is None:
         parallel_state._set_global_memory_buffer()
 
@@ -65,6 +66,7 @@ class ExplicitMaskGPTModel(GPTModel):
         self.explicit_rotary = ExplicitPositionRotaryEmbedding(
             self.config.kv_channels, rotary_base, rotary_percent, self.config.rotary_interleaved)
         self._logits_rows: RowSelector = None
+        self._output: Output = "logits"
 
     def tie_embeddings_and_output_weights_state_dict(self, sharded_state_dict, output_layer_weight_key: str,
                                                      first_stage_word_emb_key: str, metadata: dict = {}) -> None:
@@ -88,17 +90,21 @@ class ExplicitMaskGPTModel(GPTModel):
         return tuple(out)
 
     def _postprocess(self, hidden_states, **kwargs):
-        rows = self._logits_rows
-        if rows is None or not self.post_process or kwargs.get("labels") is not None:
+        rows, output = self._logits_rows, self._output
+        if (rows is None and output == "logits") or not self.post_process or kwargs.get("labels") is not None:
             return super()._postprocess(hidden_states, **kwargs)
-        output_weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights else None
         sp = self.output_layer.sequence_parallel
         if sp:  # gather the full sequence before picking rows
             hidden_states = tensor_parallel.gather_from_sequence_parallel_region(hidden_states,
                                                                                  group=self.pg_collection.tp)
-            self.output_layer.sequence_parallel = False
+        if rows is not None:
+            hidden_states = hidden_states[rows]
+        if output == "hidden":
+            return hidden_states.transpose(0, 1).contiguous()
+        output_weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights else None
+        self.output_layer.sequence_parallel = False
         try:
-            logits, _ = self.output_layer(hidden_states[rows], weight=output_weight,
+            logits, _ = self.output_layer(hidden_states, weight=output_weight,
                                           runtime_gather_output=kwargs.get("runtime_gather_output"))
         finally:
             self.output_layer.sequence_parallel = sp
@@ -106,18 +112,21 @@ class ExplicitMaskGPTModel(GPTModel):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: Union[AttentionMaskSpec, torch.Tensor, None] = None, logits_rows: RowSelector = None,
-                **kwargs) -> torch.Tensor:
+                output: Output = "logits", **kwargs) -> torch.Tensor:
         """ids/position_ids [b, s]; attention_mask bool True = may attend, or a mask description
-        (models/attention_mask.py) -> logits [b, rows, V(/tp)].
+        (models/attention_mask.py) -> logits [b, rows, V(/tp)], or with ``output="hidden"`` the final (normed,
+        sequence-gathered) hidden states [b, rows, h] on the last stage.
 
-        `logits_rows` (a slice or index tensor over the sequence) limits the output layer to those rows.
+        `logits_rows` (a slice or index tensor over the sequence) limits the output to those rows.
         """
         if position_ids is None:
             raise ValueError("position_ids are required (RoPE uses explicit positions, spec §1.4)")
+        if output not in ("logits", "hidden"):
+            raise ValueError(f"output must be 'logits' or 'hidden', got {output!r}")
         mask = to_core_attention_mask(attention_mask, input_ids.shape[1], input_ids.device, input_ids.shape[0],
                                       recompute=self.config.recompute_granularity is not None)
-        self._logits_rows = logits_rows
+        self._logits_rows, self._output = logits_rows, output
         try:
             return super().forward(input_ids, position_ids, mask, **kwargs)
         finally:
-            self._logits_rows = None
+            self._logits_rows, self._output = None, "logits"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
 from matplotlib.figure import Figure  # the object API: no pyplot state, no window, PNG through Agg
 
+from tide_megatron.atomic import staged_path, write_text_atomic
 from tide_megatron.eval.report import write_json_atomic
 from tide_megatron.report.build import Report
-from tide_megatron.report.run_dir import RunRecord, atomic_text
+from tide_megatron.report.run_dir import RunRecord
 
 MARKDOWN, JSON, CURVES, BARS = "report.md", "report.json", "loss_curves.png", "metrics.png"
 
@@ -103,9 +103,8 @@ def _run_dict(r: RunRecord) -> dict:
 
 
 def _savefig(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with staged_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def plot_loss_curves(report: Report, path: Path) -> None:
@@ -180,7 +179,7 @@ def write_report(report: Report, out_dir: str) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / MARKDOWN, "json": out / JSON, "curves": out / CURVES, "bars": out / BARS}
-    atomic_text(paths["markdown"], to_markdown(report))
+    write_text_atomic(paths["markdown"], to_markdown(report))
     write_json_atomic(str(paths["json"]), to_dict(report))
     plot_loss_curves(report, paths["curves"])
     plot_metric_bars(report, paths["bars"])

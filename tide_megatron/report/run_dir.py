@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,10 +297,3 @@ def read_runs(paths: Iterable[str]) -> list[RunRecord]:
                              f"pass only one of them")
         seen[key] = rec
     return records
-
-
-def atomic_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary name in the same directory."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -1,9 +1,9 @@
 """Inference-only teacher forward over the teacher grid, returning loss-sized payloads (§2, §9.21).
 
-`TeacherEngine` wraps a megatron-core GPTModel (LLaDA2 or WeDLM). Its output layer is swapped for a
-head that returns the final hidden states (sequence-gathered under sequence parallelism); payloads
-are then computed from those and this TP rank's LM-head rows by `teacher.payloads`, so the full
-[b, L, V] logits never exist. With PP > 1 the forward runs megatron's forward-only pipeline schedule
+`TeacherEngine` wraps a megatron-core GPTModel (LLaDA2 or WeDLM) and runs it with ``output="hidden"``
+(`models.gpt.ExplicitMaskGPTModel`: the final hidden states, sequence-gathered under sequence
+parallelism); payloads are then computed from those and this TP rank's LM-head rows by
+`teacher.payloads`, so the full [b, L, V] logits never exist. With PP > 1 the forward runs megatron's forward-only pipeline schedule
 and the payload is broadcast from the last stage, so every rank of the teacher model-parallel group
 returns the same payload. No gradients anywhere.
 """
@@ -17,24 +17,9 @@ import torch.distributed as dist
 from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
 from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 from megatron.core.process_groups_config import ProcessGroupCollection
-from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
 from tide_megatron.models.attention_mask import AttentionMaskSpec, KeyPaddingMask
 from tide_megatron.teacher import payloads
-
-
-class _HiddenStatesHead(torch.nn.Module):
-    """Stands where GPTModel's output layer was: returns the (sequence-gathered) final hidden states."""
-
-    def __init__(self, tp_group: dist.ProcessGroup, sequence_parallel: bool):
-        super().__init__()
-        self.tp_group, self.sequence_parallel = tp_group, sequence_parallel
-
-    def forward(self, hidden: torch.Tensor, weight=None, runtime_gather_output=None):
-        if self.sequence_parallel and dist.get_world_size(self.tp_group) > 1:
-            hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False,
-                                                          group=self.tp_group)
-        return hidden, None
 
 
 def allowed_attention_mask(attention_mask: Union[AttentionMaskSpec, torch.Tensor, None], b: int,
@@ -65,8 +50,7 @@ def allowed_attention_mask(attention_mask: Union[AttentionMaskSpec, torch.Tensor
 class TeacherEngine:
     """Teacher forward + payload extraction for one model stage on the teacher grid.
 
-    The engine takes the model over: on the last stage its output layer is replaced by
-    `_HiddenStatesHead` (the LM-head weight is kept for the payloads), so load weights first.
+    The model runs with ``output="hidden"``; on the last stage the LM-head weight is read for the payloads.
     """
 
     def __init__(self, model: torch.nn.Module, pgs: ProcessGroupCollection, pad_token_id: int = 0,
@@ -86,7 +70,6 @@ class TeacherEngine:
         if self.is_last_stage:
             self.lm_head_weight = (model.shared_embedding_or_output_weight()
                                    if model.share_embeddings_and_output_weights else model.output_layer.weight)
-            model.output_layer = _HiddenStatesHead(pgs.tp, self.config.sequence_parallel)
 
     @property
     def vocab_size(self) -> int:
@@ -124,7 +107,7 @@ class TeacherEngine:
         mask = allowed_attention_mask(attention_mask, b, L)
         ids, mask, pos = self._pad_for_sequence_parallel(input_ids, mask, position_ids)
         if self.pp_size == 1:
-            out = self.model(ids, pos, mask)
+            out = self.model(ids, pos, mask, output="hidden")
         else:
             out = self._pipelined_forward(ids, mask, pos)
         return None if out is None else out[:, :L]
@@ -143,7 +126,7 @@ class TeacherEngine:
 
         def forward_step(data_iterator, model):
             m_ids, m_mask, m_pos = next(data_iterator)
-            output = model(m_ids, m_pos, m_mask)
+            output = model(m_ids, m_pos, m_mask, output="hidden")
 
             def collect(output_tensor, non_loss_data=False):
                 return output_tensor
@@ -190,13 +173,9 @@ class TeacherEngine:
 
     @torch.no_grad()
     def logit_rows(self, input_ids: torch.Tensor, rows: torch.Tensor, vocab_limit: int,
-                   attention_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
-                   top_k: Optional[int] = None) -> Union[torch.Tensor, payloads.TopKRows]:
-        """Payload (b): logits at ``rows`` ([n, 2] of (batch, position)) cut to ids < ``vocab_limit``.
-
-        Returns fp32 [n, vocab_limit], or with ``top_k`` a `TopKRows` (top-k log-probs over the shared
-        vocabulary, their ids, and the tail mass).
-        """
+                   attention_mask: Optional[torch.Tensor] = None,
+                   position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Payload (b): fp32 [n, vocab_limit] logits at ``rows`` ([n, 2] of (batch, position)), ids < ``vocab_limit``."""
         b, L = input_ids.shape
         if rows.dim() != 2 or rows.shape[1] != 2:
             raise ValueError(f"rows must be [n, 2] (batch index, position), got {tuple(rows.shape)}")
@@ -206,18 +185,7 @@ class TeacherEngine:
         if not 0 < vocab_limit <= self.vocab_size:
             raise ValueError(f"vocab_limit={vocab_limit} must lie in (0, {self.vocab_size}]")
         hidden = self.hidden_states(input_ids, attention_mask, position_ids)
-        n = rows.shape[0]
-        if top_k is None:
-            out = None
-            if self.is_last_stage:
-                out = payloads.logit_rows(hidden[rows[:, 0], rows[:, 1]], self.lm_head_weight, vocab_limit,
-                                          self.tp_group)
-            return self._from_last_stage(out, (n, vocab_limit), torch.float32)
-        result = None
+        out = None
         if self.is_last_stage:
-            result = payloads.topk_rows(hidden[rows[:, 0], rows[:, 1]], self.lm_head_weight, vocab_limit, top_k,
-                                        self.tp_group)
-        return payloads.TopKRows(
-            logprobs=self._from_last_stage(None if result is None else result.logprobs, (n, top_k), torch.float32),
-            indices=self._from_last_stage(None if result is None else result.indices, (n, top_k), torch.int64),
-            tail_mass=self._from_last_stage(None if result is None else result.tail_mass, (n,), torch.float32))
+            out = payloads.logit_rows(hidden[rows[:, 0], rows[:, 1]], self.lm_head_weight, vocab_limit, self.tp_group)
+        return self._from_last_stage(out, (rows.shape[0], vocab_limit), torch.float32)

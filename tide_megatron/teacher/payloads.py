@@ -7,18 +7,17 @@ the full-vocabulary logits nor even this rank's [b, L, V/tp] slice is ever mater
 (a) `token_logprobs`: log p(target) = z[target] - logsumexp(z), with the max, the sum of exps and the
     target logit each reduced across the TP group (Reverse CALM / CALM).
 (b) `logit_rows`: logits at requested positions only, cut to the first `vocab_limit` ids (the shared
-    vocabulary, §9 pitfall 1), optionally reduced to top-k plus the tail mass (KL / TIDAL).
+    vocabulary, §9 pitfall 1) (KL / TIDAL).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from tide_megatron.distributed.vocab_parallel import all_reduce, global_logsumexp, local_vocab_limit, tp_size, vocab_start
+from tide_megatron.distributed.vocab_parallel import local_vocab_limit, logsumexp_and_target, tp_size
 
 # fp32 logits computed at once per TP rank (rows x V/tp): 2^25 = 128 MiB, e.g. 213 positions of LLaDA2's
 # 157,184-id vocabulary at TP=1. Peak memory is a small multiple of this, independent of b x L.
@@ -28,17 +27,6 @@ LOGIT_CHUNK_ELEMENTS = 2 ** 25
 def chunk_rows(v_local: int, chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> int:
     """How many positions to push through the LM head at once so one chunk holds ~chunk_elements logits."""
     return max(1, chunk_elements // max(1, v_local))
-
-
-def vocab_parallel_logsumexp_and_target(logits: torch.Tensor, targets: torch.Tensor,
-                                        tp_group: Optional[dist.ProcessGroup] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For vocab-parallel fp32 logits [n, V/tp] and global target ids [n]: (logsumexp [n], target logit [n])."""
-    v_local = logits.shape[-1]
-    lse = global_logsumexp(logits, tp_group)
-    local_t = targets - vocab_start(v_local, tp_group)
-    here = (local_t >= 0) & (local_t < v_local)
-    picked = logits.gather(1, local_t.clamp(0, v_local - 1)[:, None]).squeeze(1) * here
-    return lse, all_reduce(picked, dist.ReduceOp.SUM, tp_group)
 
 
 def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor,
@@ -64,23 +52,10 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
     chunk_tokens = chunk_tokens or chunk_rows(w.shape[0])
     for s in range(0, rows_h.shape[0], chunk_tokens):
         logits = (rows_h[s:s + chunk_tokens] @ w.t()).float()
-        lse, picked = vocab_parallel_logsumexp_and_target(logits, rows_t[s:s + chunk_tokens], tp_group)
+        lse, picked = logsumexp_and_target(logits, tp_group, rows_t[s:s + chunk_tokens])
         del logits
         out[wanted[s:s + chunk_tokens]] = picked - lse
     return out.view(targets.shape)
-
-
-@dataclass
-class TopKRows:
-    """Top-k of the shared-vocabulary distribution at each requested row, plus what is left over.
-
-    ``logprobs``/``indices`` [n, k] are log-softmax values over ids [0, vocab_limit) (fp32);
-    ``tail_mass`` [n] = 1 - sum(exp(logprobs)), the probability of all other shared ids.
-    """
-
-    logprobs: torch.Tensor
-    indices: torch.Tensor
-    tail_mass: torch.Tensor
 
 
 def logit_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_limit: int,
@@ -103,37 +78,3 @@ def logit_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_li
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded, group=tp_group)
     return torch.cat(parts, dim=1)[:, :vocab_limit].contiguous()
-
-
-def topk_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_limit: int, k: int,
-              tp_group: Optional[dist.ProcessGroup] = None) -> TopKRows:
-    """Payload (b), compressed: top-k log-probs over the shared vocabulary plus the tail mass.
-
-    Each TP rank contributes its local top-k candidates and its share of the logsumexp; only
-    [n, k * tp] candidates and [n] scalars cross the TP group.
-    """
-    size = tp_size(tp_group)
-    v_local = lm_head_weight.shape[0]
-    if not 0 < vocab_limit <= v_local * size:
-        raise ValueError(f"vocab_limit={vocab_limit} must lie in (0, {v_local * size}] (the teacher vocabulary)")
-    if not 0 < k <= vocab_limit:
-        raise ValueError(f"top-k k={k} must lie in (0, vocab_limit={vocab_limit}]")
-    n = hidden_rows.shape[0]
-    start, keep = vocab_start(v_local, tp_group), local_vocab_limit(v_local, vocab_limit, tp_group)
-    local = torch.full((n, v_local), float("-inf"), dtype=torch.float32, device=hidden_rows.device)
-    if keep:
-        local[:, :keep] = (hidden_rows @ lm_head_weight[:keep].t()).float()
-    lse = global_logsumexp(local, tp_group)
-    kk = min(k, v_local)
-    vals, idx = local.topk(kk, dim=-1)
-    idx = idx + start
-    if size > 1:
-        all_vals = [torch.empty_like(vals) for _ in range(size)]
-        all_idx = [torch.empty_like(idx) for _ in range(size)]
-        dist.all_gather(all_vals, vals, group=tp_group)
-        dist.all_gather(all_idx, idx, group=tp_group)
-        vals, idx = torch.cat(all_vals, 1), torch.cat(all_idx, 1)
-    best, order = vals.topk(k, dim=-1)
-    logprobs = best - lse[:, None]
-    tail = (1.0 - logprobs.exp().sum(-1)).clamp_min(0.0)
-    return TopKRows(logprobs=logprobs, indices=idx.gather(1, order), tail_mass=tail)

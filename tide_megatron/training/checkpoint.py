@@ -10,11 +10,10 @@ the newest one. Only the last N are kept. The teacher is frozen and is never che
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +24,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.process_groups_config import ProcessGroupCollection
 
+from tide_megatron.atomic import publish, write_text_atomic
 from tide_megatron.training.optimizer import prepare_optimizer_for_loading, restore_adam_step_counts
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
@@ -45,10 +45,14 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     total_steps: int = 0  # optimizer steps in the whole run (TIDAL progress denominator)
     consumed_micro_batches: int = 0  # per data-parallel rank, across epochs (the data position)
-    epoch: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainState":
+        """The saved progress; keys only earlier versions wrote (``epoch``, never read) are ignored."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 def step_dir_name(step: int) -> str:
@@ -116,25 +120,14 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state: TrainSt
     dist.barrier()
     if rank == 0:
         (tmp / "config.yaml").write_text(config_yaml)
-        _write_json_atomic(tmp / COMPLETE_MARKER, {"format_version": FORMAT_VERSION, "world_size": dist.get_world_size(),
-                                                   **train_state.to_dict()})
-        if final.exists():  # a re-save of the same step (e.g. a signal right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_text_atomic(root_path / "latest", final.name + "\n")
+        write_text_atomic(tmp / COMPLETE_MARKER, json.dumps({"format_version": FORMAT_VERSION,
+                                                             "world_size": dist.get_world_size(),
+                                                             **train_state.to_dict()}, indent=1))
+        publish(tmp, final)  # replaces a re-save of the same step (e.g. a signal right after a periodic save)
+        write_text_atomic(root_path / "latest", final.name + "\n")
         _prune(root_path, keep_last)
     dist.barrier()
     return str(final)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    _write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -215,7 +208,7 @@ def load_checkpoint(path: str, model, optimizer, scheduler, pgs: ProcessGroupCol
     restore_adam_step_counts(optimizer)
     scheduler.load_state_dict(loaded["lr_scheduler"])
     _set_rng_state(loaded["rng_state"])
-    return TrainState(**loaded["train_state"])
+    return TrainState.from_dict(loaded["train_state"])
 
 
 def read_checkpoint_info(path: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tide_megatron.data.stage import TideCollator
-from tide_megatron.training.batch import DistillBatch
+from tide_megatron.data.batch import DistillBatch
 
 
 class ListDataset(Dataset):

@@ -17,16 +17,16 @@ import torch
 
 from tide_megatron.config import PrecisionConfig, StudentConfig, TeacherConfig
 from tide_megatron.distributed.grids import ModelGrid
+from tide_megatron.dtypes import torch_dtype
 from tide_megatron.models.backend import backend_name
 from tide_megatron.models.convert.mcore_dir import args_from_mcore, is_mcore_dir, load_mcore_checkpoint
 from tide_megatron.models.llada2 import load_llada2_teacher
 from tide_megatron.models.qwen3 import build_qwen3_model
 from tide_megatron.models.qwen3.convert import QWEN3
-from tide_megatron.models.wedlm import WEDLM_MASK_ID, load_wedlm_teacher
+from tide_megatron.models.wedlm import load_wedlm_teacher
 from tide_megatron.teacher import TeacherEngine
+from tide_megatron.teacher.passes import checkpoint_mask_id
 from tide_megatron.training.preflight import teacher_moe_kernels
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def read_json(path: str) -> dict:
@@ -46,7 +46,7 @@ def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGri
     """The Qwen3 BD3LM student on the student grid, weights loaded from ``cfg.checkpoint``."""
     from tide_megatron.training.fp8 import fp8_settings, use_amax_reduction_group
 
-    dtype = DTYPES[precision.dtype]
+    dtype = torch_dtype(precision.dtype, "precision.dtype")
     overrides = dict(fp8_settings(precision))
     if cfg.recompute:
         overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -73,21 +73,19 @@ class TeacherBundle:
 
 def _teacher_special_ids(cfg: TeacherConfig, hf: dict) -> tuple[Optional[int], int, int]:
     """(mask, pad, eos) teacher ids: config override, else the checkpoint's config.json (§2.1, §2.2)."""
-    mask = cfg.mask_id if cfg.mask_id is not None else hf.get("mask_token_id")
-    if mask is None and cfg.arch == "wedlm" and int(hf.get("vocab_size") or 0) > WEDLM_MASK_ID:
-        mask = WEDLM_MASK_ID  # §2.2: WeDLM's own mask; not the shared tokenizer's (the student's 151669)
+    mask = checkpoint_mask_id(cfg.mask_id, hf, cfg.arch)
     pad = hf.get("pad_token_id")
     eos = hf.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) else eos
     pad = eos if pad is None else pad
     if pad is None:
         raise ValueError(f"teacher.checkpoint: {cfg.checkpoint}/config.json has neither pad_token_id nor eos_token_id")
-    return (None if mask is None else int(mask)), int(pad), int(eos if eos is not None else pad)
+    return mask, int(pad), int(eos if eos is not None else pad)
 
 
 def build_teacher(cfg: TeacherConfig, grid: ModelGrid, backend: Optional[str] = None) -> TeacherBundle:
     """The frozen teacher on the teacher grid behind the payload engine."""
-    dtype = DTYPES[cfg.dtype]
+    dtype = torch_dtype(cfg.dtype, "teacher.dtype")
     hf = read_json(os.path.join(cfg.checkpoint, "config.json"))
     mask, pad, eos = _teacher_special_ids(cfg, hf)
     if cfg.arch == "llada2":

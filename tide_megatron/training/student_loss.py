@@ -1,6 +1,7 @@
 """The student side of a step with the output layer and the loss run over groups of sequences (spec §9.21).
 
-The student trunk runs once over ``[xt ; x0]`` and returns the final hidden states of the xt half. The
+The student trunk runs once over ``[xt ; x0]`` and returns the final hidden states of the xt half
+(``model(..., output="hidden")``, `models.gpt.ExplicitMaskGPTModel`). The
 vocabulary projection and the loss (CE + the TIDE term) then run ``chunk_seqs`` sequences at a time,
 each group backpropagating into the hidden states before the next group's logits exist; the trunk
 backpropagates once at the end. So at most ``chunk_seqs / b`` of the ``[b, L, V]`` logits (and of their
@@ -15,44 +16,19 @@ count: the value and the gradients equal the unchunked loss (the per-micro-batch
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
-from tide_megatron.losses import DistilledRows, LossInputs, Objective, bd3lm_ce
-
-
-class _HiddenStatesHead(torch.nn.Module):
-    """Stands in for the output layer: hands back the final hidden states (no parameters of its own)."""
-
-    sequence_parallel = False  # read by the row-selecting post-process (only TP = 1 gets here)
-
-    def forward(self, hidden: torch.Tensor, weight=None, runtime_gather_output=None):
-        return hidden, None
-
-
-def loss_chunk_rows(vocab: int) -> int:
-    """Rows per fp32 chunk inside KL/TIDAL/CE when the config leaves it automatic (objective.chunk_rows=0)."""
-    return max(1, LOSS_CHUNK_ELEMENTS // max(1, vocab))
+from tide_megatron.align.rows import DistilledRows
+from tide_megatron.losses import LossInputs, Objective, bd3lm_ce
 
 
 def supports_chunked_head(model: torch.nn.Module) -> bool:
     """Tied embeddings and no tensor parallelism: the output projection is ``hidden @ embedding.T``."""
     return bool(getattr(model, "share_embeddings_and_output_weights", False)) and \
         model.config.tensor_model_parallel_size == 1 and getattr(model, "post_process", True)
-
-
-@contextlib.contextmanager
-def hidden_states_output(model: torch.nn.Module) -> Iterator[torch.Tensor]:
-    """While active, ``model(...)`` returns hidden states ``[b, rows, h]`` instead of logits; yields the LM weight."""
-    head = model.output_layer
-    model.output_layer = _HiddenStatesHead()
-    try:
-        yield model.shared_embedding_or_output_weight()
-    finally:
-        model.output_layer = head
 
 
 def _sequence_groups(b: int, chunk_seqs: int) -> list[torch.Tensor]:
@@ -83,7 +59,6 @@ def _term_count(objective: Objective, name: str, inputs: LossInputs) -> int:
     return int(inputs.active.sum()) if spec.chunk_level else len(inputs.rows)
 
 
-LOSS_CHUNK_ELEMENTS = 1 << 22  # fp32 elements per row chunk inside the losses (~16 MiB temporaries)
 WGRAD_BLOCK_ROWS = 8192  # vocabulary rows per in-place weight-gradient update (bounds the matmul's temporary)
 
 

@@ -1,12 +1,12 @@
 """The TIDE distillation trainer: one optimizer step reads top to bottom (DESIGN §1; spec §6, §7).
 
-    batch (noised, teacher passes planned: DataLoader workers, training/batch.py)
-      → teacher inputs of every pass, batched together (CompDemo = 2 passes in one forward)
-      → gathered over the teacher model-parallel group → teacher engine → loss-sized payload
-      → this rank's payload, CompDemo-merged, in student coordinates
-      → student trunk over [xt ; x0] → output layer + CE + TIDE term per group of sequences (xt half only)
-        → backward
-      → DDP gradient reduction → distributed-optimizer step → LR schedule
+    batch (noised, CompDemo passes planned: DataLoader workers, data/stage.py → data/batch.py)
+      → teacher passes: the teacher's inputs of every pass, with its own mask id (teacher/passes.py)
+      → payload: gathered over the teacher model-parallel group → one teacher forward → this rank's
+        loss-sized payload, CompDemo-merged, in student coordinates
+      → student loss: trunk over [xt ; x0] → output layer + CE + TIDE term per group of sequences
+        (xt half only, training/student_loss.py) → backward
+      → step: DDP gradient reduction → distributed-optimizer step → LR schedule
       → metrics, periodic atomic checkpoint, SIGTERM/SIGUSR1 → checkpoint and stop
 
 TIDAL progress is ``optimizer step / total optimizer steps`` (§3, §9.14), both kept in the checkpoint.
@@ -25,26 +25,27 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from tide_megatron.config import TrainConfig, dump_config, is_chunk_mode
+from tide_megatron.align.rows import aligned_rows
+from tide_megatron.config import TrainConfig, dump_config
+from tide_megatron.data.batch import DistillBatch
+from tide_megatron.data.compatibility import check_dataset
+from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.diffusion.inputs import bd3lm_inputs
 from tide_megatron.diffusion.masks import block_diffusion_mask
 from tide_megatron.distributed import build_teacher_and_student_grids, init_distributed, seed_model_parallel_rng
 from tide_megatron.distributed import cpu_compat
-from tide_megatron.distributed import payload_exchange as px
-from tide_megatron.losses import LossInputs, aligned_rows, bd3lm_ce, build_objective, compdemo
-from tide_megatron.losses import ObjectiveConfig as LossObjectiveConfig
-from tide_megatron.data.stage import StageConfig, TideCollator
-from tide_megatron.training.batch import DistillBatch
-from tide_megatron.training.compact import (compact_student_inputs, compact_teacher_inputs, scatter_xt_rows,
-                                             segment_block_mask)
+from tide_megatron.distributed.grids import ParallelLayout
+from tide_megatron.losses import LossInputs, bd3lm_ce, build_objective
+from tide_megatron.models.gpt import ensure_global_memory_buffer
+from tide_megatron.teacher.passes import build_teacher_passes, run_teacher_passes, teacher_mask_id
+from tide_megatron.training.compact import compact_student_inputs, scatter_xt_rows
 from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from tide_megatron.training.data import ResumableBatches, micro_batches
 from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
-from tide_megatron.training.student_loss import (chunked_loss_backward, hidden_states_output, loss_chunk_rows,
-                                                  supports_chunked_head)
+from tide_megatron.training.student_loss import chunked_loss_backward, supports_chunked_head
 
 
 @dataclass
@@ -94,12 +95,10 @@ class DistillTrainer:
         check_fp8_available(cfg.precision)
         resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)  # a bad checkpoint fails before any build
         self.needs_teacher = cfg.objective.needs_teacher
-        self.chunk_level = is_chunk_mode(cfg.objective.mode)
+        self.chunk_level = cfg.objective.chunk_level
         self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
-            cfg.teacher.layout if self.needs_teacher else _no_teacher_layout(), cfg.student.layout)
+            cfg.teacher.layout if self.needs_teacher else ParallelLayout(), cfg.student.layout)
         seed_model_parallel_rng(cfg.optim.seed, tp_rank=self.student_grid.tp_rank)
-        from tide_megatron.models.gpt import ensure_global_memory_buffer
-
         ensure_global_memory_buffer()
 
         # Student: megatron DDP + distributed optimizer + cosine schedule.
@@ -111,22 +110,17 @@ class DistillTrainer:
 
         # Teacher: frozen, behind the payload engine, on its own grid.
         self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if self.needs_teacher else None
-        self.meta = check_dataset_against_models(train_data.meta, cfg, self.student_vocab, self.teacher)
-        self.teacher_mask_id, self.teacher_pad_id = self.meta["teacher"]["mask_id"], self.meta["teacher"]["pad_id"]
-        if self.teacher is not None and self.teacher.mask_id is not None:
-            self.teacher_mask_id = self.teacher.mask_id  # the teacher's own mask, never the student's (§9.1)
+        where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
+        self.meta = train_data.meta
+        check_dataset(self.meta, cfg, where, self.student_vocab, None if self.teacher is None else self.teacher.vocab_size)
+        self.teacher_pad_id = self.meta["teacher"]["pad_id"]
+        self.teacher_mask_id = teacher_mask_id(None if self.teacher is None else self.teacher.mask_id,
+                                               self.meta["teacher"], self.meta["config"]["align"], where)
         self.teacher_group = self.teacher_grid.pgs.mp  # ranks that must feed one teacher identical inputs
 
-        # Objective (spec §6).
+        # Objective (spec §6): the config's own ObjectiveConfig; mode 'ce' has no teacher term.
         o = cfg.objective
-        self.objective = None
-        if self.needs_teacher:
-            self.objective = build_objective(o.mode, LossObjectiveConfig(
-                kl_temperature=o.kl_temperature, alm_temperature=o.alm_temperature, kl_weight=o.distill_weight,
-                taid_weight=o.distill_weight, alm_weight=o.distill_weight, taid_lambda_init=o.lambda_init,
-                taid_lambda_max=o.lambda_max, taid_decay=o.lambda_schedule, taid_axis_mode=o.axis_mode,
-                taid_timestep_weight=o.timestep_weight, shared_vocab=o.shared_vocab,
-                chunk_rows=o.chunk_rows or loss_chunk_rows(self.student_vocab)))
+        self.objective = build_objective(o.mode, o) if self.needs_teacher else None
 
         # Data: this rank's micro-batches; collation + noising + teacher projection run in workers.
         self.collator = TideCollator(StageConfig.from_meta(
@@ -187,86 +181,17 @@ class DistillTrainer:
         return StepResult(loss=sums["loss/total"], scalars=scalars)
 
     @torch.no_grad()
-    def teacher_payload(self, batch: DistillBatch):
-        """Run the teacher once on every pass of every rank in the teacher group; return this rank's payload.
+    def teacher_payload(self, batch: DistillBatch) -> Optional[torch.Tensor]:
+        """The teacher passes of this micro-batch, run once for every rank of the teacher group: this rank's payload.
 
         Chunk modes: fp32 ``[b, L_t]`` log p(clean token) (CompDemo-merged). Token modes: fp32 rows
         ``[n, shared_vocab]`` at the distilled positions, each taken from the pass where it was masked.
         """
         if self.teacher is None:
             return None
-        if self.chunk_level:
-            return self._teacher_token_logprobs(batch)
-        return self._teacher_logit_rows(batch)
-
-    def _padded_teacher(self, batch: DistillBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Teacher ids, attention and pass masks padded to the group's common length (one gathered shape)."""
-        Lt = px.common_length(int(batch.teacher_ids.shape[1]), self.teacher_group)
-        if not self.chunk_level:  # the x0-first block mask needs whole blocks of teacher positions (§2.2)
-            Lt += -Lt % self.cfg.student.block_size
-        extra = Lt - batch.teacher_ids.shape[1]
-        ids, att, passes = batch.teacher_ids, batch.teacher_attention, batch.teacher_pass_masks
-        if extra:
-            ids = torch.nn.functional.pad(ids, (0, extra), value=self.teacher_pad_id)
-            att = torch.nn.functional.pad(att, (0, extra), value=False)
-            passes = torch.nn.functional.pad(passes, (0, extra), value=False)
-        return ids, att, passes
-
-    def _needed_teacher_tokens(self, batch: DistillBatch, P: int, Lt: int) -> torch.Tensor:
-        """bool ``[P, b, L_t]``: the teacher tokens whose log-prob a loss reads, i.e. the tokens of active chunks
-        (§5.5-5.7), each in the pass whose logits win there (§4). Other targets are -1: the engine returns 0."""
-        chunk = batch.teacher_chunk
-        needed = (chunk >= 0) & batch.active.gather(1, chunk.clamp_min(0)) if batch.active.shape[1] else \
-            torch.zeros_like(chunk, dtype=torch.bool)
-        needed = torch.nn.functional.pad(needed, (0, Lt - needed.shape[1]), value=False)
-        if P == 1:
-            return needed[None]
-        take2 = torch.nn.functional.pad(batch.take_pass2, (0, Lt - batch.take_pass2.shape[1]), value=False)
-        return torch.stack([needed & ~take2, needed & take2])
-
-    def _teacher_token_logprobs(self, batch: DistillBatch) -> torch.Tensor:
-        ids, att, passes = self._padded_teacher(batch)
-        P, b, Lt = passes.shape
-        pass_ids = torch.where(passes, self.teacher_mask_id, ids[None]).reshape(P * b, Lt)
-        targets = torch.where(self._needed_teacher_tokens(batch, P, Lt), ids[None], -1).reshape(P * b, Lt)
-        gathered, info = px.gather_teacher_inputs(
-            {"ids": pass_ids, "targets": targets, "att": att[None].expand(P, b, Lt).reshape(P * b, Lt)},
-            {"ids": self.teacher_pad_id, "targets": -1, "att": False}, self.teacher_group)
-        logp = self.teacher.engine.token_logprobs(gathered["ids"], gathered["targets"], gathered["att"].long())
-        mine = px.own_sequences(logp, info).reshape(P, b, Lt)[..., : batch.teacher_ids.shape[1]]
-        if P == 1:
-            return mine[0]
-        return compdemo.merge(mine[0], mine[1], batch.take_pass2)
-
-    def _teacher_logit_rows(self, batch: DistillBatch) -> torch.Tensor:
-        """WeDLM-style teacher (§2.2): ``[x0 ; xt]`` with the x0-first block mask; rows of the xt half.
-
-        CompDemo's passes share their clean half and x0 never sees xt (§1.4), so all passes run as one
-        sequence ``[x0 ; xt_1 ; xt_2]`` in which each xt half sees x0 and only itself; and only the xt blocks
-        holding a requested row, with the x0 blocks before them, are kept (training/compact.py). Each row
-        gets the attention it would have in its own full ``[x0 ; xt_p]`` forward.
-        """
-        ids, att, passes = self._padded_teacher(batch)
-        P, b, Lt = passes.shape
-        block = self.cfg.student.block_size
-        xts = torch.where(passes, self.teacher_mask_id, ids[None])
-        rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
-        pass_of_row = torch.zeros_like(rows.batch)
-        if P == 2:
-            pass_of_row = batch.take_pass2[rows.batch, rows.teacher_pos].long()
-        need = torch.zeros(P, b, Lt // block, dtype=torch.bool)
-        need[pass_of_row, rows.batch, rows.teacher_pos // block] = True
-        c = compact_teacher_inputs(ids, xts, need, block, self.teacher_pad_id)
-        key_valid = (c.segment >= 0) & att.gather(1, c.position_ids)
-        req = torch.stack([rows.batch, c.index[pass_of_row, rows.batch, rows.teacher_pos]], dim=1)
-        gathered, info = px.gather_teacher_inputs(
-            {"ids": c.ids, "pos": c.position_ids, "seg": c.segment, "blk": c.block, "kv": key_valid},
-            {"ids": self.teacher_pad_id, "pos": 0, "seg": -1, "blk": -1, "kv": False}, self.teacher_group)
-        all_rows, counts = px.gather_rows(req, info, self.teacher_group)
-        mask = segment_block_mask(gathered["seg"], gathered["blk"], gathered["kv"])
-        out = self.teacher.engine.logit_rows(gathered["ids"], all_rows, self.cfg.objective.shared_vocab,
-                                             attention_mask=mask, position_ids=gathered["pos"])
-        return px.own_rows(out, counts, self.teacher_group)
+        passes = build_teacher_passes(batch, self.teacher_mask_id, self.teacher_pad_id, self.cfg.student.block_size,
+                                      self.cfg.objective.shared_vocab or self.teacher.vocab_size)
+        return run_teacher_passes(self.teacher.engine, passes, self.teacher_group)
 
     def student_forward(self, batch: DistillBatch) -> torch.Tensor:
         """Student logits of the xt half only ``[b, L, V]`` (§1.4: [xt ; x0], duplicated positions)."""
@@ -294,15 +219,16 @@ class DistillTrainer:
         chunk = self.cfg.student.logits_chunk_seqs
         if chunk and supports_chunked_head(module):
             L = batch.x0.shape[1]
-            with torch.set_grad_enabled(backward), hidden_states_output(module) as weight:
+            weight = module.shared_embedding_or_output_weight()
+            with torch.set_grad_enabled(backward):
                 if self.cfg.student.skip_unmasked_blocks:  # same loss, fewer blocks (training/compact.py)
                     c = compact_student_inputs(batch.xt, batch.x0, batch.masked, self.cfg.student.block_size,
                                                self.meta["student"]["pad_id"])
-                    hidden = scatter_xt_rows(self.model(c.ids, c.position_ids, c.mask,
-                                                        logits_rows=slice(0, c.xt_rows)), c.xt_positions, L)
+                    hidden = scatter_xt_rows(self.model(c.ids, c.position_ids, c.mask, logits_rows=slice(0, c.xt_rows),
+                                                        output="hidden"), c.xt_positions, L)
                 else:
                     ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
-                    hidden = self.model(ids, pos, self.block_mask, logits_rows=slice(0, L))
+                    hidden = self.model(ids, pos, self.block_mask, logits_rows=slice(0, L), output="hidden")
             terms = chunked_loss_backward(hidden, weight, self._loss_inputs(batch, payload, None), self.objective,
                                           self.state.step, self.state.total_steps, chunk, self._term_weights(),
                                           backward_scale or 1.0, backward)
@@ -331,14 +257,14 @@ class DistillTrainer:
     def _term_weights(self) -> dict[str, float]:
         if self.objective is None:
             return {}
-        return {c.name: self.cfg.objective.distill_weight for c in self.objective.components}  # §9.20
+        return {c.name: self.cfg.objective.weight(c) for c in self.objective.components}  # §9.20
 
     def _mean_lambda(self, batch: DistillBatch) -> Optional[float]:
         comps = self.objective.components
         tidal = [c for c in comps if c.uses_tidal]
         if not tidal:
             return None
-        sched = self.objective.config.schedule(tidal[0].default_timestep_weight)
+        sched = self.objective.config.schedule(tidal[0])
         return float(sched.lam(batch.t, self.state.step, self.state.total_steps).mean())
 
     # ------------------------------------------------------------------------------------------------
@@ -429,36 +355,3 @@ class DistillTrainer:
         self.logger.close()
         self.student_grid.close()
         self.teacher_grid.close()
-
-
-def check_dataset_against_models(meta: dict, cfg: TrainConfig, student_vocab: int, teacher) -> dict:
-    """The dataset's tokenizers and alignment must fit the models and the mode; one clear error otherwise."""
-    where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
-    align = meta["config"]["align"]
-    wanted = "chunks" if is_chunk_mode(cfg.objective.mode) else "pairs"
-    if cfg.objective.needs_teacher and align != wanted:
-        raise ValueError(f"{where}: the dataset was preprocessed with --align {align}, but objective.mode="
-                         f"{cfg.objective.mode!r} needs {wanted} (re-run tide-preprocess with --align {wanted})")
-    if meta["config"]["student_max_len"] != cfg.student.seq_length:
-        raise ValueError(f"student.seq_length={cfg.student.seq_length} differs from the dataset's student_max_len="
-                         f"{meta['config']['student_max_len']} ({where})")
-    if meta["student"]["vocab_size"] > student_vocab:
-        raise ValueError(f"student.checkpoint: {student_vocab} embedding rows, but the dataset's student tokenizer "
-                         f"has {meta['student']['vocab_size']} ids ({where})")
-    if teacher is not None and meta["teacher"]["vocab_size"] > teacher.vocab_size:
-        raise ValueError(f"teacher.checkpoint: {teacher.vocab_size} embedding rows, but the dataset's teacher "
-                         f"tokenizer has {meta['teacher']['vocab_size']} ids ({where})")
-    # Pairs datasets are written with the shared (student's) tokenizer, whose mask id is the student's; the
-    # teacher's own mask id (e.g. WeDLM's 151665 against the student's 151669, §2.2) is used there instead.
-    if teacher is not None and teacher.mask_id is not None and align == "chunks" and \
-            teacher.mask_id != meta["teacher"]["mask_id"]:
-        raise ValueError(f"teacher.mask_id: the teacher uses mask id {teacher.mask_id} (teacher.mask_id or its "
-                         f"config.json) but the dataset's teacher tokenizer has {meta['teacher']['mask_id']} ({where}); "
-                         f"a wrong mask id silently ruins every teacher pass (spec §9.1)")
-    return meta
-
-
-def _no_teacher_layout():
-    from tide_megatron.distributed.grids import ParallelLayout
-
-    return ParallelLayout()

@@ -1,10 +1,13 @@
 """Spec §9.1 at the train-time stage with Pipeline B's real ids (see docs/PITFALLS.md): student and WeDLM share
 the Qwen3 vocabulary but not the mask id (student <|mask|> 151669, WeDLM 151665), so the student's mask must
-never reach the teacher's input and the teacher's mask never the student's, in every CompDemo pass too."""
+never reach the teacher's input and the teacher's mask never the student's, in every CompDemo pass too.
+The teacher's inputs are built from the stage's output by `teacher.passes` (tests/unit/teacher/test_passes.py)."""
 
 import torch
 
+from tide_megatron.data.batch import DistillBatch
 from tide_megatron.data.stage import StageConfig, TideCollator
+from tide_megatron.teacher.passes import build_teacher_passes
 
 STUDENT_MASK, WEDLM_MASK = 151669, 151665  # §1.1, §2.2
 EOS, PAD = 151645, 151643  # <|im_end|>, <|endoftext|>
@@ -30,17 +33,20 @@ def _samples(n: int, seed: int = 0) -> list[dict]:
 
 def test_pipeline_b_stage_keeps_student_and_teacher_mask_ids_apart():
     cfg = StageConfig(student_mask_id=STUDENT_MASK, student_eos_id=EOS, student_pad_id=PAD,
-                      teacher_mask_id=WEDLM_MASK, teacher_eos_id=EOS, teacher_pad_id=PAD, align="pairs",
+                      teacher_eos_id=EOS, teacher_pad_id=PAD, align="pairs",
                       student_len=64, block_size=32, compdemo_ratio=0.5)
     batch = TideCollator(cfg, seed=5)(_samples(6))
     m, tm = batch["student_mask"], batch["teacher_mask"]
-    assert m.any() and tm.any() and bool(batch["demo_two_pass"])
-    # Only the teacher's own mask id is written into the teacher input, only where the teacher is masked.
-    assert torch.equal(batch["teacher_input_ids"], torch.where(tm, WEDLM_MASK, batch["teacher_ids"]))
+    assert m.any() and tm.any() and batch["demo_teacher_mask_a"].any() and batch["demo_teacher_mask_b"].any()
     assert torch.equal(batch["student_noised_ids"], torch.where(m, STUDENT_MASK, batch["input_ids"]))
-    for key in ("teacher_input_ids", "demo_pass1_ids", "demo_pass2_ids"):
-        assert not (batch[key] == STUDENT_MASK).any(), key
     assert not (batch["student_noised_ids"] == WEDLM_MASK).any()
-    passes = (("demo_pass1_ids", batch["demo_teacher_mask_b"]), ("demo_pass2_ids", batch["demo_teacher_mask_a"]))
-    for key, where in passes:
-        assert torch.equal(batch[key], torch.where(where, WEDLM_MASK, batch["teacher_ids"])), key
+    # The stage writes no mask id into the teacher side at all: every teacher tensor is clean or boolean.
+    assert not (batch["teacher_ids"] == STUDENT_MASK).any() and not (batch["teacher_ids"] == WEDLM_MASK).any()
+    # Only the teacher's own mask id goes into the teacher input, only where each pass masks the teacher.
+    passes = build_teacher_passes(DistillBatch.from_stage(batch), WEDLM_MASK, PAD, 32, vocab_limit=PAD)
+    ids, seg, pos = passes.inputs["ids"], passes.inputs["seg"], passes.inputs["pos"]
+    assert not (ids == STUDENT_MASK).any()
+    where = torch.stack([batch["demo_teacher_mask_b"], batch["demo_teacher_mask_a"]])  # pass 1 = M_B, pass 2 = M_A
+    xt = seg > 0
+    k = torch.arange(ids.shape[0])[:, None].expand_as(ids)
+    assert torch.equal(ids[xt] == WEDLM_MASK, where[seg[xt] - 1, k[xt], pos[xt]])

@@ -1,15 +1,18 @@
-"""Train-time stage: §1.2 collation, §1.3 noising, §5.5 / §2.4 teacher inputs, CompDemo passes, determinism."""
+"""Train-time stage: §1.2 collation, §1.3 noising, §5.5 / §2.4 teacher masks, CompDemo passes, determinism."""
 
 import json
 
 import pytest
 import torch
 
+from tide_megatron.align.rows import aligned_rows
+from tide_megatron.data.batch import DistillBatch
 from tide_megatron.data.indexed import TideAlignedDataset
 from tide_megatron.data.preprocess import preprocess
 from tide_megatron.data.samples import SampleConfig
-from tide_megatron.data.stage import AlignmentStage, StageConfig, TideCollator, build_dataloader, collate_samples
+from tide_megatron.data.stage import AlignmentStage, StageConfig, TideCollator, collate_samples
 from tide_megatron.data.stdlib_snippets import stdlib_snippets
+from tide_megatron.teacher.passes import build_teacher_passes
 
 B = 32
 
@@ -73,9 +76,10 @@ def test_chunk_stage_masks(chunk_ds):
             active = hit and bool(maskable[k][s_tok].all())
             assert bool(batch["active_chunks"][k, c]) == active
         assert not tm[k][tc[k] < 0].any()  # template/prompt tokens outside chunks stay clean
-    ids = batch["teacher_input_ids"]
-    assert not (batch["teacher_ids"] == cfg.teacher_mask_id).any()
-    assert torch.equal(ids == cfg.teacher_mask_id, tm)
+    teacher_mask_id = chunk_ds.meta["teacher"]["mask_id"]
+    ids = build_teacher_passes(DistillBatch.from_stage(batch), teacher_mask_id, cfg.teacher_pad_id, B).inputs["ids"]
+    assert not (batch["teacher_ids"] == teacher_mask_id).any()
+    assert torch.equal(ids == teacher_mask_id, tm)
     assert (ids < chunk_ds.meta["teacher"]["vocab_size"]).all()  # no student id (mask) leaks into the teacher
     assert torch.equal(batch["student_noised_ids"] == cfg.student_mask_id, m)
     assert batch["active_chunks"].any() and (batch["t"] >= 1e-3).all() and (batch["t"] < 1).all()
@@ -91,12 +95,16 @@ def test_pair_stage_fills_teacher_to_blocks_and_projects(pair_ds):
         real = int(batch["teacher_attention_mask"][k].sum())
         assert real == -(-nt // B) * B and (batch["teacher_ids"][k, nt:real] == cfg.teacher_eos_id).all()
         n = len(s["pairs"])
-        assert batch["n_aligned"][k] == n and batch["pair_valid"][k, :n].all() and not batch["pair_valid"][k, n:].any()
+        assert batch["pair_valid"][k, :n].all() and not batch["pair_valid"][k, n:].any()
         expect = torch.zeros_like(batch["teacher_mask"][k])
         for si, ti in s["pairs"].tolist():
             expect[ti] = batch["student_mask"][k, si]
         assert torch.equal(batch["teacher_mask"][k], expect)
-        assert batch["distill_pairs"][k, :n].tolist() == batch["student_mask"][k, s["pairs"][:, 0]].tolist()
+        # The distilled positions K (§2.4): exactly the pairs whose student position is masked.
+        rows = aligned_rows(batch["student_mask"], batch["pair_student"], batch["pair_teacher"], batch["pair_valid"])
+        mine = rows.batch == k
+        want = [(si, ti) for si, ti in s["pairs"].tolist() if batch["student_mask"][k, si]]
+        assert list(zip(rows.student_pos[mine].tolist(), rows.teacher_pos[mine].tolist())) == want
     assert torch.equal(batch["student_mask"], batch["sampled_student_mask"])  # no chunk expansion in pairs mode
 
 
@@ -105,13 +113,13 @@ def test_compdemo_passes_partition_the_teacher_mask(which, request):
     ds = request.getfixturevalue(which)
     cfg = StageConfig.from_meta(ds.meta, compdemo_ratio=0.5)
     batch = TideCollator(cfg, seed=4)([ds[i] for i in range(6)])
-    assert bool(batch["demo_two_pass"])
-    masked1 = batch["demo_pass1_ids"] == cfg.teacher_mask_id  # pass 1 masks B
-    masked2 = batch["demo_pass2_ids"] == cfg.teacher_mask_id  # pass 2 masks A
+    masked1 = batch["demo_teacher_mask_b"]  # pass 1 masks B
+    masked2 = batch["demo_teacher_mask_a"]  # pass 2 masks A
     assert not (masked1 & masked2).any() and torch.equal(masked1 | masked2, batch["teacher_mask"])
     assert masked1.any() and masked2.any()
-    assert torch.equal(batch["demo_take_pass2"], masked2)  # merged logits take pass 2 exactly on A
-    assert torch.equal(batch["demo_teacher_mask_a"], masked2) and torch.equal(batch["demo_teacher_mask_b"], masked1)
+    step = DistillBatch.from_stage(batch)
+    assert torch.equal(step.take_pass2, masked2)  # merged logits take pass 2 exactly on A
+    assert torch.equal(step.teacher_pass_masks, torch.stack([masked1, masked2]))
     if which == "chunk_ds":  # chunk-level split: a chunk's teacher tokens all land in the same pass
         tc = batch["teacher_chunk"]
         for k in range(tc.shape[0]):
@@ -120,7 +128,10 @@ def test_compdemo_passes_partition_the_teacher_mask(which, request):
 
 
 def _batches(ds, cfg, seed, workers):
-    dl = build_dataloader(ds, cfg, batch_size=4, seed=seed, num_workers=workers, prefetch_factor=2 if workers else None)
+    """The stage in DataLoader workers, over a seeded shuffle (as training/data.py runs it)."""
+    kw = {"prefetch_factor": 2} if workers else {}
+    dl = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                                     num_workers=workers, collate_fn=TideCollator(cfg, seed), **kw)
     return list(dl)
 
 
@@ -143,7 +154,9 @@ def test_stage_on_an_external_mask(chunk_ds):
     batch = collate_samples([chunk_ds[i] for i in range(3)], cfg)
     none = AlignmentStage(cfg)(batch, torch.zeros_like(batch["labels"], dtype=torch.bool))
     assert not none["teacher_mask"].any() and not none["active_chunks"].any()
-    assert torch.equal(none["teacher_input_ids"], batch["teacher_ids"])
+    step = DistillBatch.from_stage({**batch, **none, "t": torch.full((3,), 0.5)})
+    ids = build_teacher_passes(step, chunk_ds.meta["teacher"]["mask_id"], cfg.teacher_pad_id, B).inputs["ids"]
+    assert torch.equal(ids, batch["teacher_ids"])
     full = AlignmentStage(cfg)(batch, batch["labels"] != -100)
     in_response = (batch["teacher_chunk"] >= 0) & full["teacher_mask"]
     assert in_response.any()
@@ -151,6 +164,6 @@ def test_stage_on_an_external_mask(chunk_ds):
 
 def test_stage_config_validation():
     with pytest.raises(ValueError, match="multiple of block_size"):
-        StageConfig(1, 2, 3, 4, 5, 6, student_len=100)
+        StageConfig(1, 2, 3, 4, 5, student_len=100)
     with pytest.raises(ValueError, match="align"):
-        StageConfig(1, 2, 3, 4, 5, 6, align="dense")
+        StageConfig(1, 2, 3, 4, 5, align="dense")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tide_megatron.diffusion import IGNORE_INDEX, bd3lm_inputs, collate_student, mask_tokens, sample_t, xt_half
+from tide_megatron.diffusion import IGNORE_INDEX, bd3lm_inputs, collate_student, mask_tokens, sample_t
 
 
 def test_sample_t_range_and_mean():
@@ -25,15 +25,13 @@ def test_mask_tokens_masks_only_maskable_at_rate_t():
     assert torch.allclose(rates, t, atol=0.03)
 
 
-def test_inputs_duplicate_positions_and_pick_the_xt_half():
+def test_inputs_duplicate_positions():
+    """(The xt half is read with `logits_rows=slice(0, L)`: tests/unit/models/test_model.py.)"""
     xt, x0 = torch.tensor([[9, 9, 3]]), torch.tensor([[1, 2, 3]])
     ids, pos = bd3lm_inputs(xt, x0)
     assert ids.tolist() == [[9, 9, 3, 1, 2, 3]] and pos.tolist() == [[0, 1, 2, 0, 1, 2]]
     ids_b, _ = bd3lm_inputs(xt, x0, order="x0_xt")
     assert ids_b.tolist() == [[1, 2, 3, 9, 9, 3]]
-    logits = torch.arange(6.0).view(1, 6, 1)
-    assert xt_half(logits, 3).flatten().tolist() == [0, 1, 2]
-    assert xt_half(logits, 3, "x0_xt").flatten().tolist() == [3, 4, 5]
 
 
 def test_collate_fills_trained_eos_to_block_then_pads():

@@ -8,7 +8,7 @@ import torch
 
 from tide_megatron.losses.calm import chunk_masking
 from tide_megatron.losses.modes import MODES, LossInputs, ObjectiveConfig, build_objective
-from tide_megatron.losses.rows import aligned_rows, masked_rows
+from tide_megatron.align.rows import aligned_rows, masked_rows
 
 B, L, LT, V, SHARED, C = 2, 8, 9, 13, 11, 4
 HI = float(torch.tensor(1 - 1e-7, dtype=torch.float32))
@@ -144,7 +144,7 @@ def test_validation_errors_and_warning():
     with pytest.raises(ValueError, match="alm_temperature"):
         build_objective("alm", ObjectiveConfig(alm_temperature=0))
     with pytest.raises(ValueError, match="axis_mode"):
-        build_objective("taid", ObjectiveConfig(taid_axis_mode="steps"))
+        build_objective("taid", ObjectiveConfig(axis_mode="steps"))
     with pytest.warns(UserWarning, match="reverse objective"):
         build_objective("reverse_alm_taid")
     with pytest.warns(UserWarning, match="reverse objective"):

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from tide_megatron.align.rows import masked_rows
 from tide_megatron.losses import (
     LossInputs,
     ObjectiveConfig,
@@ -15,7 +16,6 @@ from tide_megatron.losses import (
     build_objective,
     calm_loss,
     chunk_loglik,
-    masked_rows,
     tidal_loss,
 )
 from tide_megatron.losses.calm import PROB_MAX, chunk_prob
@@ -93,7 +93,7 @@ def test_paper_defaults_weights_and_temperatures():
     c = ObjectiveConfig()
     assert (c.kl_weight, c.taid_weight, c.alm_weight) == (1.0, 1.0, 1.0)
     assert (c.kl_temperature, c.alm_temperature) == (2.0, 5.0)
-    assert (c.taid_lambda_init, c.taid_lambda_max, c.taid_decay, c.taid_axis_mode) == (0.1, 0.9, "cosine", "both")
+    assert (c.lambda_init, c.lambda_max, c.lambda_schedule, c.axis_mode) == (0.1, 0.9, "cosine", "both")
 
 
 def test_distillation_switches_off_as_t_goes_to_1():

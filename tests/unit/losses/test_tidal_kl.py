@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tide_megatron.losses.kl import kl_loss
-from tide_megatron.losses.tidal import TidalSchedule, tidal_lambda, tidal_loss
+from tide_megatron.losses.tidal import TidalSchedule, tidal_loss
 
 ZS = torch.tensor([[1.0, 0.0, -1.0]])
 ZT = torch.tensor([[0.0, 2.0, 0.0]])
@@ -19,9 +19,9 @@ def test_lambda_train_vectors_11_1(step, decay, expected):
 
 def test_lambda_axes_and_omega_vectors_11_1():
     t = torch.tensor([0.001, 0.3, 0.5, 0.9])
-    both = tidal_lambda(t, 250, 1000, TidalSchedule(axis_mode="both"))
-    train = tidal_lambda(t, 250, 1000, TidalSchedule(axis_mode="training_only"))
-    tstep = tidal_lambda(t, 250, 1000, TidalSchedule(axis_mode="timestep_only"))
+    both = TidalSchedule(axis_mode="both").lam(t, 250, 1000)
+    train = TidalSchedule(axis_mode="training_only").lam(t, 250, 1000)
+    tstep = TidalSchedule(axis_mode="timestep_only").lam(t, 250, 1000)
     omega = TidalSchedule(timestep_weight="midrange").omega(t)
     torch.testing.assert_close(both, torch.tensor([0.216940, 0.152010, 0.108579, 0.021716]), rtol=0, atol=1e-6)
     torch.testing.assert_close(train, torch.full((4,), 0.217157), rtol=0, atol=1e-6)

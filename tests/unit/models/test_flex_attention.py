@@ -19,7 +19,8 @@ from tide_megatron.models.qwen3 import qwen3_args_from_hf
 from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
 from tide_megatron.models.spec import dense_layer_spec
 from tide_megatron.models.norms import TorchNorm
-from tide_megatron.training.compact import compact_student_inputs, compact_teacher_inputs, segment_block_mask
+from tide_megatron.teacher.passes import compact_teacher_inputs
+from tide_megatron.training.compact import compact_student_inputs
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 HEADS, GROUPS, HEAD_DIM = 4, 2, 16
@@ -80,6 +81,17 @@ def test_both_orders_match_the_dense_block_diffusion_mask(grid, order):
     assert_parity(grid, spec, dense[None].expand(b, L * 2, L * 2), b, 2 * L)
 
 
+def _two_half_reference(seg, pos, L, B, key_valid):
+    """The dense mask of a compacted [x0 ; xt_1 ; xt_2] input from the two-half rule: each column is placed in
+    its own [x0 ; xt_p] layout and read off `block_diffusion_mask`; xt of one pass never sees another pass."""
+    two = block_diffusion_mask(L, B, "x0_xt")
+    full = torch.where(seg > 0, L + pos, pos)
+    allowed = two[full[:, :, None], full[:, None, :]]
+    q, k = seg[:, :, None], seg[:, None, :]
+    allowed = allowed & (q >= 0) & (k >= 0) & ((k == 0) | (q == k)) & key_valid[:, None, :]
+    return allowed | (torch.eye(seg.shape[1], dtype=torch.bool)[None] & (q < 0))
+
+
 def test_x0_first_teacher_with_padding_and_several_passes(grid):
     """WeDLM's [x0 ; xt_1 ; xt_2] compacted input (only requested xt blocks), teacher batch padding as key_valid."""
     g = torch.Generator().manual_seed(3)
@@ -93,7 +105,7 @@ def test_x0_first_teacher_with_padding_and_several_passes(grid):
     real[1, 40:] = False  # the second sequence is shorter
     key_valid = (c.segment >= 0) & real.gather(1, c.position_ids)
     spec = BlockDiffusionMask(c.segment, c.block, key_valid)
-    reference = segment_block_mask(c.segment, c.block, key_valid)  # training/compact.py's own dense rule
+    reference = _two_half_reference(c.segment, c.position_ids, L, B, key_valid)
     assert torch.equal(spec.dense_allowed()[:, 0], reference)
     assert (c.segment < 0).any() and not key_valid.all()  # padding and invalid keys are both exercised
     assert_parity(grid, spec, reference, b, c.ids.shape[1])
@@ -110,7 +122,7 @@ def test_compacted_student_inputs_skip_blocks(grid):
     xt = torch.where(masked, 101, x0)
     c = compact_student_inputs(xt, x0, masked, B, pad_id=0)
     assert c.ids.shape[1] < 2 * L
-    rows = c.mask[:, 0]
+    rows = c.mask.dense_allowed()[:, 0]
     # The description of that layout (module docstring): kept xt blocks first, then the x0 blocks strictly
     # before each sequence's last kept xt block; the rest is padding.
     S = c.ids.shape[1]

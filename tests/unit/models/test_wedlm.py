@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from tests.reference.wedlm_checkpoint import write_tiny_wedlm
+from tests.reference.wedlm_checkpoint import wedlm_inputs, write_tiny_wedlm, xt_rows
 from tide_megatron.diffusion.masks import block_diffusion_mask
 from tide_megatron.models.qwen3.config import wedlm_args_from_hf
-from tide_megatron.models.wedlm import wedlm_inputs, xt_rows
 
 
 def test_inputs_are_x0_first_with_duplicated_positions_and_padding_blocked():
+    """The reference single-pass input the engine tests use (tests/reference), checked against §2.2."""
     x0 = torch.arange(8).view(1, 8)
     xt = torch.full((1, 8), 99)
     pad = torch.ones(1, 8, dtype=torch.long)

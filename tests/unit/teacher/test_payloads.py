@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tide_megatron.teacher.payloads import logit_rows, token_logprobs, topk_rows
+from tide_megatron.teacher.payloads import logit_rows, token_logprobs
 
 
 @pytest.fixture
@@ -47,24 +47,16 @@ def test_token_logprobs_bf16_inputs_use_fp32_math(data):
     assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5)
 
 
-def test_logit_rows_and_topk(data):
+def test_logit_rows(data):
     hidden, weight, logits = data
     rows = hidden[[0, 2], [1, 5]]
     got = logit_rows(rows, weight, vocab_limit=25)
     assert torch.allclose(got, logits[[0, 2], [1, 5], :25], atol=1e-5)
-    top = topk_rows(rows, weight, vocab_limit=25, k=3)
-    lp = logits[[0, 2], [1, 5], :25].log_softmax(-1)
-    vals, idx = lp.topk(3, -1)
-    assert torch.equal(top.indices, idx)
-    assert torch.allclose(top.logprobs, vals, atol=1e-5)
-    assert torch.allclose(top.tail_mass, 1 - vals.exp().sum(-1), atol=1e-5)
 
 
 def test_bad_arguments(data):
     hidden, weight, _ = data
     with pytest.raises(ValueError, match="vocab_limit=41"):
         logit_rows(hidden[0], weight, vocab_limit=41)
-    with pytest.raises(ValueError, match="top-k"):
-        topk_rows(hidden[0], weight, vocab_limit=10, k=11)
     with pytest.raises(ValueError, match="targets shape"):
         token_logprobs(hidden, weight, torch.zeros(3, 6, dtype=torch.long))

@@ -44,7 +44,7 @@ def test_full_scale_examples_match_their_presets(name):
     assert cfg.optim.lr == 5e-5 and cfg.optim.warmup_ratio == 0.1 and cfg.optim.clip_grad == 1.0
     assert cfg.student.seq_length == 512 and cfg.student.block_size == 32
     assert cfg.optim.epochs == (2.0 if name.startswith("a_") else 3.0)
-    assert cfg.teacher.max_length == (1024 if name.startswith("a_") else 768)
+    assert cfg.teacher.arch == ("llada2" if name.startswith("a_") else "wedlm")
     assert cfg.check_world_size(8)[1] == 8
 
 
@@ -157,3 +157,32 @@ def test_tiny_cpu_examples_keep_the_paper_objective(name):
     assert dataclasses.replace(tiny.objective, shared_vocab=full.objective.shared_vocab) == full.objective
     assert tiny.check_world_size(2) == (1 if name.startswith("b_") else 2, 2)
     assert tiny.precision.fp8 is False and tiny.precision.dtype == "fp32"
+
+
+@pytest.mark.parametrize("key,match", [
+    ("objective.distill_weight=1.0", "objective.distill_weight: replaced by objective.kl_weight"),
+    ("teacher.max_length=1024", "teacher.max_length: removed .*--teacher-max-len"),
+    ("student.mask_id=5", "student.mask_id: removed .*meta.json"),
+])
+def test_retired_fields_say_what_to_write_instead(files, key, match):
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(_raw(files, preset="a_tide_cross", **parse_overrides([key])))
+
+
+def test_objective_section_is_the_losses_objective_config_with_the_modes_recipe(files):
+    """One ObjectiveConfig (losses/modes.py) is the config section; an unset timestep_weight takes the mode's
+    paper recipe (§3.5, §5.8) through the same build_objective call the trainer makes."""
+    from tide_megatron.losses import MODES, ObjectiveConfig, build_objective
+
+    raw = _raw(files, preset="a_tide_cross", teacher={"checkpoint": str(files / "student"), "arch": "wedlm"})
+    (files / "teacher" / "tokenizer.json").write_text('{"vocab": "student"}')
+    for mode, omega in (("taid", "midrange"), ("taid_aligned", "midrange")):
+        cfg = config_from_dict({**raw, "preset": "", "objective": {"mode": mode}})
+        assert type(cfg.objective) is ObjectiveConfig and cfg.objective.timestep_weight is None
+        objective = build_objective(cfg.objective.mode, cfg.objective)
+        assert objective.config.schedule(MODES[mode]).timestep_weight == omega
+    chunk = config_from_dict({**raw, "teacher": {"checkpoint": str(files / "teacher")}, "preset": "",
+                              "objective": {"mode": "alm_taid"}})
+    assert chunk.objective.schedule(MODES["alm_taid"]).timestep_weight == "uniform"
+    with pytest.raises(ConfigError, match="objective.kl_temperature: expected > 0"):
+        config_from_dict({**raw, "objective": {"kl_temperature": 0}})

@@ -18,8 +18,8 @@ from tests.helpers import tiny_distill as td
 from tests.reference.llada2_reference import LLaDA2MoeConfig, LLaDA2MoeModelLM
 from tide_megatron.config import config_from_dict
 from tide_megatron.data.stage import AlignmentStage, collate_samples
+from tide_megatron.data.batch import DistillBatch
 from tide_megatron.models.convert.reference import load_hf_reference
-from tide_megatron.training.batch import DistillBatch
 from tide_megatron.training.trainer import DistillTrainer
 
 SEQ, BLOCK = 64, 16  # the teacher (3 template tokens + ~31) fills to 48 != 64: its own length

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tide_megatron.losses import LossInputs, ObjectiveConfig, aligned_rows, build_objective
+from tide_megatron.align.rows import aligned_rows
+from tide_megatron.losses import LossInputs, ObjectiveConfig, build_objective
 from tide_megatron.training.student_loss import chunked_loss_backward
 
 

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
 from tide_megatron.distributed import ParallelLayout, build_model_grid
+from tide_megatron.dtypes import DTYPES
 from tide_megatron.models.convert.architecture import Architecture
 from tide_megatron.models.convert.hf_files import copy_hf_assets, read_hf_config, write_hf_safetensors
 from tide_megatron.models.convert.output_dir import atomic_output_dir, check_output_dir
@@ -25,7 +26,6 @@ from tide_megatron.models.safetensors_reader import SafetensorsReader
 
 META_FILE = "tide_model.json"
 HF_ASSETS = "hf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _barrier() -> None:

@@ -7,6 +7,8 @@ import shutil
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from tide_megatron.atomic import publish
+
 
 def check_output_dir(out_dir: str, flag: str) -> None:
     """Refuse to overwrite: the output must not exist yet (its parent must)."""
@@ -36,7 +38,7 @@ def atomic_output_dir(out_dir: str, flag: str = "--out", is_writer: bool = True,
         yield tmp
         barrier()
         if is_writer:
-            os.replace(tmp, out_dir)
+            publish(tmp, out_dir)
         barrier()
     except BaseException:
         if is_writer:

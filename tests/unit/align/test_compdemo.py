@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tide_megatron.align.masking import project_mask_through_pairs
-from tide_megatron.losses.compdemo import merge, plan_chunk_level, plan_token_level, split
+from tide_megatron.align.compdemo import merge, plan_chunk_level, plan_token_level, split
 
 
 def test_token_level_vector_11_10():

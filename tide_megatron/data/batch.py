@@ -1,9 +1,9 @@
-"""The trainer's view of one noised micro-batch, built from the alignment stage's output (``data/stage.py``).
+"""One noised micro-batch as a training step reads it, built from the alignment stage's output (``data/stage.py``).
 
 The stage (collation §1.2, noising §1.3, chunk-consistent masking §5.5 or pair projection §2.4, CompDemo
 passes §4) runs in DataLoader workers and returns a dict of tensors; `DistillBatch.from_stage` names
-those tensors the way one training step reads them, and stacks the teacher passes so CompDemo's two
-passes go through the teacher as one batch.
+those tensors the way the step reads them (``teacher.passes`` for the teacher's inputs, the trainer for
+the student's), and stacks the teacher passes so CompDemo's two passes go through the teacher as one batch.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""CompDemo: complementary demonstration teacher passes, split and merge (spec §4, §9.15).
+"""CompDemo: complementary demonstration teacher passes, split, plan and merge (spec §4, §9.15).
 
 The student's masked set M is split by independent Bernoulli draws ``u < ratio`` into M_A and M_B
 (per token in Pipeline B, per chunk in Pipeline A). Pass 1 masks the teacher positions of M_B (M_A
 shows ground truth as a demonstration), pass 2 masks those of M_A. Merge: pass-1 logits everywhere,
 overwritten by pass-2 logits at the teacher positions of M_A. With nothing masked there is one pass.
+The data stage plans the passes in its workers (`plan_*`); the teacher passes merge their payloads (`merge`).
 """
 
 from __future__ import annotations
