@@ -1,13 +1,14 @@
 """Warning filters for our command lines: third-party warnings we understand and cannot act on, each with its reason.
 
-Each filter names the message and the module that issues it, so our own warnings, and anything new a
-dependency starts to say, still show. `tide_megatron/cli/__init__.py` installs them, so every entry point
+Each filter names the message and the module (or logger) that issues it, so our own warnings, and anything
+new a dependency starts to say, still show. `tide_megatron/cli/__init__.py` installs them, so every entry point
 (tide-train, tide-demo, tide-eval, tide-preprocess, tide-convert, tide-report, tide-ablate, also under
 torchrun) starts quiet; ``TIDE_SHOW_ALL_WARNINGS=1`` turns them off.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -32,7 +33,26 @@ THIRD_PARTY_WARNINGS: tuple[tuple[str, type[Warning], str, str], ...] = (
      "megatron-core's own layers call it without a group; our grids pass process groups explicitly"),
     (r"The following imports from `dynamic_context\.py` will be removed", DeprecationWarning, r"megatron\.",
      "an import inside megatron-core's inference package, not ours"),
+    (r"`rope_scaling` is deprecated", FutureWarning, r"transformers\.configuration_utils",
+     "released LLaDA2 config.json files carry rope_scaling; transformers 5 objects whenever it reads one "
+     "(AutoTokenizer reads the config.json beside a tokenizer)"),
 )
+
+#: (logger, message substring, why): transformers' log lines of the same kind (logging, not warnings).
+THIRD_PARTY_LOG_LINES: tuple[tuple[str, str, str], ...] = (
+    ("transformers.configuration_utils", "to instantiate a model of type ``",
+     "AutoTokenizer reads the config.json beside a tokenizer and says it does not know LLaDA2's model type; "
+     "only the tokenizer is loaded from it"),
+)
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, needle: str) -> None:
+        super().__init__()
+        self.needle = needle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.needle not in record.getMessage()
 
 
 def quiet_third_party_warnings() -> None:
@@ -41,5 +61,9 @@ def quiet_third_party_warnings() -> None:
         return
     for message, category, module, _reason in THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name, needle, _reason in THIRD_PARTY_LOG_LINES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) and f.needle == needle for f in logger.filters):
+            logger.addFilter(_DropLines(needle))
     # transformers draws a progress bar for writing a single small shard; the demo's phase lines say enough
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
