@@ -60,7 +60,7 @@ if (want == "cuda") != bool(cuda):
     sys.exit(f"setup_env.sh: TIDE_TORCH={want} but the installed torch {torch.__version__} is {build}; "
              f"set TIDE_TORCH_INDEX to an index with the {want} build (e.g. {example})")
 PY
-  step "installing tide-megatron and its dependencies" python -m pip install -q -e ".[dev]"
+  step "installing tide-megatron and its dependencies" python -m pip install -q -e ".[dev,eval]"
   echo "torch=$TIDE_TORCH" >"$stamp"
 else
   echo "[setup] .venv is up to date"
