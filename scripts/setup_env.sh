@@ -8,6 +8,7 @@
 #   TIDE_TORCH=cuda (GPU clusters) the CUDA build from TIDE_TORCH_INDEX (default: PyTorch's cu128 index);
 #                   then `pip install -e ".[gpu]"` for Transformer Engine.
 # The installed build is checked against the choice.
+# Prints one line per step; pip's own output goes to a log that is shown only when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
@@ -17,19 +18,37 @@ case "$TIDE_TORCH" in
   cpu | cuda) ;;
   *) echo "setup_env.sh: TIDE_TORCH must be cpu or cuda, got '$TIDE_TORCH'" >&2; exit 2 ;;
 esac
-if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
+log="$(mktemp "${TMPDIR:-/tmp}/tide-setup.XXXXXX")"
+trap 'rm -f "$log"' EXIT
+
+# step DESCRIPTION COMMAND...: run COMMAND with its output in the log; one line, or the log's tail on failure.
+step() {
+  local what="$1" start=$SECONDS rc=0
+  shift
+  printf '[setup] %s ... ' "$what"
+  "$@" >>"$log" 2>&1 || rc=$?
+  if (( rc != 0 )); then
+    echo "failed (exit $rc)"
+    echo "---- the last 80 lines of its output ----" >&2
+    tail -n 80 "$log" >&2
+    exit "$rc"
+  fi
+  echo "done ($((SECONDS - start)) s)"
+}
+
+if [ ! -x .venv/bin/python ]; then step "creating .venv with $PYTHON" "$PYTHON" -m venv .venv; fi
 . .venv/bin/activate
 stamp=.venv/.tide-installed
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ] || [ "$(cat "$stamp")" != "torch=$TIDE_TORCH" ]; then
-  python -m pip install -q --upgrade pip
+  step "upgrading pip" python -m pip install -q --upgrade pip
   index=()
   if [ "$TIDE_TORCH" = cuda ]; then index=(--index-url "${TIDE_TORCH_INDEX:-https://download.pytorch.org/whl/cu128}")
   elif [ -n "${TIDE_TORCH_INDEX:-}" ]; then index=(--index-url "$TIDE_TORCH_INDEX"); fi
-  python -m pip install -q "torch==2.13.0" "${index[@]}"
+  step "installing torch 2.13.0 ($TIDE_TORCH build)" python -m pip install -q "torch==2.13.0" "${index[@]}"
   # Check the build that was installed, not the machine: a CUDA build on a GPU-less login node is fine.
   example=https://download.pytorch.org/whl/cpu
   if [ "$TIDE_TORCH" = cuda ]; then example=https://download.pytorch.org/whl/cu128; fi
-  python - "$TIDE_TORCH" "$example" <<'PY'
+  step "checking the torch build" python - "$TIDE_TORCH" "$example" <<'PY'
 import sys
 
 import torch
@@ -41,6 +60,8 @@ if (want == "cuda") != bool(cuda):
     sys.exit(f"setup_env.sh: TIDE_TORCH={want} but the installed torch {torch.__version__} is {build}; "
              f"set TIDE_TORCH_INDEX to an index with the {want} build (e.g. {example})")
 PY
-  python -m pip install -q -e ".[dev,eval]"
+  step "installing tide-megatron and its dependencies" python -m pip install -q -e ".[dev,eval]"
   echo "torch=$TIDE_TORCH" >"$stamp"
+else
+  echo "[setup] .venv is up to date"
 fi

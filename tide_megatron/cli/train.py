@@ -6,8 +6,10 @@
 The config is validated (files, layouts against the world size, mode against the tokenizers and the
 dataset) before any model is built. SIGTERM or SIGUSR1 (to the ranks or to the whole process group)
 writes a checkpoint and exits 0, so a requeued job with checkpoint.resume=auto continues where it
-stopped. One run per output directory (a lock; a second run fails at start). Any error: one line on
-stderr and a non-zero exit (the traceback with --debug or TIDE_DEBUG=1).
+stopped. One run per output directory (a lock; a second run fails at start). When the run stops
+(finished, signalled or failed) rank 0 writes <output_dir>/results.json for tide-report
+(tide_megatron/report/run_dir.py). Any error: one line on stderr and a non-zero exit (the traceback
+with --debug or TIDE_DEBUG=1).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from typing import Optional, Sequence
 
 from tide_megatron.cli.errors import cli_errors
+from tide_megatron.report.run_dir import run_recorded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     valid = TideAlignedDataset(cfg.data.valid) if cfg.data.valid else None
     trainer = DistillTrainer(cfg, train, valid_data=valid)
     try:
-        summary = trainer.run()
+        summary = run_recorded(trainer)  # trainer.run(), then <output_dir>/results.json however it ended
     finally:
         trainer.close()
     if summary.get("preempted"):
