@@ -8,6 +8,7 @@ setup(
     description="Cross-architecture distillation of diffusion LLMs (TIDE) on megatron-core",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["tide_megatron", "tide_megatron.*"]),
+    package_data={"tide_megatron": ["presets.yaml"]},  # the six paper presets (config.py reads them)
     install_requires=[
         # megatron-core 0.17+ needs Python 3.12; 0.16.1 is the newest release for 3.11.
         "megatron-core==0.16.1",
@@ -17,6 +18,7 @@ setup(
         "einops",
         "psutil",  # needed by dist_checkpointing's writer at save time (undeclared by mcore)
         "pyyaml",
+        "omegaconf>=2.3",  # training configs: structured configs, dotted overrides, interpolation (config.py)
         "safetensors",
         "sentencepiece",
         "protobuf",  # reading SentencePiece .model files (align/tokenizers.py)
