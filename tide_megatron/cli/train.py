@@ -27,15 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from tide_megatron.training.machine_check import StartupError, check_machine
+    from tide_megatron.training.machine_check import StartupError, check_machine  # local: torch, not --help
 
     try:
         check_machine()  # before megatron-core is imported: a broken TE install breaks that import
     except StartupError as err:
         print(f"tide-train: error: {err}", file=sys.stderr)
         return 2
-    from tide_megatron.config import ConfigError, dump_config, load_config
-    from tide_megatron.training.preflight import preflight
+    from tide_megatron.config import ConfigError, dump_config, load_config  # local: megatron, after check_machine
+    from tide_megatron.training.preflight import preflight  # local: megatron, after check_machine
 
     try:
         cfg = load_config(args.config, list(args.overrides))
@@ -49,9 +49,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"tide-train: error: {err}", file=sys.stderr)
         return 2
-    from tide_megatron.data.indexed import TideAlignedDataset
-    from tide_megatron.training.checkpoint import CheckpointError
-    from tide_megatron.training.trainer import DistillTrainer
+    from tide_megatron.data.indexed import TideAlignedDataset  # local: megatron, after check_machine
+    from tide_megatron.training.checkpoint import CheckpointError  # local: megatron, after check_machine
+    from tide_megatron.training.trainer import DistillTrainer  # local: megatron, after check_machine
 
     try:
         train = TideAlignedDataset(cfg.data.train)
