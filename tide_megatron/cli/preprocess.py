@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from tide_megatron.cli.errors import cli_errors
+
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tide-preprocess", description=__doc__)
@@ -39,10 +41,13 @@ def _inspect(argv: list[str]) -> int:
     from tide_megatron.data.inspect import render_sample  # local: tokenizers, after --help
 
     ds = TideAlignedDataset(args.dataset)
+    if not 0 <= args.index < len(ds):
+        raise ValueError(f"--index {args.index}: {args.dataset} has {len(ds)} samples (0 .. {len(ds) - 1})")
     print(render_sample(ds, args.index, max_rows=args.max_rows))
     return 0
 
 
+@cli_errors("tide-preprocess")
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["inspect"]:

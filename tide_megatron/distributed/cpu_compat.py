@@ -15,11 +15,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import multiprocessing as mp
 from typing import Any, Callable
 
 import torch
-from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.tensor_parallel import random as mcore_random
 from megatron.core.transformer.moe import moe_utils, token_dispatcher
 
@@ -186,12 +184,6 @@ def apply(force: bool = False) -> bool:
     _patch(token_dispatcher, "maybe_move_tensor_to_cpu", _maybe_move_tensor_to_cpu)
     _APPLIED = True
     return True
-
-
-def use_fork_checkpoint_manager() -> None:
-    """Let dist_checkpointing's results queue use a fork context (spawn re-imports megatron: +5-8 s)."""
-    if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = mp.get_context("fork").Manager().Queue()
 
 
 def remove() -> None:
