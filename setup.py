@@ -51,7 +51,7 @@ setup(
             "tide-train=tide_megatron.cli.train:main",
             "tide-eval=tide_megatron.cli.evaluate:main",
             "tide-demo=tide_megatron.cli.demo:main",
-            "tide-lm-eval=tide_megatron.eval.harness.cli:main",
+            "tide-lm-eval=tide_megatron.cli.lm_eval:main",
         ],
         # lm-evaluation-harness plugin groups (read by harness releases after 0.4.13; tide-lm-eval and
         # tide-eval register both by hand on 0.4.13): the model class and our task directory.
