@@ -8,11 +8,11 @@ The phases, their caching and the outputs are described in tide_megatron/demo/pi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
 from tide_megatron.cli.errors import cli_errors
-from tide_megatron.demo.pipeline import DemoError, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_errors("tide-demo")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # before megatron's jit_fuser (torch.compile) is imported
+    from tide_megatron.demo.pipeline import DemoError, run  # local: megatron-core after the line above, not for --help
+
     try:
         run(args)
     except (DemoError, ValueError, FileNotFoundError, FileExistsError) as err:
