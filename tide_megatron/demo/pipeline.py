@@ -20,6 +20,7 @@ directory, which appears only when the run is complete (it is built under a temp
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -31,7 +32,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import torch
+from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
+from transformers import AutoTokenizer, Qwen3ForCausalLM
+
+from tide_megatron.align.tokenizers import load_tokenizer
 from tide_megatron.atomic import publish, staged_path, write_text_atomic
+from tide_megatron.config import config_from_dict
+from tide_megatron.data.corpus import CorpusSpec, iter_conversations, split_of, stdlib_modules, stdlib_root
+from tide_megatron.data.indexed import TideAlignedDataset
+from tide_megatron.data.preprocess import preprocess
+from tide_megatron.data.samples import SampleConfig
+from tide_megatron.demo.pretrain_teacher import (TeacherPretrainConfig, TinyLLaDA2Shape, export_llada2_hf,
+                                                 llada2_hf_config, pretrain_llada2_teacher)
+from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed
+from tide_megatron.eval.models import HFDenoiser
+from tide_megatron.eval.nll import bits_per_byte, split_windows, tokenize_with_bytes
+from tide_megatron.eval.report import write_json_atomic
+from tide_megatron.fixtures.artifacts import ArtifactFetchError, cache_dir
+from tide_megatron.models.convert.output_dir import atomic_output_dir
+from tide_megatron.models.convert.reference import load_hf_reference
+from tide_megatron.models.llada2 import forward_llada2, load_llada2_teacher
+from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
+from tide_megatron.training.export import export_student
+from tide_megatron.training.trainer import DistillTrainer
 
 STUDENT_TOKENIZER = "mistral-v1"
 TEACHER_TOKENIZER = "gpt-2"
@@ -112,8 +137,6 @@ def _round_up(n: int, m: int = 64) -> int:
 
 
 def _key(*parts: Any) -> str:
-    import hashlib
-
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -124,9 +147,6 @@ def _key(*parts: Any) -> str:
 
 def load_tokenizers():
     """The two real tokenizers (fetched into the cache on first use)."""
-    from tide_megatron.fixtures.artifacts import ArtifactFetchError
-    from tide_megatron.align.tokenizers import load_tokenizer
-
     try:
         return load_tokenizer(STUDENT_TOKENIZER), load_tokenizer(TEACHER_TOKENIZER)
     except ArtifactFetchError as err:
@@ -136,8 +156,6 @@ def load_tokenizers():
 
 def write_corpus(s: DemoSettings, root: Path) -> tuple[Path, list[str]]:
     """Train conversations (a seeded sample of the train split) as JSONL, and held-out documents."""
-    from tide_megatron.data.corpus import CorpusSpec, iter_conversations, split_of, stdlib_modules, stdlib_root
-
     spec = CorpusSpec(prompt_lines=s.prompt_lines, response_lines=s.response_lines,
                       max_response_chars=s.max_response_chars)
     train_file = root / "train.jsonl"
@@ -173,10 +191,6 @@ def write_corpus(s: DemoSettings, root: Path) -> tuple[Path, list[str]]:
 
 def preprocess_data(s: DemoSettings, train_file: Path, root: Path, valid_count: int = 64):
     """tide-preprocess (library API): student + teacher tokenizations and byte-level chunk alignment."""
-    from tide_megatron.data.corpus import CorpusSpec, iter_conversations
-    from tide_megatron.data.preprocess import preprocess
-    from tide_megatron.data.samples import SampleConfig
-
     cfg = SampleConfig(student_tokenizer=STUDENT_TOKENIZER, teacher_tokenizer=TEACHER_TOKENIZER,
                        student_template="qwen3", teacher_template="llada2", student_max_len=s.student_seq_length,
                        teacher_max_len=1024, align="chunks")
@@ -200,17 +214,12 @@ def preprocess_data(s: DemoSettings, train_file: Path, root: Path, valid_count: 
 
 def teacher_sequences(train_dir: str) -> list[list[int]]:
     """The teacher tokenizer's view of the training text: each sample's LLaDA2-template teacher ids."""
-    from tide_megatron.data.indexed import TideAlignedDataset
-
     ds = TideAlignedDataset(train_dir)
     return [ds[i]["teacher_ids"].tolist() for i in range(len(ds))]
 
 
 def build_teacher(s: DemoSettings, teacher_tok, train_dir: str, cache_root: Path, tb_dir: Path) -> dict:
     """Pretrain the LLaDA2 MoE teacher (or load it from the cache); returns its directory and metrics."""
-    from tide_megatron.demo.pretrain_teacher import (TeacherPretrainConfig, TinyLLaDA2Shape, export_llada2_hf,
-                                                         llada2_hf_config, pretrain_llada2_teacher)
-
     shape = TinyLLaDA2Shape(hidden_size=s.teacher_hidden, head_dim=s.teacher_hidden // 4,
                             intermediate_size=2 * s.teacher_hidden, moe_intermediate_size=s.teacher_hidden // 2)
     pcfg = TeacherPretrainConfig(steps=s.teacher_steps, micro_batch_size=s.teacher_batch, lr=s.teacher_lr,
@@ -227,8 +236,6 @@ def build_teacher(s: DemoSettings, teacher_tok, train_dir: str, cache_root: Path
         raise DemoError(f"{out_dir}: a teacher directory without pretrain_metrics.json (not written by tide-demo, "
                         f"or damaged); remove it and run again to retrain the teacher")
     else:
-        from torch.utils.tensorboard import SummaryWriter
-
         writer = SummaryWriter(str(tb_dir))
 
         def log(step: int, scalars: dict) -> None:
@@ -246,8 +253,6 @@ def build_teacher(s: DemoSettings, teacher_tok, train_dir: str, cache_root: Path
         export_llada2_hf(model, hf_config, str(out_dir), tokenizer=teacher_tok.hf,
                          extra_files={"pretrain_metrics.json": json.dumps(metrics)})
     if metrics.get("cached"):  # a cached teacher still shows its pretraining curve in this run's TensorBoard
-        from torch.utils.tensorboard import SummaryWriter
-
         writer = SummaryWriter(str(tb_dir))
         for step, value in metrics["losses"]:
             writer.add_scalar("loss/mdlm", value, step)
@@ -270,11 +275,6 @@ def _dataset_fingerprint(path: str) -> str:
 
 def build_student_init(s: DemoSettings, student_tok, cache_root: Path) -> str:
     """One random Qwen3 BD3LM student in the HF layout (config, safetensors, tokenizer), shared by both runs."""
-    import torch
-    from transformers import Qwen3ForCausalLM
-
-    from tide_megatron.models.convert.output_dir import atomic_output_dir
-    from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
 
     vocab = _round_up(len(student_tok))
     cfg_kwargs = dict(hidden_size=s.student_hidden, intermediate_size=3 * s.student_hidden,
@@ -296,10 +296,6 @@ def build_student_init(s: DemoSettings, student_tok, cache_root: Path) -> str:
 def train_student(mode: str, s: DemoSettings, student_dir: str, teacher_dir: Optional[str], data: dict,
                   work: Path, tb_dir: Path) -> dict:
     """One run of the real trainer (objective.mode = ``mode``); returns its summary and loss history."""
-    from tide_megatron.config import config_from_dict
-    from tide_megatron.data.indexed import TideAlignedDataset
-    from tide_megatron.training.trainer import DistillTrainer
-
     raw = {
         "name": f"demo_{mode}", "preset": "a_tide_cross", "output_dir": str(work),
         "student": {"checkpoint": student_dir, "seq_length": s.student_seq_length, "block_size": s.block_size},
@@ -339,12 +335,6 @@ def train_student(mode: str, s: DemoSettings, student_dir: str, teacher_dir: Opt
 
 def evaluate_bpb(hf_dir: str, docs: Sequence[str], s: DemoSettings) -> dict:
     """Bits per byte of an exported student on the held-out documents (transformers' Qwen3ForCausalLM)."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from tide_megatron.eval.models import HFDenoiser
-    from tide_megatron.eval.nll import bits_per_byte, split_windows, tokenize_with_bytes
-    from tide_megatron.models.convert.reference import load_hf_reference
 
     model = load_hf_reference(hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
@@ -369,11 +359,6 @@ def evaluate_teacher_bpb(teacher_dir: str, teacher_tok, docs: Sequence[str], s: 
     tokenizer's bytes: comparable in bits per byte with the students' BD3LM bound (which also sees clean
     earlier blocks, an advantage a whole-sequence MDLM does not have).
     """
-    import torch
-
-    from tide_megatron.distributed import ParallelLayout, build_model_grid
-    from tide_megatron.eval.nll import bits_per_byte, split_windows, tokenize_with_bytes
-    from tide_megatron.models.llada2 import forward_llada2, load_llada2_teacher
 
     grid = build_model_grid(ParallelLayout(), name="teacher-eval")
     model, cfg = load_llada2_teacher(teacher_dir, grid.pgs, params_dtype=torch.float32)
@@ -444,13 +429,10 @@ def _moving_average(values: Sequence[float], window: int = 10) -> list[float]:
 
 
 def plot_losses(results: dict, path: Path) -> None:
-    """Both students' training losses (and the teacher's pretraining loss) as a PNG (Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    """Both students' training losses (and the teacher's pretraining loss) as a PNG (matplotlib's `Figure`:
+    no pyplot, so no global backend or figure list)."""
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     runs = results["students"]
     curves = (("tide_cross", "loss/ce", "TIDE-Cross: CE term", "tab:blue"),
               ("ce_only", "loss/ce", "CE only", "tab:orange"),
@@ -475,7 +457,6 @@ def plot_losses(results: dict, path: Path) -> None:
     fig.tight_layout()
     with staged_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -484,7 +465,6 @@ def plot_losses(results: dict, path: Path) -> None:
 
 def run(args: argparse.Namespace, stream=sys.stdout) -> dict:
     """Run every phase and write the outputs; returns the results dictionary."""
-    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # megatron's jit_fuser would compile kernels for minutes
     s = DemoSettings.quick() if args.quick else DemoSettings()
     s.seed = args.seed
     for value, flag, name in ((args.steps, "--steps", "student_steps"),
@@ -514,11 +494,7 @@ def run(args: argparse.Namespace, stream=sys.stdout) -> dict:
 
 
 def _run_phases(s: DemoSettings, stage: Path, threads: int, stream) -> dict:
-    import torch
-
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    from tide_megatron.fixtures.artifacts import cache_dir
-
     clock = PhaseClock(stream)
     cache_root = cache_dir() / "demo"
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -528,8 +504,6 @@ def _run_phases(s: DemoSettings, stage: Path, threads: int, stream) -> dict:
     data_root = cache_root / f"data-{_key(s.data_fields())}"
     train_file, docs = clock.run("corpus", lambda: write_corpus(s, data_root))
     data = clock.run("preprocess", lambda: preprocess_data(s, train_file, data_root))
-
-    from tide_megatron.distributed import init_distributed
 
     init_distributed()
     teacher = clock.run("teacher", lambda: build_teacher(s, teacher_tok, data["train"], cache_root, tb / "teacher"))
@@ -550,8 +524,6 @@ def _run_phases(s: DemoSettings, stage: Path, threads: int, stream) -> dict:
                "heldout_documents": len(docs)}
     final_dir = str(stage.parent / stage.name.split(".partial-")[0].lstrip("."))
     results = json.loads(json.dumps(results, default=str).replace(str(stage), final_dir))
-    from tide_megatron.eval.report import write_json_atomic
-
     write_json_atomic(str(stage / "results.json"), results)
     write_text_atomic(stage / "results.md", format_table(results) + "\n")
     plot_losses(results, stage / "loss_curves.png")
@@ -559,7 +531,5 @@ def _run_phases(s: DemoSettings, stage: Path, threads: int, stream) -> dict:
 
 
 def _export(checkpoints: str, out: Path) -> str:
-    from tide_megatron.training.export import export_student
-
     out.mkdir(parents=True, exist_ok=True)
     return export_student(checkpoints, str(out / "hf"))
