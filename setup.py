@@ -8,7 +8,8 @@ setup(
     description="Cross-architecture distillation of diffusion LLMs (TIDE) on megatron-core",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["tide_megatron", "tide_megatron.*"]),
-    package_data={"tide_megatron": ["eval/paper_results.yaml", "eval/harness/tasks/*.yaml"]},
+    # The six paper presets (config.py), the published figures and our lm-eval task YAMLs (eval/).
+    package_data={"tide_megatron": ["presets.yaml", "eval/paper_results.yaml", "eval/harness/tasks/*.yaml"]},
     install_requires=[
         # megatron-core 0.17+ needs Python 3.12; 0.16.1 is the newest release for 3.11.
         "megatron-core==0.16.1",
@@ -18,6 +19,7 @@ setup(
         "einops",
         "psutil",  # needed by dist_checkpointing's writer at save time (undeclared by mcore)
         "pyyaml",
+        "omegaconf>=2.3",  # training configs: structured configs, dotted overrides, interpolation (config.py)
         "safetensors",
         "sentencepiece",
         "protobuf",  # reading SentencePiece .model files (align/tokenizers.py)
@@ -51,7 +53,7 @@ setup(
             "tide-demo=tide_megatron.cli.demo:main",
             "tide-report=tide_megatron.cli.report:main",
             "tide-ablate=tide_megatron.cli.ablate:main",
-            "tide-lm-eval=tide_megatron.eval.harness.cli:main",
+            "tide-lm-eval=tide_megatron.cli.lm_eval:main",
         ],
         # lm-evaluation-harness plugin groups (read by harness releases after 0.4.13; tide-lm-eval and
         # tide-eval register both by hand on 0.4.13): the model class and our task directory.

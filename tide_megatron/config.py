@@ -1,31 +1,33 @@
-"""Training configuration: one dataclass per concern, YAML files, dotted ``key=value`` overrides.
+"""Training configuration: one dataclass per concern, loaded with OmegaConf from YAML and dotted overrides.
 
-`load_config(path, overrides)` reads a YAML file whose top-level keys are the sections below
-(``teacher``, ``student``, ``data``, ``optim``, ``objective``, ``checkpoint``, ``logging``,
-``precision``), optionally starting from one of the six paper presets (``preset: a_tide_cross`` ...),
-then applies overrides such as ``optim.lr=1e-4``. Every section validates itself in ``__post_init__``
-and names the offending field; `TrainConfig.check_world_size` checks the layouts against the job.
-The ``objective`` section is `losses.modes.ObjectiveConfig` (modes of spec §6, hyperparameters of §7.1).
+`load_config(path, overrides)` merges, in order: the dataclass defaults (`OmegaConf.structured(TrainConfig)`),
+the paper preset the file names (``preset: a_tide_cross``; the six live in ``presets.yaml``), the file, then
+``SECTION.FIELD=VALUE`` overrides (`OmegaConf.from_dotlist`). Values may interpolate (``${cache_dir}/data``,
+``${oc.env:NAME,default}``). OmegaConf checks names and types; `OmegaConf.to_object` then builds the
+dataclasses, whose ``__post_init__`` validates each section; every error is a `ConfigError` naming the field.
+`TrainConfig.check_world_size` checks the layouts against the job. The ``objective`` section is
+`losses.modes.ObjectiveConfig` (modes of spec §6, hyperparameters of §7.1).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import copy
 import dataclasses
 import os
-import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from tide_megatron.data.compatibility import check_dataset, read_dataset_meta, same_tokenizer
 from tide_megatron.distributed.grids import ParallelLayout
 from tide_megatron.errors import ConfigError, require
+from tide_megatron.fixtures.artifacts import cache_dir as artifact_cache_dir
 from tide_megatron.losses.modes import CHUNK_LEVEL_MODES, ObjectiveConfig
 
 _CHECK_PATHS: contextvars.ContextVar[bool] = contextvars.ContextVar("tide_check_paths", default=True)
@@ -267,7 +269,9 @@ class TrainConfig:
 
     name: str = "tide"
     output_dir: str = "runs/tide"
-    preset: str = ""
+    preset: str = ""  # one of PRESETS (presets.yaml), merged under the file's own values
+    # What ``${cache_dir}`` in a path means: $TIDE_CACHE_DIR, else ~/.cache/tide-megatron (fixtures/artifacts.py).
+    cache_dir: str = field(default_factory=lambda: str(artifact_cache_dir()))
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -331,96 +335,28 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Presets: the six paper variants (spec §6, §7.1, §8)
+# Presets: the six paper variants, whose one home is presets.yaml (spec §6, §7.1, §8)
 # --------------------------------------------------------------------------------------------------
 
-_PIPELINE_A = {
-    "teacher": {"arch": "llada2"},
-    "data": {"micro_batch_size": 8},
-    "optim": {"lr": 5e-5, "epochs": 2.0},
-    "objective": {"alm_temperature": 5.0, "timestep_weight": "uniform", "axis_mode": "both"},
-}
-_PIPELINE_B = {
-    "teacher": {"arch": "wedlm", "ep": 1, "etp": 1},
-    "data": {"micro_batch_size": 10},
-    "optim": {"lr": 5e-5, "epochs": 3.0},
-    "objective": {"kl_temperature": 2.0, "axis_mode": "both"},
-}
+PRESETS_FILE = Path(__file__).with_name("presets.yaml")
 
-PRESETS: dict[str, dict] = {
-    # Pipeline A: LLaDA2.0-mini teacher, different tokenizers, chunk-level objectives.
-    "a_calm": {**_PIPELINE_A, "objective": {**_PIPELINE_A["objective"], "mode": "alm", "compdemo": False}},
-    "a_tide_cross": {**_PIPELINE_A, "objective": {**_PIPELINE_A["objective"], "mode": "reverse_alm",
-                                                  "compdemo": False}},
-    "a_tide_shared": {**_PIPELINE_A, "objective": {**_PIPELINE_A["objective"], "mode": "alm_taid", "compdemo": True,
-                                                   "lambda_init": 0.1, "lambda_max": 0.9,
-                                                   "lambda_schedule": "cosine"}},
-    # Pipeline B: WeDLM-8B teacher, shared tokenizer, aligned token-level objectives.
-    "b_kl": {**_PIPELINE_B, "objective": {**_PIPELINE_B["objective"], "mode": "kl_aligned", "compdemo": False}},
-    "b_tide_cross": {**_PIPELINE_B, "objective": {**_PIPELINE_B["objective"], "mode": "reverse_kl_aligned",
-                                                  "compdemo": False}},
-    "b_tide_shared": {**_PIPELINE_B, "objective": {**_PIPELINE_B["objective"], "mode": "taid_aligned",
-                                                   "compdemo": True, "timestep_weight": "midrange",
-                                                   "lambda_init": 0.1, "lambda_max": 0.9,
-                                                   "lambda_schedule": "cosine"}},
-}
+
+def _read_presets(path: Path = PRESETS_FILE) -> dict[str, dict]:
+    """Each preset of ``presets.yaml`` merged onto the shared values of its pipeline, as nested plain data."""
+    raw = OmegaConf.load(path)
+    presets = {}
+    for name, spec in raw.presets.items():
+        own = OmegaConf.to_container(spec)
+        presets[name] = OmegaConf.to_container(OmegaConf.merge(raw.pipelines[own.pop("pipeline")], own))
+    return presets
+
+
+PRESETS: dict[str, dict] = _read_presets()
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading and overrides
+# Loading: OmegaConf merges defaults, preset, file and overrides; the dataclasses validate
 # --------------------------------------------------------------------------------------------------
-
-
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _coerce(value: Any, annotation: Any, name: str) -> Any:
-    """Convert a YAML/CLI value to a dataclass field's type, or raise naming the field."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        return _coerce(value, args[0], name)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{name}: expected a boolean, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            if isinstance(value, float):
-                raise ValueError(value)
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if annotation is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
-        return "" if value is None else str(value)
-    return value
-
 
 #: Fields of earlier versions: loading a config that sets one says what to write instead.
 RETIRED_FIELDS = {
@@ -432,110 +368,182 @@ RETIRED_FIELDS = {
                        "the dataset's meta.json by tide-preprocess",
 }
 
+#: Fields holding a path: ``~`` is expanded once interpolations are resolved.
+PATH_FIELDS = ("cache_dir", "output_dir", "teacher.checkpoint", "teacher.tokenizer", "student.checkpoint",
+               "student.tokenizer", "data.train", "data.valid", "checkpoint.dir", "checkpoint.resume", "logging.dir")
 
-def _build_section(cls: type, values: dict, section: str) -> Any:
+_NULL_WORDS = ("", "none", "null")
+_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _field_hints() -> dict[str, Any]:
+    """``section.field`` (or ``top_key``) → the type annotation of every field of `TrainConfig`."""
+    hints = {k: v for k, v in typing.get_type_hints(TrainConfig).items() if k not in SECTIONS}
+    for section, cls in SECTIONS.items():
+        hints.update({f"{section}.{k}": v for k, v in typing.get_type_hints(cls).items()})
+    return hints
+
+
+_HINTS = _field_hints()
+
+
+def _is_optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+def _expected(dotted: str) -> str:
+    """What a field holds, in words, for error messages (``"an integer"``, ``"a number or null"``)."""
+    if dotted in SECTIONS:
+        return "a mapping of fields"
+    hint = _HINTS.get(dotted)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if _is_optional(hint) else hint
+    kind = _KINDS.get(base, "a valid value")
+    return f"{kind} or null" if _is_optional(hint) else kind
+
+
+def _named(where: Optional[str], message: str) -> ConfigError:
+    return ConfigError(f"{where}: {message}" if where else message)
+
+
+def _null_as_unset(value: Any, dotted: str) -> Any:
+    """YAML's empty value / ``null`` (and the word ``none``) mean "unset": ``""`` for a string field, None
+    for an optional one, as each dataclass spells it."""
+    hint = _HINTS.get(dotted)
+    if value is None and hint is str:
+        return ""
+    if _is_optional(hint) and isinstance(value, str) and value.strip().lower() in _NULL_WORDS:
+        return None
+    return value
+
+
+def _layer(values: Any, where: Optional[str]) -> dict:
+    """One layer of settings (a file, an override, a dict) checked for shape and retired fields."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{section}: expected a mapping of fields, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    retired = sorted(f"{section}.{k}" for k in values if f"{section}.{k}" in RETIRED_FIELDS)
-    if retired:
-        raise ConfigError(f"{retired[0]}: {RETIRED_FIELDS[retired[0]]}")
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{section}.{unknown[0]}: unknown field; valid fields are {', '.join(sorted(known))}")
-    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
-    return cls(**kwargs)
-
-
-def config_from_dict(raw: dict) -> TrainConfig:
-    """Build and validate a `TrainConfig` from nested plain data (preset first, then the given values)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
-    preset = raw.get("preset") or ""
-    if preset:
-        if preset not in PRESETS:
-            raise ConfigError(f"preset: unknown preset {preset!r}; valid presets are {', '.join(PRESETS)}")
-        raw = _deep_merge(PRESETS[preset], raw)
-    top_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(raw) - top_fields)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown top-level key; valid keys are {', '.join(sorted(top_fields))}")
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
+        raise _named(where, f"config: expected a mapping at the top level, got {type(values).__name__}")
+    out = {}
+    for key, value in values.items():
+        if key in SECTIONS and value is None:
+            continue  # an empty section: all defaults
         if key in SECTIONS:
-            kwargs[key] = _build_section(SECTIONS[key], value or {}, key)
+            if not isinstance(value, dict):
+                raise _named(where, f"{key}: expected a mapping of fields, got {value!r}")
+            retired = sorted(f"{key}.{name}" for name in value if f"{key}.{name}" in RETIRED_FIELDS)
+            if retired:
+                raise _named(where, f"{retired[0]}: {RETIRED_FIELDS[retired[0]]}")
+            value = {name: _null_as_unset(v, f"{key}.{name}") for name, v in value.items()}
         else:
-            kwargs[key] = _coerce(value, str, key)
-    return TrainConfig(**kwargs)
-
-
-def parse_overrides(overrides: list[str]) -> dict:
-    """``["optim.lr=1e-4", "objective.compdemo=true"]`` → nested dict with YAML-parsed values."""
-    nested: dict = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        if len(parts) > 2 or not all(parts):
-            raise ConfigError(f"override {item!r}: expected SECTION.FIELD=VALUE or TOP_KEY=VALUE")
-        if len(parts) == 2 and parts[0] not in SECTIONS:
-            raise ConfigError(f"override {item!r}: unknown section {parts[0]!r}; valid sections are "
-                              f"{', '.join(SECTIONS)}")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        target = nested
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = value
-    return nested
-
-
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
-    """Read a YAML config, apply dotted overrides, validate. Errors name the file and the field."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config: file {path!r} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        raw = _expand_paths(raw)
-    raw = _deep_merge(raw, parse_overrides(overrides or []))
-    try:
-        return config_from_dict(raw)
-    except ConfigError as err:
-        if path is not None:
-            raise ConfigError(f"{path}: {err}") from None
-        raise
-
-
-_PATH_FIELDS = {("teacher", "checkpoint"), ("teacher", "tokenizer"), ("student", "checkpoint"),
-                ("student", "tokenizer"), ("data", "train"), ("data", "valid")}
-
-
-def _expand_paths(raw: dict) -> dict:
-    """Expand ``~`` and ``${VAR}`` (e.g. ``${TIDE_CACHE_DIR}``) in the path fields of a config file."""
-    out = copy.deepcopy(raw)
-    env = {"TIDE_CACHE_DIR": os.path.expanduser("~/.cache/tide-megatron"), **os.environ}
-    for section, name in _PATH_FIELDS:
-        value = (out.get(section) or {}).get(name)
-        if isinstance(value, str) and value:
-            out[section][name] = os.path.expanduser(_expand_vars(value, env))
+            value = _null_as_unset(value, key)
+        out[key] = value
     return out
 
 
-def _expand_vars(text: str, env: dict) -> str:
-    return string.Template(text).safe_substitute(env)
+def _describe(err: OmegaConfBaseException, layer: dict) -> str:
+    """OmegaConf's error about one layer, as ``section.field: what was expected``."""
+    key = err.full_key or ""
+    if isinstance(err, ConfigKeyError):
+        owner = err.object_type
+        if owner is TrainConfig and isinstance(layer.get(key), dict):
+            return f"{key}: unknown section {key!r}; valid sections are {', '.join(SECTIONS)}"
+        if owner is TrainConfig:
+            keys = sorted(f.name for f in dataclasses.fields(TrainConfig))
+            return f"{key}: unknown top-level key; valid keys are {', '.join(keys)}"
+        if dataclasses.is_dataclass(owner):
+            names = sorted(f.name for f in dataclasses.fields(owner))
+            return f"{key}: unknown field; valid fields are {', '.join(names)}"
+    if isinstance(err, ValidationError) and key:
+        return f"{key}: expected {_expected(key)}, got {err.value!r}"
+    return f"{key or 'config'}: {_first_line(err)}"
+
+
+def _first_line(err: Exception) -> str:
+    """OmegaConf appends the key and types on further lines; our messages name the field themselves."""
+    return str(err).strip().splitlines()[0]
+
+
+def _one_line(err: Exception) -> str:
+    """A YAML parser error (where, what) on one line."""
+    return " ".join(str(err).split())
+
+
+def _build(layers: list[tuple[Optional[str], dict]], where: Optional[str]) -> TrainConfig:
+    """Merge the layers onto the defaults (the named preset first), resolve, and build the dataclasses.
+
+    ``layers`` are (label, nested plain data); a layer's type or key error names its label, a validation
+    error names ``where`` (the config file, if any).
+    """
+    layers = [(label, _layer(values, label)) for label, values in layers]
+    preset = ""
+    for _, values in layers:
+        preset = values.get("preset", preset) or ""
+    if preset:
+        if preset not in PRESETS:
+            raise _named(where, f"preset: unknown preset {preset!r}; valid presets are {', '.join(PRESETS)}")
+        layers.insert(0, (f"preset {preset!r}", PRESETS[preset]))
+    cfg = OmegaConf.structured(TrainConfig)
+    for label, values in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, values)
+        except OmegaConfBaseException as err:
+            raise _named(label, _describe(err, values)) from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise _named(where, f"{err.full_key}: cannot resolve its interpolation ({_first_line(err)}); for a path "
+                            f"write ${{cache_dir}}/... or ${{oc.env:NAME,default}}") from None
+    for dotted in PATH_FIELDS:
+        value = OmegaConf.select(cfg, dotted)
+        if value:
+            OmegaConf.update(cfg, dotted, os.path.expanduser(value))
+    try:
+        return OmegaConf.to_object(cfg)  # runs every section's __post_init__, then TrainConfig's
+    except ConfigError as err:
+        raise _named(where, str(err)) from None
+
+
+def config_from_dict(raw: dict) -> TrainConfig:
+    """Build and validate a `TrainConfig` from nested plain data (the named preset first, then the values)."""
+    return _build([(None, raw)], None)
+
+
+def _parse_override(item: str) -> dict:
+    """``"optim.lr=1e-4"`` → ``{"optim": {"lr": 1e-4}}`` (the value read as YAML, by OmegaConf)."""
+    key, sep, _ = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=False)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({_one_line(err)})") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"override {item!r}: {_first_line(err)}") from None
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["optim.lr=1e-4", "objective.compdemo=true"]`` → nested plain data (names and types checked later)."""
+    return OmegaConf.to_container(OmegaConf.merge({}, *(_parse_override(item) for item in overrides)))
+
+
+def _read_yaml(path: str) -> dict:
+    if not Path(path).is_file():
+        raise ConfigError(f"--config: file {path!r} does not exist")
+    try:
+        raw = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return OmegaConf.to_container(raw, resolve=False)
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
+    """Read a YAML config, apply dotted overrides, validate. Errors name the file or override and the field."""
+    layers: list[tuple[Optional[str], dict]] = []
+    if path is not None:
+        layers.append((path, _read_yaml(path)))
+    layers += [(f"override {item!r}", _parse_override(item)) for item in overrides or []]
+    return _build(layers, path)
 
 
 def dump_config(cfg: TrainConfig) -> str:
-    """The resolved config as YAML (saved beside every checkpoint)."""
+    """The resolved config as YAML (saved beside every checkpoint; `load_config` reads it back)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

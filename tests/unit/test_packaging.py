@@ -2,6 +2,7 @@
 megatron-core 0.16.1 declares."""
 
 import ast
+import fnmatch
 import importlib.metadata
 import re
 import subprocess
@@ -14,10 +15,14 @@ from tide_megatron.models.transformer_engine import TE_REQUIREMENT
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _extras() -> dict:
+def _setup_argument(name: str):
     tree = ast.parse((REPO / "setup.py").read_text())
     call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
-    return ast.literal_eval(next(k.value for k in call.keywords if k.arg == "extras_require"))
+    return ast.literal_eval(next(k.value for k in call.keywords if k.arg == name))
+
+
+def _extras() -> dict:
+    return _setup_argument("extras_require")
 
 
 def test_transformer_engine_is_pinned_to_megatron_cores_own_range():
@@ -38,3 +43,13 @@ def test_setup_env_chooses_torch_by_an_explicit_switch():
     proc = subprocess.run(["bash", str(REPO / "scripts" / "setup_env.sh")], env={"TIDE_TORCH": "gpu", "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "TIDE_TORCH must be cpu or cuda, got 'gpu'" in proc.stderr
+
+
+def test_package_data_ships_every_data_file_of_the_package():
+    """A non-editable install carries the package's non-Python files (the presets config.py reads)."""
+    package = REPO / "tide_megatron"
+    patterns = _setup_argument("package_data")["tide_megatron"]
+    data = [p.relative_to(package).as_posix() for p in package.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert "presets.yaml" in data
+    assert [d for d in data if not any(fnmatch.fnmatch(d, pattern) for pattern in patterns)] == []

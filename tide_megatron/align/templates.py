@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from jinja2.exceptions import TemplateError
+
 from tide_megatron.align.tokenizers import TideTokenizer
 from tide_megatron.diffusion.noise import IGNORE_INDEX
 
@@ -102,8 +104,6 @@ def validate_messages(messages) -> list[dict]:
 
 def render(tokenizer: TideTokenizer, template: str, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
     """The conversation as text in `template` (thinking disabled); a template's own refusal is a SampleError."""
-    from jinja2.exceptions import TemplateError
-
     try:
         return tokenizer.hf.apply_chat_template(
             list(messages), chat_template=template, tokenize=False,

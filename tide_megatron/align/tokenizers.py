@@ -16,11 +16,14 @@ Mask token: if the tokenizer has none, `<|mask|>` is added as a special token at
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Sequence
+
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from tide_megatron.fixtures.tokenizer_files import NAMED_VOCABS, is_vocab_file, load_named_vocab, load_vocab_file
 
@@ -115,8 +118,6 @@ class TideTokenizer:
 
     def with_eos(self, token: str) -> "TideTokenizer":
         """A shallow copy whose eos is `token` (e.g. Qwen3's `<|im_end|>`, §1.1); the HF tokenizer is shared."""
-        import copy
-
         other = copy.copy(self)
         other.eos_id = self._id_of(token, "eos")
         return other
@@ -233,8 +234,6 @@ def load_tokenizer(spec: str | os.PathLike, eos_token: str | None = None, pad_to
 
 
 def _load_uncached(spec: str | os.PathLike, eos_token: str | None, pad_token: str | None) -> TideTokenizer:
-    from transformers import AutoTokenizer
-
     text = str(spec)
     if text in NAMED_VOCABS:
         return TideTokenizer(load_named_vocab(text), text, eos_token, pad_token)
@@ -250,8 +249,6 @@ def _load_uncached(spec: str | os.PathLike, eos_token: str | None, pad_token: st
     elif is_vocab_file(path):
         hf = load_vocab_file(path)
     elif path.suffix == ".json":
-        from transformers import PreTrainedTokenizerFast
-
         hf = PreTrainedTokenizerFast(tokenizer_file=str(path))
     else:
         raise TokenizerLoadError(f"{path}: expected a directory, a .gguf, a SentencePiece .model or a tokenizer.json")

@@ -33,6 +33,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tide_megatron.cli.errors import cli_errors
+from tide_megatron.eval.harness import suite as paper_suite
+from tide_megatron.eval.harness.offline import needed_files
+from tide_megatron.eval.harness.runner import HarnessRequest, flat_metrics, run_harness, write_samples
+from tide_megatron.eval.report import format_table, write_json_atomic
 
 TASKS = ("bpb", "throughput", "humaneval")
 HARNESS_PREFIX = "lm_eval:"
@@ -134,6 +138,7 @@ def load_hf_model(hf_dir: str, dtype: str, device: str):
     Loaded through ``load_hf_reference`` (from_config + safetensors) rather than ``from_pretrained``,
     which in transformers 5 leaves the model wrong once torch.distributed is initialised.
     """
+    # local: torch / transformers / megatron-core stay out of `tide-eval --help`
     import torch
 
     from tide_megatron.dtypes import DTYPES
@@ -158,7 +163,7 @@ def _special_ids(args, tokenizer) -> tuple[int, int, int]:
 
 def _chat(tokenizer):
     """User message -> chat-formatted prompt with a generation prompt and an empty think block (§7.2)."""
-    from tide_megatron.eval.prompts import render_chat
+    from tide_megatron.eval.prompts import render_chat  # local: transformers (through align), not for --help
 
     return lambda user: render_chat(tokenizer, [{"role": "user", "content": user}])
 
@@ -174,12 +179,13 @@ def _protocol_note(args: argparse.Namespace) -> str:
 
 def _load(args: argparse.Namespace, device: str, harness: bool):
     """(denoiser, full_forward, torch module, tokenizer, (mask, eos, pad), harness LM or None, closers)."""
+    # local: torch / transformers / megatron-core stay out of `tide-eval --help`
     from transformers import AutoTokenizer
 
     from tide_megatron.eval.models import HFDenoiser, load_mcore_student
 
     if harness:
-        from tide_megatron.eval.harness.model import TideBD3LM
+        from tide_megatron.eval.harness.model import TideBD3LM  # local: lm-evaluation-harness (the `eval` extra)
 
         lm = TideBD3LM(pretrained=args.hf_dir or args.mcore_dir, tokenizer=args.tokenizer, dtype=args.dtype,
                        device=device, batch_size=args.batch_size, block_size=args.block_size,
@@ -211,9 +217,6 @@ def _load(args: argparse.Namespace, device: str, harness: bool):
 
 
 def _list_data_files(args: argparse.Namespace, harness_tasks: list[str]) -> dict[str, Any]:
-    from tide_megatron.eval.harness import suite as paper_suite
-    from tide_megatron.eval.harness.offline import needed_files
-
     paper = paper_suite.load_paper_results()
     benches = paper_suite.selected(paper, _csv(args.suite_tasks)) if args.suite else []
     shots = {b.task: b.num_fewshot for b in benches} | {t: args.num_fewshot for t in harness_tasks}
@@ -229,6 +232,7 @@ def _csv(text: Optional[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     """Evaluate and return the results dictionary (also written to ``--output``); None on ranks > 0."""
+    # local: torch / transformers / megatron-core stay out of `tide-eval --help`
     import torch
 
     from tide_megatron.diffusion.sampler import SamplerConfig
@@ -294,8 +298,6 @@ def run(args: argparse.Namespace) -> Optional[dict[str, Any]]:
                                              "seconds": time.perf_counter() - start}
             results["humaneval_results"] = [vars(r) for r in rep.results]
         if use_harness:
-            from tide_megatron.eval.harness.runner import HarnessRequest, flat_metrics, run_harness
-
             start = time.perf_counter()
             out = run_harness(lm, HarnessRequest(
                 tasks=harness_tasks, suite=bool(args.suite), suite_tasks=_csv(args.suite_tasks),
@@ -318,8 +320,6 @@ def run(args: argparse.Namespace) -> Optional[dict[str, Any]]:
 
 
 def _write_outputs(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    from tide_megatron.eval.report import write_json_atomic
-
     samples = results.pop("lm_eval_samples", None) or {}
     table = (results.get("lm_eval") or {}).get("paper_table")
     if table:
@@ -328,8 +328,6 @@ def _write_outputs(args: argparse.Namespace, results: dict[str, Any]) -> None:
         return
     output = Path(args.output)
     if samples and args.log_samples:
-        from tide_megatron.eval.harness.runner import write_samples
-
         written = write_samples(output.with_name(output.stem + "_samples"), samples)
         results["lm_eval"]["samples_files"] = [str(p) for p in written]
     write_json_atomic(str(output), results)
@@ -344,8 +342,6 @@ def _write_outputs(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 @cli_errors("tide-eval")
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from tide_megatron.eval.report import format_table
-
     args = build_parser().parse_args(argv)
     try:
         results = run(args)

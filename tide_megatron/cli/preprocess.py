@@ -7,7 +7,6 @@ import json
 import sys
 
 from tide_megatron.cli.errors import cli_errors
-from tide_megatron.data.samples import SampleConfig
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -23,7 +22,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", choices=("chunks", "pairs"), default="chunks")
     p.add_argument("--student-eos-token", default=None, help="e.g. <|im_end|> for Qwen3")
     p.add_argument("--teacher-eos-token", default=None)
-    p.add_argument("--text-prompt", default=SampleConfig.text_prompt, help="user prompt for plain-text inputs")
+    p.add_argument("--text-prompt", help="user prompt for plain-text inputs (default: SampleConfig.text_prompt)")
     p.add_argument("--check-pair-ids", action="store_true",
                    help="pairs mode: skip samples whose paired student/teacher ids differ (§9.16)")
     p.add_argument("--workers", type=int, default=1)
@@ -33,14 +32,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _inspect(argv: list[str]) -> int:
-    from tide_megatron.data.indexed import TideAlignedDataset
-    from tide_megatron.data.inspect import render_sample
-
     p = argparse.ArgumentParser(prog="tide-preprocess inspect")
     p.add_argument("dataset")
     p.add_argument("-i", "--index", type=int, default=0)
     p.add_argument("--max-rows", type=int, default=200)
     args = p.parse_args(argv)
+    from tide_megatron.data.indexed import TideAlignedDataset  # local: megatron-core, after --help
+    from tide_megatron.data.inspect import render_sample  # local: tokenizers, after --help
+
     ds = TideAlignedDataset(args.dataset)
     if not 0 <= args.index < len(ds):
         raise ValueError(f"--index {args.index}: {args.dataset} has {len(ds)} samples (0 .. {len(ds) - 1})")
@@ -53,15 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["inspect"]:
         return _inspect(argv[1:])
-    from tide_megatron.data.preprocess import preprocess
-
     args = _build_parser().parse_args(argv)
+    from tide_megatron.data.preprocess import preprocess  # local: megatron-core, after --help
+    from tide_megatron.data.samples import SampleConfig  # local: tokenizers and templates, after --help
+
     config = SampleConfig(
         student_tokenizer=args.student_tokenizer, teacher_tokenizer=args.teacher_tokenizer,
         student_template=args.student_template, teacher_template=args.teacher_template,
         student_max_len=args.student_max_len, teacher_max_len=args.teacher_max_len, align=args.align,
         student_eos_token=args.student_eos_token, teacher_eos_token=args.teacher_eos_token,
-        text_prompt=args.text_prompt, check_pair_ids=args.check_pair_ids,
+        check_pair_ids=args.check_pair_ids,
+        **({} if args.text_prompt is None else {"text_prompt": args.text_prompt}),
     )
     summary = preprocess(args.inputs, args.output, config, workers=args.workers, overwrite=args.overwrite,
                          progress=not args.no_progress)

@@ -35,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_errors("tide-train")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from tide_megatron.training.machine_check import check_machine
+    from tide_megatron.training.machine_check import check_machine  # local: torch, not for --help
 
     check_machine()  # before megatron-core is imported: a broken TE install breaks that import
-    from tide_megatron.config import ConfigError, dump_config, load_config
-    from tide_megatron.training.preflight import preflight
+    from tide_megatron.config import ConfigError, dump_config, load_config  # local: megatron, after check_machine
+    from tide_megatron.training.preflight import preflight  # local: megatron, after check_machine
 
     cfg = load_config(args.config, list(args.overrides))
     if args.print_config:
@@ -49,8 +49,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     preflight(cfg)  # GPUs, Transformer Engine, FP8, layouts, MoE kernels: before any model is built
     if not cfg.data.train:
         raise ConfigError("data.train: expected the directory of a tide-preprocess dataset")
-    from tide_megatron.data.indexed import TideAlignedDataset
-    from tide_megatron.training.trainer import DistillTrainer
+    from tide_megatron.data.indexed import TideAlignedDataset  # local: megatron, after check_machine
+    from tide_megatron.training.trainer import DistillTrainer  # local: megatron, after check_machine
 
     train = TideAlignedDataset(cfg.data.train)
     valid = TideAlignedDataset(cfg.data.valid) if cfg.data.valid else None

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from tqdm import tqdm
+
 from tide_megatron.align.templates import SampleError
 from tide_megatron.data.compatibility import tokenizer_fingerprint
 from tide_megatron.data.indexed import DatasetWriter
@@ -125,8 +127,6 @@ def preprocess(
     chunksize: int = 8,
 ) -> PreprocessSummary:
     """Build the dataset at `out_dir` (atomically) and return the summary of kept/dropped samples."""
-    from tqdm import tqdm
-
     total = count_records(inputs)
     records = iter_records(inputs)  # streamed: inputs never sit in memory whole
     summary = PreprocessSummary()

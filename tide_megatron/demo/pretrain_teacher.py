@@ -25,12 +25,20 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
+from tide_megatron.config import OptimConfig
 from tide_megatron.diffusion.noise import IGNORE_INDEX, mask_tokens, sample_t
+from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
+from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
+from tide_megatron.losses.ce import bd3lm_ce_from_logprobs
 from tide_megatron.models.convert.hf_files import write_hf_safetensors
 from tide_megatron.models.convert.output_dir import atomic_output_dir
 from tide_megatron.models.convert.weights import hf_tensors
+from tide_megatron.models.llada2.config import LLaDA2Config
+from tide_megatron.models.llada2.model import build_llada2_model, key_padding_mask
 from tide_megatron.models.registry import get_architecture
+from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
 
 
 @dataclass
@@ -136,9 +144,6 @@ def masked_diffusion_loss(model: torch.nn.Module, ids: torch.Tensor, real: torch
     never a key, and not in the normaliser: ``(1/N_real) sum_masked (1/(t+1e-6)) (-log p(x0_i))``, the
     `bd3lm_ce` formula. Logits are computed only at masked positions (§9.21: the LM head dominates here).
     """
-    from tide_megatron.losses.ce import bd3lm_ce_from_logprobs
-    from tide_megatron.models.llada2.model import key_padding_mask
-
     t = sample_t(ids.shape[0], time_epsilon, generator)
     labels = torch.where(real, ids, torch.full_like(ids, IGNORE_INDEX))
     xt, masked = mask_tokens(ids, labels, t, mask_id, generator)
@@ -160,13 +165,6 @@ def pretrain_llada2_teacher(hf_config: dict, sequences: Sequence[Sequence[int]],
 
     Runs in the current torch.distributed world (started if needed) as one data-parallel replica per rank.
     """
-    from tide_megatron.config import OptimConfig
-    from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
-    from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
-    from tide_megatron.models.llada2.config import LLaDA2Config
-    from tide_megatron.models.llada2.model import build_llada2_model
-    from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
-
     if len(sequences) < cfg.micro_batch_size:
         raise ValueError(f"teacher pretraining: {len(sequences)} sequences are fewer than one micro-batch "
                          f"({cfg.micro_batch_size})")
@@ -223,8 +221,6 @@ def pretrain_llada2_teacher(hf_config: dict, sequences: Sequence[Sequence[int]],
 
 def _ensure_global_data_parallel_state() -> None:
     """megatron's expert-bias update reads the global tensor+data-parallel group: a pure data-parallel one."""
-    from megatron.core import parallel_state
-
     if not parallel_state.model_parallel_is_initialized():
         parallel_state._GLOBAL_MEMORY_BUFFER = None  # initialize_model_parallel insists on creating it itself
         parallel_state.initialize_model_parallel()
@@ -251,11 +247,6 @@ def write_random_llada2_hf(directory: Union[str, Path], shape: TinyLLaDA2Shape, 
     Weights ~ N(0, 1/fan_in), norms 1 + N(0, 0.1^2), expert bias N(0, 0.1^2), so every path (router,
     experts, norms) matters; saved through `export_llada2_hf` in the released key layout.
     """
-    from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
-    from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
-    from tide_megatron.models.llada2.config import LLaDA2Config
-    from tide_megatron.models.llada2.model import build_llada2_model
-
     hf_config = llada2_hf_config(shape, vocab_size, mask_id, pad_id, eos_id)
     init_distributed()
     grid = build_model_grid(ParallelLayout(), name="random-llada2")

@@ -27,9 +27,13 @@ import queue
 import re
 from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.strategies import filesystem_async
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from tide_megatron.distributed.lifetime import children_tied_to_this_process
 
@@ -90,8 +94,6 @@ def read_metadata(checkpoint_dir: str, rank: Optional[int] = None):
         raise
     except Exception as err:  # a truncated or garbled pickle
         raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err}); the checkpoint is corrupt") from None
-    from torch.distributed.checkpoint.metadata import Metadata
-
     if not isinstance(metadata, Metadata):
         raise UnsafeCheckpointError(f"{path}: holds a {type(metadata).__name__}, not torch checkpoint Metadata")
     return metadata
@@ -122,8 +124,6 @@ def _numpy_array_globals() -> list:
     """What torch's weights-only unpickler needs for plain numpy arrays (numpy's RNG state holds one)."""
     global _NUMPY_ARRAY_GLOBALS
     if _NUMPY_ARRAY_GLOBALS is None:
-        import numpy as np
-
         core = getattr(np, "_core", None) or np.core
         _NUMPY_ARRAY_GLOBALS = [core.multiarray._reconstruct, np.ndarray, np.dtype]
         _NUMPY_ARRAY_GLOBALS += [getattr(np.dtypes, n) for n in ("UInt32DType", "Int64DType", "Float64DType")
@@ -149,8 +149,6 @@ def _restricted_unpickling(checkpoint_dir: str) -> Iterator[None]:
 
     def read_metadata_restricted(reader, *args, **kwargs):
         metadata = read_metadata(str(reader.path), kwargs.get("rank"))
-        from torch.distributed.checkpoint.metadata import StorageMeta
-
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = reader.load_id
@@ -175,8 +173,6 @@ def _refused_global(err: pickle.UnpicklingError) -> str:
 
 def load(sharded_state_dict: dict, checkpoint_dir: str) -> dict:
     """``dist_checkpointing.load`` of an untrusted directory: refuses code, names missing or truncated files."""
-    from megatron.core import dist_checkpointing
-
     checkpoint_dir = str(checkpoint_dir)
     if not os.path.isdir(checkpoint_dir):
         raise CheckpointError(f"{checkpoint_dir}: no such checkpoint directory")
@@ -210,8 +206,6 @@ def _first_line(err: BaseException) -> str:
 
 def save(sharded_state_dict: dict, checkpoint_dir: str) -> None:
     """``dist_checkpointing.save`` (synchronous) that survives a signal to the whole job; collective."""
-    from megatron.core import dist_checkpointing
-
     _collect_write_results_in_process()
     with children_tied_to_this_process():
         dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir))
@@ -221,8 +215,6 @@ def _collect_write_results_in_process() -> None:
     """A synchronous save runs its writer coordination in this process, so a thread queue carries the results;
     megatron's default is a multiprocessing Manager (a server process that a job-wide SIGTERM kills, and
     that outlives a killed trainer)."""
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
     if not isinstance(filesystem_async._results_queue, queue.Queue):
         filesystem_async._results_queue = queue.Queue()
 

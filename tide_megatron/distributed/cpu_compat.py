@@ -18,6 +18,8 @@ import logging
 from typing import Any, Callable
 
 import torch
+from megatron.core.tensor_parallel import random as mcore_random
+from megatron.core.transformer.moe import moe_utils, token_dispatcher
 
 _SAVED: dict[tuple[Any, str], Any] = {}
 _APPLIED = False
@@ -133,8 +135,6 @@ def _maybe_move_tensor_to_cpu(tensor, as_numpy: bool = False, record_stream: boo
 
 def _bind_missing_te_gemm() -> None:
     """mcore 0.16.1 bug: without Transformer Engine `te_general_gemm` is never bound (router NameError)."""
-    from megatron.core.transformer.moe import moe_utils
-
     if not hasattr(moe_utils, "te_general_gemm"):
         _patch(moe_utils, "te_general_gemm", None)
 
@@ -169,8 +169,6 @@ def apply(force: bool = False) -> bool:
     _patch(torch.cuda, "manual_seed_all", lambda seed: None)
     _patch(torch.cuda.random, "get_rng_state", _cpu_get_rng_state)
     _patch(torch.cuda.random, "set_rng_state", _cpu_set_rng_state)
-    from megatron.core.tensor_parallel import random as mcore_random
-
     _patch(mcore_random, "_get_cuda_rng_state", _cpu_get_cuda_rng_state)
     _patch(mcore_random, "_set_cuda_rng_state", _cpu_set_rng_state)
     logging.getLogger(mcore_random.__name__).addFilter(_DropForkWarning())
@@ -182,8 +180,6 @@ def apply(force: bool = False) -> bool:
     # T7: no-argument Tensor.type() reports CUDA names.
     _patch(torch.Tensor, "type", _tensor_type)
     # T9: alltoall dispatcher split sizes.
-    from megatron.core.transformer.moe import moe_utils, token_dispatcher
-
     _patch(moe_utils, "maybe_move_tensor_to_cpu", _maybe_move_tensor_to_cpu)
     _patch(token_dispatcher, "maybe_move_tensor_to_cpu", _maybe_move_tensor_to_cpu)
     _APPLIED = True

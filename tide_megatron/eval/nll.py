@@ -25,6 +25,7 @@ continuation is maskable): the lm-evaluation-harness model's ``loglikelihood`` (
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -212,8 +213,6 @@ def greedy_matches(full_forward: FullForward, sequences: Sequence[Sequence[int]]
 def read_heldout_text(paths: Sequence[str], max_bytes: Optional[int] = None,
                       suffixes: tuple[str, ...] = (".py", ".rst", ".txt", ".md")) -> list[str]:
     """Documents from files and directories (recursively, sorted, by suffix), up to ``max_bytes``."""
-    import os
-
     files: list[str] = []
     for path in paths:
         if os.path.isdir(path):

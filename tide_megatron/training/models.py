@@ -26,6 +26,7 @@ from tide_megatron.models.qwen3.convert import QWEN3
 from tide_megatron.models.wedlm import load_wedlm_teacher
 from tide_megatron.teacher import TeacherEngine
 from tide_megatron.teacher.passes import checkpoint_mask_id
+from tide_megatron.training.fp8 import fp8_settings, use_amax_reduction_group
 from tide_megatron.training.preflight import teacher_moe_kernels
 
 
@@ -44,8 +45,6 @@ class StudentBundle:
 def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGrid,
                   backend: Optional[str] = None) -> StudentBundle:
     """The Qwen3 BD3LM student on the student grid, weights loaded from ``cfg.checkpoint``."""
-    from tide_megatron.training.fp8 import fp8_settings, use_amax_reduction_group
-
     dtype = torch_dtype(precision.dtype, "precision.dtype")
     overrides = dict(fp8_settings(precision))
     if cfg.recompute:

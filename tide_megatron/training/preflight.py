@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from tide_megatron.config import TeacherConfig, TrainConfig
+from tide_megatron.distributed.init import default_backend
+from tide_megatron.models.backend import backend_name
+from tide_megatron.models.llada2.config import LLaDA2Config
 from tide_megatron.models.moe_kernels import PERMUTE_FUSION_MIN_TE, MoEKernelError, MoEKernels, resolve_moe_kernels
+from tide_megatron.models.qwen3.config import qwen3_args_from_hf, wedlm_args_from_hf
 from tide_megatron.models.transformer_engine import te_version_at_least
 from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.machine_check import StartupError, check_machine
@@ -37,9 +41,6 @@ def _is_hf_dir(path: str) -> bool:
 
 def check_layouts(cfg: TrainConfig, backend: str) -> None:
     """Build (not instantiate) each model's megatron config for its layout: every split error, named."""
-    from tide_megatron.models.llada2.config import LLaDA2Config
-    from tide_megatron.models.qwen3.config import qwen3_args_from_hf, wedlm_args_from_hf
-
     checks = []
     if _is_hf_dir(cfg.student.checkpoint):
         checks.append(("student.tp", lambda: qwen3_args_from_hf(cfg.student.checkpoint, tp=cfg.student.tp)))
@@ -70,9 +71,6 @@ def check_collectives(cfg: TrainConfig, dist_backend: str) -> None:
 
 def preflight(cfg: TrainConfig, env: Mapping[str, str] = os.environ, backend: Optional[str] = None) -> None:
     """Everything tide-train checks at start-up after the config is loaded (see the module docstring)."""
-    from tide_megatron.distributed.init import default_backend  # imports torch.distributed: after check_machine
-    from tide_megatron.models.backend import backend_name  # imports megatron: after check_machine
-
     check_machine(env)
     check_fp8_available(cfg.precision)
     check_layouts(cfg, backend_name(backend))

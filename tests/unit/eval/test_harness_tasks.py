@@ -36,7 +36,7 @@ def test_the_harness_command_line_runs_all_eight_task_formats_offline(harness_st
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
     proc = subprocess.run(
-        [sys.executable, "-m", "tide_megatron.eval.harness.cli", "--model", "tide_bd3lm",
+        [sys.executable, "-m", "tide_megatron.cli.lm_eval", "--model", "tide_bd3lm",
          "--model_args", f"pretrained={harness_student},max_new_tokens=32,steps=4", "--batch_size", "2",
          "--tasks", ",".join(PAPER_TASKS), "--data-dir", str(data), "--limit", "1", "--num_fewshot", "0",
          "--apply_chat_template",

@@ -1,12 +1,16 @@
-"""Config loading, overrides, presets and bad-input errors (issue 6: config, bad input)."""
+"""Config loading, overrides, presets and bad-input errors (issue 6: config, bad input; issue 10: OmegaConf)."""
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tide_megatron.config import (PRESETS, ConfigError, config_from_dict, load_config, parse_overrides,
+from tide_megatron.config import (PRESETS, ConfigError, config_from_dict, dump_config, load_config, parse_overrides,
                                   paths_unchecked)
+from tide_megatron.losses import MODES, ObjectiveConfig, build_objective
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -61,8 +65,6 @@ def test_presets_follow_the_mode_catalogue():
 
 def test_overrides_are_coerced_to_field_types(files):
     cfg_path = files / "c.yaml"
-    import yaml
-
     cfg_path.write_text(yaml.safe_dump(_raw(files, preset="a_tide_cross")))
     cfg = load_config(str(cfg_path), ["optim.lr=1e-4", "optim.train_steps=7", "objective.compdemo=true",
                                       "teacher.mask_id=none", "optim.epochs=3", "name=x"])
@@ -149,8 +151,6 @@ def test_parse_overrides_nests():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_tiny_cpu_examples_keep_the_paper_objective(name):
     """examples/tiny/ changes sizes, never the objective (only the shared-vocab cut of the tiny tokenizer)."""
-    import dataclasses
-
     with paths_unchecked():
         tiny = load_config(str(EXAMPLES / "tiny" / f"tiny_pipeline_{name}.yaml"))
         full = load_config(str(EXAMPLES / f"pipeline_{name}.yaml"))
@@ -172,8 +172,6 @@ def test_retired_fields_say_what_to_write_instead(files, key, match):
 def test_objective_section_is_the_losses_objective_config_with_the_modes_recipe(files):
     """One ObjectiveConfig (losses/modes.py) is the config section; an unset timestep_weight takes the mode's
     paper recipe (§3.5, §5.8) through the same build_objective call the trainer makes."""
-    from tide_megatron.losses import MODES, ObjectiveConfig, build_objective
-
     raw = _raw(files, preset="a_tide_cross", teacher={"checkpoint": str(files / "student"), "arch": "wedlm"})
     (files / "teacher" / "tokenizer.json").write_text('{"vocab": "student"}')
     for mode, omega in (("taid", "midrange"), ("taid_aligned", "midrange")):
@@ -186,3 +184,101 @@ def test_objective_section_is_the_losses_objective_config_with_the_modes_recipe(
     assert chunk.objective.schedule(MODES["alm_taid"]).timestep_weight == "uniform"
     with pytest.raises(ConfigError, match="objective.kl_temperature: expected > 0"):
         config_from_dict({**raw, "objective": {"kl_temperature": 0}})
+
+
+# --------------------------------------------------------------------------------------------------
+# OmegaConf loading (issue 10 item 8): one home for the presets, interpolation, errors naming the field
+# --------------------------------------------------------------------------------------------------
+
+_PATHS = ["student.checkpoint={s}", "teacher.checkpoint={t}", "data.train={d}"]
+
+
+def _paths(files):
+    return [p.format(s=files / "student", t=files / "teacher", d=files / "train") for p in _PATHS]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_examples_never_restate_their_preset(name):
+    """presets.yaml is the one home of a preset's values: the full-scale example sets none of them (paths and
+    layout only), the tiny one only changes some (sizes, dtype), never repeats one with the same value."""
+    full = yaml.safe_load((EXAMPLES / f"pipeline_{name}.yaml").read_text())
+    tiny = yaml.safe_load((EXAMPLES / "tiny" / f"tiny_pipeline_{name}.yaml").read_text())
+    assert full["preset"] == tiny["preset"] == name
+    preset = [(section, key, value) for section, values in PRESETS[name].items() for key, value in values.items()]
+    assert not [(s, k) for s, k, _ in preset if k in (full.get(s) or {})]
+    assert not [(s, k) for s, k, v in preset if (tiny.get(s) or {}).get(k, object()) == v]
+
+
+def test_dumped_config_loads_back_to_the_same_config(files):
+    """The YAML saved beside checkpoints is a config file: loading it gives the same TrainConfig."""
+    cfg = config_from_dict(_raw(files, preset="a_tide_shared", optim={"lr": 3e-4}, teacher={"mask_id": 7}))
+    path = files / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert yaml.safe_load(path.read_text())["optim"]["lr"] == 3e-4
+    assert load_config(str(path)) == cfg
+
+
+def test_paths_interpolate_the_cache_dir_and_the_environment(files, monkeypatch):
+    monkeypatch.setenv("TIDE_CACHE_DIR", str(files))
+    monkeypatch.setenv("TIDE_TEST_TEACHER_DIR", "teacher")
+    path = files / "c.yaml"
+    path.write_text("preset: a_tide_cross\noutput_dir: ${cache_dir}/out\nstudent:\n  checkpoint: ${cache_dir}/student\n"
+                    "teacher:\n  checkpoint: ${cache_dir}/${oc.env:TIDE_TEST_TEACHER_DIR}\n"
+                    "data:\n  train: ${cache_dir}/train\n")
+    cfg = load_config(str(path))
+    assert cfg.cache_dir == str(files) and cfg.student.checkpoint == str(files / "student")
+    assert cfg.teacher.checkpoint == str(files / "teacher") and cfg.data.train == str(files / "train")
+    assert cfg.checkpoint.dir == str(files / "out" / "checkpoints")  # TrainConfig.__post_init__ ran after resolving
+    assert load_config(str(path), [f"cache_dir={files / 'nowhere'}", f"student.checkpoint={files / 'student'}",
+                                   f"teacher.checkpoint={files / 'teacher'}", f"data.train={files / 'train'}"]
+                       ).output_dir == str(files / "nowhere" / "out")
+    monkeypatch.setenv("HOME", str(files))
+    home = load_config(None, _paths(files) + ["student.checkpoint=~/student"])
+    assert home.student.checkpoint == str(files / "student")
+    # The earlier ${TIDE_CACHE_DIR} spelling: one error naming the field and what to write instead.
+    with pytest.raises(ConfigError, match=r"teacher\.checkpoint: cannot resolve .*TIDE_CACHE_DIR.*\$\{cache_dir\}"):
+        load_config(None, _paths(files) + ["teacher.checkpoint=${TIDE_CACHE_DIR}/teacher"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("bogus=1", "^override 'bogus=1': bogus: unknown top-level key; valid keys are cache_dir, checkpoint, data"),
+    ("teacher=3", "^override 'teacher=3': teacher: expected a mapping of fields, got 3$"),
+    ("teacher.mask_id=abc", "teacher.mask_id: expected an integer or null, got 'abc'$"),
+    ("teacher.moe_grouped_gemm=perhaps", "teacher.moe_grouped_gemm: expected a boolean or null, got 'perhaps'$"),
+    ("optim.lr.x=1", "optim.lr: expected a number, got {'x': 1}$"),
+    ("name=[1", "override 'name=\\[1': the value is not valid YAML"),
+    ("=1", "override '=1': expected KEY=VALUE"),
+    ("preset=nope", "^preset: unknown preset 'nope'; valid presets are a_calm, a_tide_cross"),
+])
+def test_omegaconf_errors_become_one_config_error_naming_the_field(files, override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, _paths(files) + [override])
+
+
+def test_errors_name_where_the_bad_value_was_written(files):
+    path = files / "c.yaml"
+    path.write_text("optim:\n  lr: abc\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: optim.lr: expected a number, got 'abc'$"):
+        load_config(str(path))
+    path.write_text("preset: a_tide_cross\n")
+    with pytest.raises(ConfigError, match=r"^override 'optim.train_steps=1.5': optim.train_steps: expected an "
+                                          r"integer, got 1.5$"):
+        load_config(str(path), _paths(files) + ["optim.train_steps=1.5"])
+    # A section's own validation (its __post_init__, run by OmegaConf.to_object) names the file and the field.
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: optim.warmup_ratio: expected a value in"):
+        load_config(str(path), _paths(files) + ["optim.warmup_ratio=1.5"])
+    path.write_text("teacher:\n  checkpoint: x\n  checkpoint: y\n")
+    with pytest.raises(ConfigError, match="c.yaml: not valid YAML: .*duplicate key"):
+        load_config(str(path))
+
+
+def test_empty_values_mean_unset(files):
+    """YAML's empty value, ``null`` or ``none``: "" for a string field, None for an optional one, defaults for
+    an empty section."""
+    path = files / "c.yaml"
+    path.write_text("preset: a_tide_cross\nlogging:\nteacher:\n  mask_id: null\n  moe_grouped_gemm: None\n"
+                    "data:\n  valid:\n")
+    cfg = load_config(str(path), _paths(files) + ["objective.timestep_weight=none", "objective.chunk_rows="])
+    assert cfg.data.valid == "" and cfg.teacher.mask_id is None and cfg.teacher.moe_grouped_gemm is None
+    assert cfg.objective.timestep_weight is None and cfg.objective.chunk_rows is None
+    assert cfg.logging.log_interval == 10

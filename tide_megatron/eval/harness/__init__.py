@@ -4,7 +4,7 @@
 - ``tasks/``: task YAMLs of ours (``hellaswag_gen``, ``mmlu_generative_dream``, and the code tasks
   scored in our sandbox), added to the harness's task index;
 - ``offline``: local dataset directories (``--data-dir``) through ``dataset_path: json``;
-- ``suite``: the eight-benchmark paper suite and its table; ``cli``: ``tide-lm-eval``.
+- ``suite``: the eight-benchmark paper suite and its table (``tide-lm-eval`` itself is ``cli/lm_eval.py``).
 
 Needs the ``eval`` extra (``pip install -e .[eval]``); nothing here is imported by the rest of the package.
 """

