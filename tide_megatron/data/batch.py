@@ -8,7 +8,7 @@ the student's), and stacks the teacher passes so CompDemo's two passes go throug
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 import torch
@@ -43,6 +43,12 @@ class DistillBatch:
     @property
     def num_passes(self) -> int:
         return 0 if self.teacher_pass_masks is None else int(self.teacher_pass_masks.shape[0])
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "DistillBatch":
+        """Every tensor of the batch on ``device`` (``non_blocking`` copies from pinned memory overlap compute)."""
+        moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                 for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(self, **moved)
 
     @classmethod
     def from_stage(cls, out: dict[str, torch.Tensor]) -> "DistillBatch":

@@ -10,13 +10,9 @@ import torch
 import torch.distributed as dist
 
 from tide_megatron.distributed import cpu_compat, groups
+from tide_megatron.distributed.device import default_backend, device_for_backend
 
 DEFAULT_TIMEOUT_S = int(os.environ.get("TIDE_DIST_TIMEOUT_S", "600"))
-
-
-def default_backend() -> str:
-    """'nccl' when CUDA is usable, otherwise 'gloo'."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
 
 
 def init_distributed(backend: Optional[str] = None, timeout_s: int = DEFAULT_TIMEOUT_S) -> tuple[int, int]:
@@ -36,7 +32,7 @@ def init_distributed(backend: Optional[str] = None, timeout_s: int = DEFAULT_TIM
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     backend = backend or default_backend()
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device_for_backend(backend))  # the process's one GPU (distributed.device)
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
 

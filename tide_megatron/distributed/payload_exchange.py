@@ -19,6 +19,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from tide_megatron.distributed.device import collective_device
+
 
 @dataclass
 class GatherInfo:
@@ -46,7 +48,7 @@ def _group_size(group: Optional[dist.ProcessGroup]) -> int:
 
 
 def _all_gather_ints(values: list[int], group: dist.ProcessGroup) -> list[list[int]]:
-    t = torch.tensor(values, dtype=torch.int64)
+    t = torch.tensor(values, dtype=torch.int64, device=collective_device(group))
     out = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
     dist.all_gather(out, t, group=group)
     return [o.tolist() for o in out]
@@ -128,7 +130,7 @@ def common_length(length: int, group: Optional[dist.ProcessGroup]) -> int:
     """The longest teacher length in the group, so every rank pads its teacher inputs to one shape."""
     if _group_size(group) == 1:
         return length
-    t = torch.tensor([length], dtype=torch.int64)
+    t = torch.tensor([length], dtype=torch.int64, device=collective_device(group))
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return int(t.item())
 

@@ -116,7 +116,7 @@ def _logit_row_passes(batch: DistillBatch, mask_id: int, pad_id: int, block_size
     pass_of_row = torch.zeros_like(rows.batch)
     if P == 2:
         pass_of_row = batch.take_pass2[rows.batch, rows.teacher_pos].long()
-    need = torch.zeros(P, b, Lt // block_size, dtype=torch.bool)
+    need = torch.zeros(P, b, Lt // block_size, dtype=torch.bool, device=ids.device)
     need[pass_of_row, rows.batch, rows.teacher_pos // block_size] = True
     c = compact_teacher_inputs(ids, xts, need, block_size, pad_id)
     key_valid = (c.segment >= 0) & att.gather(1, c.position_ids)
@@ -142,17 +142,18 @@ def compact_teacher_inputs(x0: torch.Tensor, xts: torch.Tensor, need: torch.Tens
     (bool ``[P, b, nblk]``: blocks holding a requested row) and the x0 blocks before the last of them."""
     P, b, L = xts.shape
     nblk = L // block_size
-    blk_idx = torch.arange(nblk)
-    offsets = torch.arange(block_size)
+    dev = x0.device
+    blk_idx = torch.arange(nblk, device=dev)
+    offsets = torch.arange(block_size, device=dev)
     last = torch.where(need, blk_idx, -1).amax(-1).amax(0)  # [b]: last needed xt block over all passes
     keep_x0 = blk_idx[None, :] < last[:, None]
     lengths = (keep_x0.sum(-1) + need.sum(-1).sum(0)) * block_size
     S = max(1, int(lengths.max()))
-    ids = torch.full((b, S), pad_id, dtype=x0.dtype)
-    pos = torch.zeros((b, S), dtype=torch.long)
-    seg = torch.full((b, S), -1, dtype=torch.long)
-    blk = torch.full((b, S), -1, dtype=torch.long)
-    index = torch.full((P, b, L), -1, dtype=torch.long)
+    ids = torch.full((b, S), pad_id, dtype=x0.dtype, device=dev)
+    pos = torch.zeros((b, S), dtype=torch.long, device=dev)
+    seg = torch.full((b, S), -1, dtype=torch.long, device=dev)
+    blk = torch.full((b, S), -1, dtype=torch.long, device=dev)
+    index = torch.full((P, b, L), -1, dtype=torch.long, device=dev)
     for i in range(b):
         parts = [(0, x0[i], blk_idx[keep_x0[i]])] + [(p + 1, xts[p, i], blk_idx[need[p, i]]) for p in range(P)]
         col = 0
@@ -164,7 +165,7 @@ def compact_teacher_inputs(x0: torch.Tensor, xts: torch.Tensor, need: torch.Tens
             seg[i, col:col + n] = code
             blk[i, col:col + n] = positions // block_size
             if code > 0:
-                index[code - 1, i, positions] = torch.arange(col, col + n)
+                index[code - 1, i, positions] = torch.arange(col, col + n, device=dev)
             col += n
     return CompactTeacher(ids=ids, position_ids=pos, segment=seg, block=blk, index=index)
 

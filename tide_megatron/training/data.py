@@ -13,8 +13,9 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tide_megatron.data.stage import TideCollator
 from tide_megatron.data.batch import DistillBatch
+from tide_megatron.data.stage import TideCollator
+from tide_megatron.distributed.device import process_device
 
 
 class ListDataset(Dataset):
@@ -83,14 +84,18 @@ def _ignore_preemption_signals(worker_id: int) -> None:
 
 
 def micro_batches(dataset: Dataset, batches: ResumableBatches, collator: TideCollator, start: int, stop: int,
-                  num_workers: int = 0, prefetch_factor: int = 2) -> Iterator[DistillBatch]:
-    """This rank's micro-batches ``start .. stop-1``; collation, noising and alignment run in the workers."""
+                  num_workers: int = 0, prefetch_factor: int = 2,
+                  device: Optional[torch.device] = None) -> Iterator[DistillBatch]:
+    """This rank's micro-batches ``start .. stop-1`` on ``device`` (default: the process device); collation,
+    noising and alignment run in the workers. On CUDA the loader pins its batches, so the copies to the GPU
+    are asynchronous (``non_blocking``) and overlap the previous step's work."""
+    device = process_device() if device is None else torch.device(device)
     for epoch, index_lists in batches.segments(start, stop):
         collator.set_epoch(epoch)
-        kwargs = {"num_workers": num_workers}
+        kwargs = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
         if num_workers > 0:
             kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False,
                           worker_init_fn=_ignore_preemption_signals)
         loader = DataLoader(dataset, batch_sampler=index_lists, collate_fn=collator, **kwargs)
         for out in loader:
-            yield DistillBatch.from_stage(out)
+            yield DistillBatch.from_stage(out).to(device, non_blocking=True)

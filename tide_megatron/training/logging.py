@@ -18,6 +18,8 @@ from typing import Optional, TextIO
 import torch
 import torch.distributed as dist
 
+from tide_megatron.distributed.device import process_device
+
 
 def peak_memory_gib() -> float:
     """Peak device memory on GPU (allocator), peak resident set size on CPU; GiB."""
@@ -30,9 +32,11 @@ class MetricsLogger:
     """Accumulates per-step scalars and flushes them every ``log_interval`` optimizer steps."""
 
     def __init__(self, log_dir: str, log_interval: int, tensorboard: bool = True, stream: TextIO = sys.stdout,
-                 group: Optional[dist.ProcessGroup] = None, total_steps: int = 0) -> None:
+                 group: Optional[dist.ProcessGroup] = None, total_steps: int = 0,
+                 device: Optional[torch.device] = None) -> None:
         self.log_interval = log_interval
         self.group = group
+        self.device = process_device() if device is None else device  # of the all-reduce (NCCL: the GPU)
         self.total_steps = total_steps
         self.stream = stream
         self.is_writer = not dist.is_initialized() or dist.get_rank() == 0
@@ -68,7 +72,8 @@ class MetricsLogger:
         keys = sorted(self._sums)
         if not keys:
             return {}
-        values = torch.tensor([self._sums[k] / max(1, self._counts[k]) for k in keys], dtype=torch.float64)
+        values = torch.tensor([self._sums[k] / max(1, self._counts[k]) for k in keys], dtype=torch.float64,
+                              device=self.device)
         if dist.is_initialized() and self.group is not None and dist.get_world_size(self.group) > 1:
             dist.all_reduce(values, group=self.group)
             values /= dist.get_world_size(self.group)
