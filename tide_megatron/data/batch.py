@@ -29,6 +29,7 @@ class DistillBatch:
     teacher_attention: Optional[torch.Tensor] = None  # bool [b, L_t], True = real token
     teacher_pass_masks: Optional[torch.Tensor] = None  # bool [P, b, L_t]: where MASK_t goes in each pass
     take_pass2: Optional[torch.Tensor] = None  # bool [b, L_t] or None (single pass)
+    student_pass2: Optional[torch.Tensor] = None  # bool [b, L]: CompDemo's M_A in student positions (token level)
     student_chunk: Optional[torch.Tensor] = None  # int64 [b, L]
     teacher_chunk: Optional[torch.Tensor] = None  # int64 [b, L_t]
     active: Optional[torch.Tensor] = None  # bool [b, C]
@@ -63,6 +64,7 @@ class DistillBatch:
             a, b = out["demo_teacher_mask_a"], out["demo_teacher_mask_b"]
             batch.teacher_pass_masks = torch.stack([b, a])
             batch.take_pass2 = a
+            batch.student_pass2 = out.get("demo_student_mask_a")
         else:
             batch.teacher_pass_masks = out["teacher_mask"][None]
         if "student_chunk" in out:

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from tide_megatron.align.rows import aligned_rows
+from tide_megatron.align.rows import aligned_rows, masked_rows
 from tide_megatron.config import TrainConfig, dump_config
 from tide_megatron.data.batch import DistillBatch
 from tide_megatron.data.compatibility import check_dataset
@@ -38,7 +38,7 @@ from tide_megatron.distributed.grids import ParallelLayout
 from tide_megatron.losses import LossInputs, bd3lm_ce, build_objective
 from tide_megatron.models.attention_mask import BlockDiffusionMask
 from tide_megatron.models.gpt import ensure_global_memory_buffer
-from tide_megatron.teacher.passes import build_teacher_passes, run_teacher_passes, teacher_mask_id
+from tide_megatron.teacher.passes import build_teacher_passes, check_one_template, run_teacher_passes, teacher_mask_id
 from tide_megatron.training.compact import compact_student_inputs, scatter_xt_rows
 from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from tide_megatron.training.data import ResumableBatches, micro_batches
@@ -99,6 +99,8 @@ class DistillTrainer:
         resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)  # a bad checkpoint fails before any build
         self.needs_teacher = cfg.objective.needs_teacher
         self.chunk_level = cfg.objective.chunk_level
+        # the unaligned token modes (§6): every masked position, the teacher on the student's own sequence
+        self.unaligned = self.needs_teacher and not self.chunk_level and not cfg.objective.components[0].aligned
         self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
             cfg.teacher.layout if self.needs_teacher else ParallelLayout(), cfg.student.layout)
         seed_model_parallel_rng(cfg.optim.seed, tp_rank=self.student_grid.tp_rank)
@@ -133,6 +135,11 @@ class DistillTrainer:
         self.collator = TideCollator(StageConfig.from_meta(
             self.meta, student_len=cfg.student.seq_length, block_size=cfg.student.block_size,
             time_epsilon=o.time_epsilon, compdemo_ratio=o.demo_ratio if o.compdemo else None), seed=cfg.optim.seed)
+        if self.unaligned:
+            # the unaligned modes read the student's sequence as the teacher's (§6): refuse two templates now
+            # (every batch is checked again when its teacher passes are built)
+            first = [train_data[i] for i in range(min(len(train_data), 8))]
+            check_one_template(DistillBatch.from_stage(self.collator(first)))
         dp_rank = self.student_grid.dp_rank
         self.batches = ResumableBatches(len(train_data), cfg.data.micro_batch_size, dp_rank, self.student_dp,
                                         cfg.optim.seed, cfg.data.shuffle)
@@ -197,7 +204,8 @@ class DistillTrainer:
         if self.teacher is None:
             return None
         passes = build_teacher_passes(batch, self.teacher_mask_id, self.teacher_pad_id, self.cfg.student.block_size,
-                                      self.cfg.objective.shared_vocab or self.teacher.vocab_size)
+                                      self.cfg.objective.shared_vocab or self.teacher.vocab_size,
+                                      aligned=not self.unaligned)
         return run_teacher_passes(self.teacher.engine, passes, self.teacher_group)
 
     def student_mask(self, batch_size: int) -> BlockDiffusionMask:
@@ -221,8 +229,9 @@ class DistillTrainer:
         if self.chunk_level:
             inputs.student_chunk, inputs.teacher_chunk = batch.student_chunk, batch.teacher_chunk
             inputs.teacher_token_logp, inputs.active = payload, batch.active
-        else:
-            inputs.rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
+        else:  # K of §2.4 (pairs), or every masked position for the unaligned modes (§6)
+            inputs.rows = (masked_rows(batch.masked) if self.unaligned else
+                           aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid))
             inputs.teacher_rows = payload
         return inputs
 
