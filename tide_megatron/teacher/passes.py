@@ -258,9 +258,10 @@ def run_teacher_passes(engine: TeacherEngine, passes: TeacherPasses,
         return mine[0] if passes.num_passes == 1 else merge(mine[0], mine[1], passes.take_pass2)
     all_rows, counts = px.gather_rows(passes.rows, info, group)
     mask = BlockDiffusionMask(gathered["seg"], gathered["blk"], gathered["kv"])
-    out = engine.logit_rows(gathered["ids"], all_rows, passes.vocab_limit, attention_mask=mask,
-                            position_ids=gathered["pos"])
-    return px.own_rows(out, counts, group)
+    shard = engine.logit_row_shards(gathered["ids"], all_rows, passes.vocab_limit, attention_mask=mask,
+                                    position_ids=gathered["pos"])  # this TP rank's vocabulary slice, all rows
+    mine = px.vocab_shards_to_own_rows(shard, counts, group, tp_rank=engine.tp_rank)  # my rows, full vocabulary
+    return mine[:, :passes.vocab_limit]
 
 
 # ------------------------------------------------------------------------------------------------------
