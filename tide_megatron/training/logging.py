@@ -2,11 +2,13 @@
 
 Scalars (DESIGN §1): every loss term, λ, learning rate, grad norm, student tokens/s, teacher vs student
 time, peak memory. Values are averaged over the log interval and across data-parallel ranks; only
-global rank 0 writes.
+global rank 0 writes. The same values go to ``<log dir>/metrics.jsonl`` (one JSON object per flush, held-out
+evaluation and the summary), for scripts such as benchmarks/gpu_check.py.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -19,6 +21,8 @@ import torch
 import torch.distributed as dist
 
 from tide_megatron.distributed.device import process_device
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def peak_memory_gib() -> float:
@@ -41,10 +45,13 @@ class MetricsLogger:
         self.stream = stream
         self.is_writer = not dist.is_initialized() or dist.get_rank() == 0
         self.writer = None
-        if tensorboard and self.is_writer:
-            from torch.utils.tensorboard import SummaryWriter
-
+        self.jsonl = None
+        if self.is_writer and log_dir:
             os.makedirs(log_dir, exist_ok=True)
+            self.jsonl = open(os.path.join(log_dir, METRICS_FILE), "a", encoding="utf-8")
+        if tensorboard and self.is_writer:
+            from torch.utils.tensorboard import SummaryWriter  # only when TensorBoard logging is on
+
             self.writer = SummaryWriter(log_dir=log_dir)
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
@@ -96,9 +103,15 @@ class MetricsLogger:
                     if math.isfinite(value):
                         self.writer.add_scalar(key, value, step)
                 self.writer.flush()
+            self._write_json({"step": step, **means})
             self.stream.write(self._progress_line(step, means) + "\n")
             self.stream.flush()
         return means
+
+    def _write_json(self, record: dict) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
 
     def _progress_line(self, step: int, m: dict[str, float]) -> str:
         parts = [f"step {step}/{self.total_steps}"]
@@ -120,6 +133,7 @@ class MetricsLogger:
                 for key, value in scalars.items():
                     self.writer.add_scalar(key, value, step)
                 self.writer.flush()
+            self._write_json({"step": step, **scalars})
             text = " | ".join(f"{k} {v:.4f}" for k, v in sorted(scalars.items()))
             self.stream.write(f"eval step {step} | {text}\n")
             self.stream.flush()
@@ -140,6 +154,7 @@ class MetricsLogger:
             if key.startswith("loss/"):
                 out[f"last_{key[5:]}"] = value
         if self.is_writer:
+            self._write_json({"summary": out})
             self.stream.write("summary | " + " | ".join(f"{k} {v:.4g}" for k, v in out.items()) + "\n")
             self.stream.flush()
         return out
@@ -148,3 +163,6 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.jsonl is not None:
+            self.jsonl.close()
+            self.jsonl = None

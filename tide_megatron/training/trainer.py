@@ -152,6 +152,7 @@ class DistillTrainer:
         self.logger = MetricsLogger(cfg.logging.dir, cfg.logging.log_interval, cfg.logging.tensorboard, stream,
                                     group=self.student_grid.pgs.dp, total_steps=total, device=self.device)
         self.preemption = PreemptionFlag(self.device)
+        self._teacher_tokens = 0  # teacher input positions of this rank in the current step (gpu_check's MFU)
         if resume is not None:
             self.state = load_checkpoint(resume, self.model, self.optimizer, self.scheduler, self.student_grid.pgs)
             self._print(f"resumed from {resume} at step {self.state.step}/{self.state.total_steps}")
@@ -170,20 +171,21 @@ class DistillTrainer:
         self.optimizer.zero_grad()
         sums: dict[str, float] = {}
         teacher_s = student_s = 0.0
+        self._teacher_tokens = 0
         for batch in micro_batches:
-            t0 = time.perf_counter()
+            t0 = self._clock()
             payload = self.teacher_payload(batch)  # no gradients; collective over the teacher group
-            t1 = time.perf_counter()
+            t1 = self._clock()
             terms = self.student_loss(batch, payload, backward_scale=1.0 / len(micro_batches))
-            student_s += time.perf_counter() - t1
+            student_s += self._clock() - t1
             teacher_s += t1 - t0
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value / len(micro_batches)
-        t2 = time.perf_counter()
+        t2 = self._clock()
         reduce_gradients(self.model, self.student_grid.pgs)
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
-        student_s += time.perf_counter() - t2
+        student_s += self._clock() - t2
         lr = self.optimizer.param_groups[0]["lr"]
         self.state.step += 1
         self.state.consumed_micro_batches += len(micro_batches)
@@ -192,7 +194,16 @@ class DistillTrainer:
         scalars = {**sums, "lr": lr, "grad_norm": float(grad_norm or 0.0), "tokens": tokens,
                    "time/teacher_s": teacher_s, "time/student_s": student_s,
                    "tokens_per_s": tokens / max(teacher_s + student_s, 1e-9)}
+        if self.teacher is not None:  # teacher input positions of the whole job (every rank sends its own)
+            scalars["teacher_tokens"] = self._teacher_tokens * dist.get_world_size()
         return StepResult(loss=sums["loss/total"], scalars=scalars)
+
+    def _clock(self) -> float:
+        """Wall time for the step's phase timers; on CUDA after the queued kernels finish, so each phase is timed
+        by its own work (one synchronisation per phase boundary)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     @torch.no_grad()
     def teacher_payload(self, batch: DistillBatch) -> Optional[torch.Tensor]:
@@ -206,6 +217,7 @@ class DistillTrainer:
         passes = build_teacher_passes(batch, self.teacher_mask_id, self.teacher_pad_id, self.cfg.student.block_size,
                                       self.cfg.objective.shared_vocab or self.teacher.vocab_size,
                                       aligned=not self.unaligned)
+        self._teacher_tokens += int(passes.inputs["ids"].numel())
         return run_teacher_passes(self.teacher.engine, passes, self.teacher_group)
 
     def student_mask(self, batch_size: int) -> BlockDiffusionMask:
