@@ -33,19 +33,21 @@ def artifacts(tmp_path_factory) -> Path:
     return root
 
 
-def _trainer(artifacts: Path, out: Path, variant: str, **student) -> DistillTrainer:
+def _trainer(artifacts: Path, out: Path, variant: str, objective: dict = None, teacher_template: int = 3,
+             **student) -> DistillTrainer:
     pipe = "A" if variant.startswith("a_") else "B"
     raw = {"preset": variant, "output_dir": str(out),
            "student": {"checkpoint": str(artifacts / "student"), "seq_length": SEQ, "block_size": BLOCK, **student},
            "teacher": {"checkpoint": str(artifacts / ("moe" if pipe == "A" else "dense")), "dtype": "fp32"},
            "data": {"micro_batch_size": 2, "num_workers": 0},
            "optim": {"train_steps": 1, "lr": 1e-3},
-           "objective": {"shared_vocab": td.STUDENT_VOCAB - 8},
+           "objective": {"shared_vocab": td.STUDENT_VOCAB - 8, **(objective or {})},
            "precision": {"dtype": "fp32"},
            "checkpoint": {"resume": "none", "save_interval": 1000, "save_at_end": False, "save_on_signal": True},
            "logging": {"log_interval": 1, "tensorboard": False}}
-    return DistillTrainer(config_from_dict(raw), td.make_dataset(8, pipe, seq_length=SEQ),
-                          valid_data=td.make_dataset(4, pipe, seq_length=SEQ, seed=5))
+    data = {"seq_length": SEQ} if pipe == "A" else {"seq_length": SEQ, "teacher_template": teacher_template}
+    return DistillTrainer(config_from_dict(raw), td.make_dataset(8, pipe, **data),
+                          valid_data=td.make_dataset(4, pipe, seed=5, **data))
 
 
 def _report(checker) -> str:
@@ -100,15 +102,17 @@ def test_a_dataloader_hands_over_host_memory(monkeypatch):
 # ---- the trainer ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant,student", [
+@pytest.mark.parametrize("variant,options", [
     ("a_tide_cross", {}),  # chunks, LLaDA2 teacher, chunked head over compacted student inputs
+    ("a_tide_shared", {}),  # chunk TIDAL, CompDemo's two LLaDA2 passes merged
     ("b_tide_shared", {}),  # pairs, WeDLM layout, CompDemo's two passes in one compacted teacher sequence
     ("b_kl", {"logits_chunk_seqs": 0, "skip_unmasked_blocks": False}),  # the full [xt ; x0] student forward
+    ("b_kl", {"objective": {"mode": "taid", "compdemo": True}, "teacher_template": 0}),  # unaligned (§6)
 ])
-def test_one_trainer_step_keeps_every_tensor_on_the_model_device(artifacts, tmp_path, monkeypatch, variant, student):
+def test_one_trainer_step_keeps_every_tensor_on_the_model_device(artifacts, tmp_path, monkeypatch, variant, options):
     """Teacher payload, student loss, backward, optimizer step, logging, preemption check and validation, with
     the batches arriving from the DataLoader in host memory: no op mixes host and model tensors."""
-    trainer = _trainer(artifacts, tmp_path, variant, **student)
+    trainer = _trainer(artifacts, tmp_path, variant, **options)
     try:
         with host_is_another_device(monkeypatch) as checker:
             summary = trainer.run(stop_after=1)
