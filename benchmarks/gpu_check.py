@@ -368,7 +368,8 @@ def render(report: dict) -> str:
     lines = [f"gpu_check on {report.get('device', 'CPU (smoke)')}, {report.get('gpus', 0)} GPU(s); torch "
              f"{report['torch']}, Transformer Engine {report['transformer_engine']}"]
     for name, r in (report.get("parity") or {}).items():
-        lines.append(f"  parity {name:<8} max|TE-local| {r['max_abs_diff']:.2e} (relative {r['relative']:.2e}) "
+        base, other = r["backends"]
+        lines.append(f"  parity {name:<8} max|{other} - {base}| {r['max_abs_diff']:.2e} (relative {r['relative']:.2e}) "
                      f"{'ok' if r['ok'] else 'MISMATCH'}")
     lines.append(f"  {'run':<8} {'steps':>5} {'tok/s':>10} {'teacher s':>10} {'student s':>10} {'peak GiB':>9} "
                  f"{'teacher MFU':>12} {'student MFU':>12} {'loss first→last':>18}")
