@@ -1,9 +1,16 @@
-"""Peak memory and time of teacher payload (a) — vocab-parallel log p(target), chunked — against
-materialising the full-vocabulary logits (gathered over TP, then log-softmax), at TP=1 and TP=2 (§9.21).
+"""Per-rank peak memory and time of the teacher payloads at TP=1 and TP=2 (§9.21), each against its baseline in
+the same run:
 
-Full size: V=157,184 (LLaDA2), L=1,024, 8 sequences, hidden 2,048, bf16 (GPU). On CPU everything that
-scales with tokens is divided by --scale (tokens and the payload's logits budget), so the memory ratio
-is the one of the full-size run; the hidden size is reduced to keep the matmul affordable.
+(a) vocab-parallel log p(target), chunked (Pipeline A), against materialising the full-vocabulary logits
+    (gathered over TP, then log-softmax). Full size: V=157,184 (LLaDA2), L=1,024, 8 sequences, hidden 2,048.
+(b) logit rows at the distilled positions (Pipeline B): the all-to-all that sends each rank only its own
+    rows' full-vocabulary slices (`payload_exchange.vocab_shards_to_own_rows`, what the trainer does), against
+    all-gathering every rank's rows onto every rank and slicing (`payloads.logit_rows` + `own_rows`, before).
+    Full size: V=151,936 cut to the 151,646 shared ids (WeDLM), L*b/2 distilled rows per rank, hidden 4,096.
+
+bf16 on GPU. On CPU everything that scales with tokens is divided by --scale (tokens, rows and the payload's
+logits budget), so the memory ratio is the one of the full-size run; the hidden size is reduced to keep the
+matmul affordable.
 
     python benchmarks/teacher_payload.py               # CPU defaults: --scale 8 --hidden 256, fp32
     python benchmarks/teacher_payload.py --scale 1     # GPU: full size, bf16
@@ -22,7 +29,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tide_megatron.teacher.payloads import LOGIT_CHUNK_ELEMENTS, chunk_rows, token_logprobs
+from tide_megatron.distributed.payload_exchange import own_rows, row_counts, vocab_shards_to_own_rows
+from tide_megatron.teacher.payloads import LOGIT_CHUNK_ELEMENTS, chunk_rows, logit_row_shard, logit_rows, token_logprobs
+
+VARIANTS = {"a": ("full_logits", "payload_a"), "b": ("rows_allgather", "rows_alltoall")}
 
 
 def _rss_kib(field: str) -> int:
@@ -94,8 +104,24 @@ def _worker(rank: int, world: int, args, results):
     def baseline():
         return full_logits_logprobs(hidden, w_local, targets, group)
 
+    # Payload (b): this rank's distilled rows, gathered over the group for one teacher forward (as the trainer
+    # does); each TP rank computes its vocabulary slice of all of them.
+    n_own = args.sequences * args.seq_len // (2 * args.scale) + 7 * rank  # ranks ask for different counts
+    counts = row_counts(n_own, group)
+    hidden_b = torch.randn(sum(counts), args.hidden_b, generator=gen).to(device, dtype)
+    w_b = (torch.randn(args.vocab_b, args.hidden_b, generator=gen) / args.hidden_b ** 0.5).chunk(world, 0)[rank]
+    w_b = w_b.to(device, dtype).contiguous()
+
+    def rows_allgather():
+        return own_rows(logit_rows(hidden_b, w_b, args.shared_vocab, group), counts, group)  # a view: all rows stay
+
+    def rows_alltoall():
+        shard = logit_row_shard(hidden_b, w_b, args.shared_vocab, group)
+        return vocab_shards_to_own_rows(shard, counts, group)[:, :args.shared_vocab]
+
     out = {}
-    for name, fn in (("full_logits", baseline), ("payload_a", payload)):
+    for name, fn in (("full_logits", baseline), ("payload_a", payload), ("rows_allgather", rows_allgather),
+                     ("rows_alltoall", rows_alltoall)):
         fn()  # warm-up
         dist.barrier()
         with PeakMemory(device) as mem:
@@ -106,9 +132,11 @@ def _worker(rank: int, world: int, args, results):
             seconds = time.perf_counter() - t0
         out[name] = (value, mem.mib, seconds)
         del value
-    err = (out["full_logits"][0] - out["payload_a"][0]).abs().max().item()
-    results[rank] = {k: (v[1], v[2]) for k, v in out.items()} | {"max_abs_diff": err, "rows": rows,
-                                                                  "tokens": n_tokens}
+    err_a = (out["full_logits"][0] - out["payload_a"][0]).abs().max().item()
+    err_b = (out["rows_allgather"][0] - out["rows_alltoall"][0]).abs().max().item()
+    results[rank] = {k: (v[1], v[2]) for k, v in out.items()} | {
+        "max_abs_diff": {"a": err_a, "b": err_b}, "rows": rows, "tokens": n_tokens,
+        "shape_b": tuple(out["rows_alltoall"][0].shape)}
     dist.destroy_process_group()
 
 
@@ -121,23 +149,34 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=2048 if gpu else 256)
     parser.add_argument("--scale", type=int, default=1 if gpu else 8,
                         help="divide tokens and the payload logits budget by this (same memory ratio)")
+    parser.add_argument("--vocab-b", type=int, default=151936, help="payload (b) teacher vocabulary (WeDLM)")
+    parser.add_argument("--shared-vocab", type=int, default=151646, help="payload (b) ids kept (§2.2)")
+    parser.add_argument("--hidden-b", type=int, default=4096 if gpu else 256)
     parser.add_argument("--tp", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--port", type=int, default=29611)
     args = parser.parse_args()
     print(f"V={args.vocab} L={args.seq_len} sequences={args.sequences} hidden={args.hidden} scale=1/{args.scale} "
-          f"device={'cuda' if gpu else 'cpu'}")
-    print(f"{'tp':>3} {'variant':>12} {'peak MiB':>10} {'time s':>8} {'mem ratio':>10} {'time ratio':>10}")
+          f"device={'cuda' if gpu else 'cpu'}; payload (b): V={args.vocab_b} shared={args.shared_vocab} "
+          f"hidden={args.hidden_b}")
+    print("peak MiB and time s: the worst rank; ratios against the baseline (first row of each payload)")
+    print(f"{'tp':>3} {'variant':>14} {'peak MiB':>10} {'time s':>8} {'mem ratio':>10} {'time ratio':>10}")
     for tp in args.tp:
         results = mp.Manager().dict()
         mp.spawn(_worker, args=(tp, args, results), nprocs=tp, join=True)
         args.port += 1
-        worst = {k: max(results[r][k][0] for r in range(tp)) for k in ("full_logits", "payload_a")}
-        slow = {k: max(results[r][k][1] for r in range(tp)) for k in ("full_logits", "payload_a")}
-        for k in ("full_logits", "payload_a"):
-            print(f"{tp:>3} {k:>12} {worst[k]:>10.1f} {slow[k]:>8.3f} {worst[k] / worst['full_logits']:>10.3f} "
-                  f"{slow[k] / slow['full_logits']:>10.3f}")
-        print(f"    tokens={results[0]['tokens']} payload rows/chunk={results[0]['rows']} "
-              f"max |payload - full| = {max(results[r]['max_abs_diff'] for r in range(tp)):.2e}")
+        for payload, names in VARIANTS.items():
+            worst = {k: max(results[r][k][0] for r in range(tp)) for k in names}
+            slow = {k: max(results[r][k][1] for r in range(tp)) for k in names}
+            for k in names:
+                print(f"{tp:>3} {k:>14} {worst[k]:>10.1f} {slow[k]:>8.3f} {worst[k] / worst[names[0]]:>10.3f} "
+                      f"{slow[k] / slow[names[0]]:>10.3f}")
+            diff = max(results[r]["max_abs_diff"][payload] for r in range(tp))
+            if payload == "a":
+                print(f"    tokens={results[0]['tokens']} payload rows/chunk={results[0]['rows']} "
+                      f"max |payload - full| = {diff:.2e}")
+            else:
+                own = ", ".join(f"rank {r}: {results[r]['shape_b']}" for r in range(tp))
+                print(f"    own rows [n, shared vocab] {own}; max |all-to-all - all-gather| = {diff:.2e}")
 
 
 if __name__ == "__main__":

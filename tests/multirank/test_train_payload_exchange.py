@@ -40,3 +40,25 @@ def test_vocab_parallel_rows_come_back_full_for_own_positions():
     start = sum(counts[:rank])
     assert torch.equal(mine, full[start:start + n_own])
     assert torch.equal(own_rows(full, counts, dist.group.WORLD), full[start:start + n_own])
+
+
+def test_own_rows_from_the_last_pipeline_stage_alone():
+    """A teacher at TP=1, PP=2: only the last stage (rank 1) holds the rows, every rank receives its own."""
+    rank = dist.get_rank()
+    counts = row_counts(3 if rank == 0 else 2, dist.group.WORLD)
+    full = torch.arange(sum(counts) * 6, dtype=torch.float32).view(sum(counts), 6)
+    mine = vocab_shards_to_own_rows(full if rank == 1 else None, counts, dist.group.WORLD, tp_rank=0)
+    start = sum(counts[:rank])
+    assert torch.equal(mine, full[start:start + counts[rank]])
+
+
+def test_vocabulary_slices_are_assembled_in_tensor_parallel_order():
+    """Group rank and TP rank need not agree (e.g. a TP x PP group): the slices are ordered by TP rank."""
+    rank = dist.get_rank()
+    counts = row_counts(2 if rank == 0 else 4, dist.group.WORLD)
+    V = 10
+    full = torch.randn(sum(counts), V, generator=torch.Generator().manual_seed(0))
+    tp = 1 - rank  # group rank 0 holds vocabulary slice 1
+    mine = vocab_shards_to_own_rows(full[:, tp * V // 2:(tp + 1) * V // 2], counts, dist.group.WORLD, tp_rank=tp)
+    start = sum(counts[:rank])
+    assert torch.equal(mine, full[start:start + counts[rank]])

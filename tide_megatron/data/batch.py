@@ -8,7 +8,7 @@ the student's), and stacks the teacher passes so CompDemo's two passes go throug
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 import torch
@@ -29,6 +29,7 @@ class DistillBatch:
     teacher_attention: Optional[torch.Tensor] = None  # bool [b, L_t], True = real token
     teacher_pass_masks: Optional[torch.Tensor] = None  # bool [P, b, L_t]: where MASK_t goes in each pass
     take_pass2: Optional[torch.Tensor] = None  # bool [b, L_t] or None (single pass)
+    student_pass2: Optional[torch.Tensor] = None  # bool [b, L]: CompDemo's M_A in student positions (token level)
     student_chunk: Optional[torch.Tensor] = None  # int64 [b, L]
     teacher_chunk: Optional[torch.Tensor] = None  # int64 [b, L_t]
     active: Optional[torch.Tensor] = None  # bool [b, C]
@@ -44,6 +45,12 @@ class DistillBatch:
     def num_passes(self) -> int:
         return 0 if self.teacher_pass_masks is None else int(self.teacher_pass_masks.shape[0])
 
+    def to(self, device: torch.device, non_blocking: bool = False) -> "DistillBatch":
+        """Every tensor of the batch on ``device`` (``non_blocking`` copies from pinned memory overlap compute)."""
+        moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                 for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(self, **moved)
+
     @classmethod
     def from_stage(cls, out: dict[str, torch.Tensor]) -> "DistillBatch":
         """Name the stage's tensors; CompDemo's passes (pass 1 masks B, pass 2 masks A and wins on A, §4)."""
@@ -57,6 +64,7 @@ class DistillBatch:
             a, b = out["demo_teacher_mask_a"], out["demo_teacher_mask_b"]
             batch.teacher_pass_masks = torch.stack([b, a])
             batch.take_pass2 = a
+            batch.student_pass2 = out.get("demo_student_mask_a")
         else:
             batch.teacher_pass_masks = out["teacher_mask"][None]
         if "student_chunk" in out:

@@ -167,14 +167,17 @@ class AlignmentStage:
         cfg = self.cfg
         u = (torch.stack([torch.rand(units.shape[1], generator=g) for g in generators]) if generators
              else torch.rand(units.shape))
+        out = {}
         if cfg.align == "chunks":
             plan = compdemo.plan_chunk_level(units, batch["teacher_chunk"], cfg.compdemo_ratio, u=u)
         else:
             plan = compdemo.plan_token_level(units, batch["pair_student"], batch["pair_teacher"], batch["pair_valid"],
                                              batch["teacher_ids"].shape[1], cfg.compdemo_ratio, u=u)
+            # M_A in student positions too, for the unaligned token modes (teacher position = student's, §4, §6)
+            out["demo_student_mask_a"] = compdemo.split(units, cfg.compdemo_ratio, u)[0]
         pass1 = plan.passes[0]  # teacher(M_B), or teacher(M) in the single-pass fallback
         pass2 = plan.passes[1] if plan.two_pass else torch.zeros_like(pass1)  # teacher(M_A)
-        return {"demo_teacher_mask_a": pass2, "demo_teacher_mask_b": pass1}
+        return {**out, "demo_teacher_mask_a": pass2, "demo_teacher_mask_b": pass1}
 
 
 class TideCollator:

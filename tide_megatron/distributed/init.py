@@ -12,13 +12,9 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from tide_megatron.distributed import cpu_compat, groups
+from tide_megatron.distributed.device import default_backend, device_for_backend
 
 DEFAULT_TIMEOUT_S = int(os.environ.get("TIDE_DIST_TIMEOUT_S", "600"))
-
-
-def default_backend() -> str:
-    """'nccl' when CUDA is usable, otherwise 'gloo'."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
 
 
 def init_distributed(backend: Optional[str] = None, timeout_s: int = DEFAULT_TIMEOUT_S) -> tuple[int, int]:
@@ -36,7 +32,7 @@ def init_distributed(backend: Optional[str] = None, timeout_s: int = DEFAULT_TIM
     os.environ.setdefault("LOCAL_RANK", "0")
     backend = backend or default_backend()
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device_for_backend(backend))  # the process's one GPU (distributed.device)
     timeout = timedelta(seconds=timeout_s)
     if int(os.environ["WORLD_SIZE"]) == 1:
         # A world of one needs no rendezvous: an in-process store, so concurrent single-process runs on one

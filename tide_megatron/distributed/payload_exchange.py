@@ -4,8 +4,8 @@ Ranks of one teacher tensor/pipeline-parallel group must feed the teacher identi
 holds a different student micro-batch. So: gather the teacher inputs of every rank in the group
 (padded to a common length), run the teacher once on the concatenation, and hand each rank back only
 the rows of its own sequences. Payloads that are still vocab-parallel (logit rows ``[n, V/tp]``) are
-returned as full-vocabulary rows of the rank's own positions with one all-to-all, so no rank ever holds
-the full-vocabulary rows of another rank's batch.
+returned as full-vocabulary rows of the rank's own positions with one all-to-all
+(`vocab_shards_to_own_rows`), so no rank ever holds the full-vocabulary rows of another rank's batch.
 
 With a group of size 1 (a teacher with TP = PP = 1, e.g. the EP-only MoE teacher, whose expert
 all-to-all already handles different tokens per rank) every function is the identity.
@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from tide_megatron.distributed.device import collective_device
 
 
 @dataclass
@@ -46,7 +48,7 @@ def _group_size(group: Optional[dist.ProcessGroup]) -> int:
 
 
 def _all_gather_ints(values: list[int], group: dist.ProcessGroup) -> list[list[int]]:
-    t = torch.tensor(values, dtype=torch.int64)
+    t = torch.tensor(values, dtype=torch.int64, device=collective_device(group))
     out = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
     dist.all_gather(out, t, group=group)
     return [o.tolist() for o in out]
@@ -103,32 +105,48 @@ def own_rows(rows: torch.Tensor, counts: list[int], group: Optional[dist.Process
     return rows[start: start + counts[r]]
 
 
-def vocab_shards_to_own_rows(local_shard: torch.Tensor, counts: list[int],
-                             group: Optional[dist.ProcessGroup]) -> torch.Tensor:
-    """Vocab-parallel rows ``[sum(counts), V/tp]`` (this rank's vocabulary slice of *every* rank's rows)
-    → full-vocabulary rows ``[counts[me], V]`` of this rank's positions, with one all-to-all.
+def vocab_shards_to_own_rows(local_shard: Optional[torch.Tensor], counts: list[int],
+                             group: Optional[dist.ProcessGroup], tp_rank: Optional[int] = None) -> torch.Tensor:
+    """Vocab-parallel rows → full-vocabulary rows ``[counts[me], tp * V/tp]`` of this rank's own positions, with one
+    all-to-all over ``group``: no rank receives another rank's rows.
 
-    The group must be the teacher's TP group (vocabulary slices in megatron's rank order).
+    ``local_shard`` is ``[sum(counts), V/tp]``: this rank's vocabulary slice (slice number ``tp_rank``, default
+    its rank in ``group``) of every rank's rows, in group-rank order; None on a rank that holds no slice (a
+    teacher pipeline stage before the last). With ``group`` the teacher's TP group every rank holds a slice;
+    with its TP x PP model-parallel group, the last stage's TP ranks send and every rank receives.
     """
     size = _group_size(group)
     if size == 1:
+        if local_shard is None:
+            raise ValueError("vocab_shards_to_own_rows: a group of one rank must hold the vocabulary rows")
         return local_shard
-    n_total, v_local = local_shard.shape
-    if n_total != sum(counts):
-        raise ValueError(f"vocab_shards_to_own_rows: {n_total} rows but the group asked for {sum(counts)}")
     me = dist.get_rank(group)
-    recv = local_shard.new_empty((size * counts[me], v_local))
-    dist.all_to_all_single(recv, local_shard.contiguous(), output_split_sizes=[counts[me]] * size,
-                           input_split_sizes=counts, group=group)
-    # recv holds my rows' vocab slice from each tp rank, stacked by rank: [tp, n_me, V/tp] -> [n_me, V].
-    return recv.view(size, counts[me], v_local).permute(1, 0, 2).reshape(counts[me], size * v_local)
+    width = 0 if local_shard is None else int(local_shard.shape[1])
+    if local_shard is not None and local_shard.shape[0] != sum(counts):
+        raise ValueError(f"vocab_shards_to_own_rows: {local_shard.shape[0]} rows but the group asked for {sum(counts)}")
+    layout = _all_gather_ints([int(local_shard is not None), me if tp_rank is None else tp_rank, width], group)
+    sources = [r for r in range(size) if layout[r][0]]  # group ranks holding a slice
+    widths = {layout[r][2] for r in sources}
+    if not sources or len(widths) != 1:
+        raise ValueError(f"vocab_shards_to_own_rows: the group holds vocabulary slices of widths {sorted(widths)}")
+    width = widths.pop()
+    dtype = torch.float32 if local_shard is None else local_shard.dtype
+    send = (local_shard.contiguous() if local_shard is not None else
+            torch.empty((0, width), dtype=dtype, device=collective_device(group)))
+    recv = send.new_empty((len(sources) * counts[me], width))
+    dist.all_to_all_single(recv, send, output_split_sizes=[counts[me] if layout[r][0] else 0 for r in range(size)],
+                           input_split_sizes=counts if local_shard is not None else [0] * size, group=group)
+    # recv holds my rows' slice from each source, stacked by group rank: [n_src, n_me, V/tp] -> slices in tp order.
+    order = sorted(range(len(sources)), key=lambda i: layout[sources[i]][1])
+    parts = recv.view(len(sources), counts[me], width)[order]
+    return parts.permute(1, 0, 2).reshape(counts[me], len(sources) * width)
 
 
 def common_length(length: int, group: Optional[dist.ProcessGroup]) -> int:
     """The longest teacher length in the group, so every rank pads its teacher inputs to one shape."""
     if _group_size(group) == 1:
         return length
-    t = torch.tensor([length], dtype=torch.int64)
+    t = torch.tensor([length], dtype=torch.int64, device=collective_device(group))
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return int(t.item())
 

@@ -52,6 +52,11 @@ class AttentionMaskSpec:
 
     def dense_allowed(self) -> torch.Tensor:
         """bool [b, 1, S, S], True = may attend."""
+        return self.allowed_rows(0, self.seq_len)[:, None]
+
+    def allowed_rows(self, start: int, stop: int) -> torch.Tensor:
+        """bool [b, stop - start, S]: the query rows ``start .. stop-1`` of the dense mask (True = may attend),
+        so a block mask can be built a band of rows at a time (models/flex_attention.py)."""
         raise NotImplementedError
 
     def blocked(self) -> torch.Tensor:
@@ -134,14 +139,15 @@ class BlockDiffusionMask(AttentionMaskSpec):
     def device(self) -> torch.device:
         return self.segment.device
 
-    def dense_allowed(self) -> torch.Tensor:
+    def allowed_rows(self, start: int, stop: int) -> torch.Tensor:
         seg, blk = self.segment, self.block
-        allowed = block_diffusion_allowed(seg[:, :, None], blk[:, :, None], seg[:, None, :], blk[:, None, :])
+        q_seg = seg[:, start:stop, None]
+        allowed = block_diffusion_allowed(q_seg, blk[:, start:stop, None], seg[:, None, :], blk[:, None, :])
         if self.key_valid is not None:
             allowed = allowed & self.key_valid[:, None, :]
-        eye = torch.eye(self.seq_len, dtype=torch.bool, device=seg.device)
-        allowed = allowed | (eye[None] & (seg[:, :, None] == PAD_SEGMENT))
-        return allowed[:, None]
+        q_idx = torch.arange(start, stop, device=seg.device)[:, None]
+        diagonal = q_idx == torch.arange(self.seq_len, device=seg.device)[None, :]
+        return allowed | (diagonal[None] & (q_seg == PAD_SEGMENT))
 
     def mask_mod(self):
         seg, blk, valid = self.segment, self.block, self.key_valid
@@ -239,6 +245,12 @@ class KeyPaddingMask(AttentionMaskSpec):
         if self.key_valid is None:
             return torch.ones(self.shape, dtype=torch.bool, device=self.device)
         return self.key_valid[:, None, None, :].expand(self.shape)
+
+    def allowed_rows(self, start: int, stop: int) -> torch.Tensor:
+        shape = (self.batch, stop - start, self.seq_len)
+        if self.key_valid is None:
+            return torch.ones(shape, dtype=torch.bool, device=self.device)
+        return self.key_valid[:, None, :].expand(shape)
 
     def mask_mod(self):
         valid = self.key_valid

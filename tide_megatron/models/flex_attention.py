@@ -32,6 +32,8 @@ from tide_megatron.models.attention_mask import AttentionMaskSpec, KeyPaddingMas
 CoreMask = Union[AttentionMaskSpec, torch.Tensor, None]
 
 _compiled_flex = None
+SPARSE_BLOCK = 128  # FlexAttention's tile: query rows x key columns per block of the BlockMask (its default)
+MASK_BAND_ROWS = 1024  # query rows of a description's mask evaluated at once when building its BlockMask
 # The last dense mask turned into a BlockMask: every layer of one forward gets the same tensor.
 _dense_cache: tuple = (None, None, None)
 
@@ -61,9 +63,7 @@ def block_mask_for(mask: CoreMask, batch: int, q_len: int, kv_len: int,
         mask.check(batch, q_len)
         key = (str(device), q_len, kv_len)
         if key not in mask._cache:
-            spec = mask.to(device)
-            mask._cache[key] = flex.create_block_mask(spec.mask_mod(), spec.batch, None, q_len, kv_len,
-                                                           device=device)
+            mask._cache[key] = description_block_mask(mask.to(device), q_len, kv_len)
         return mask._cache[key]
     if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[-2:] != (q_len, kv_len):
         raise ValueError(f"a dense attention mask must be bool [b, 1, {q_len}, {kv_len}] (True = masked out), "
@@ -81,6 +81,26 @@ def block_mask_for(mask: CoreMask, batch: int, q_len: int, kv_len: int,
                                         device=device)
     _dense_cache = (weakref.ref(mask), mask._version, block_mask)
     return block_mask
+
+
+def description_block_mask(spec: AttentionMaskSpec, q_len: int, kv_len: int,
+                           band_rows: Optional[int] = None) -> flex.BlockMask:
+    """The `BlockMask` of a mask description, ``flex.create_block_mask``'s result without its dense grid.
+
+    Uncompiled, ``create_block_mask`` evaluates the mask at every (query, key) pair at once, a [b, S, S] bool;
+    here the tiles are classified (partial / full) a band of ``band_rows`` query rows at a time, so only
+    [b, band, S] exists, and the BlockMask keeps the description's ``mask_mod`` for the partial tiles.
+    """
+    band_rows = MASK_BAND_ROWS if band_rows is None else band_rows
+    band = max(SPARSE_BLOCK, band_rows // SPARSE_BLOCK * SPARSE_BLOCK)
+    partial, full = [], []
+    for start in range(0, q_len, band):
+        rows = spec.allowed_rows(start, min(q_len, start + band))[:, None]
+        p, f = flex._convert_mask_to_block_mask(rows, SPARSE_BLOCK, SPARSE_BLOCK, separate_full_blocks=True)
+        partial.append(p)
+        full.append(f)
+    return flex._create_sparse_block_from_block_mask((torch.cat(partial, 2), torch.cat(full, 2)), spec.mask_mod(),
+                                                     (q_len, kv_len), SPARSE_BLOCK, SPARSE_BLOCK)
 
 
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Optional[flex.BlockMask],

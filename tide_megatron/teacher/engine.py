@@ -63,7 +63,7 @@ class TeacherEngine:
         self.micro_batch_size = micro_batch_size
         self.chunk_tokens = chunk_tokens
         self.tp_group = pgs.tp
-        self.tp_size = dist.get_world_size(pgs.tp)
+        self.tp_size, self.tp_rank = dist.get_world_size(pgs.tp), dist.get_rank(pgs.tp)
         self.pp_size, self.pp_rank = dist.get_world_size(pgs.pp), dist.get_rank(pgs.pp)
         self.is_last_stage = self.pp_rank == self.pp_size - 1
         self.lm_head_weight = None
@@ -171,11 +171,7 @@ class TeacherEngine:
             out = payloads.token_logprobs(hidden, self.lm_head_weight, targets, self.tp_group, self.chunk_tokens)
         return self._from_last_stage(out, tuple(targets.shape), torch.float32)
 
-    @torch.no_grad()
-    def logit_rows(self, input_ids: torch.Tensor, rows: torch.Tensor, vocab_limit: int,
-                   attention_mask: Optional[torch.Tensor] = None,
-                   position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Payload (b): fp32 [n, vocab_limit] logits at ``rows`` ([n, 2] of (batch, position)), ids < ``vocab_limit``."""
+    def _check_rows(self, input_ids: torch.Tensor, rows: torch.Tensor, vocab_limit: int) -> None:
         b, L = input_ids.shape
         if rows.dim() != 2 or rows.shape[1] != 2:
             raise ValueError(f"rows must be [n, 2] (batch index, position), got {tuple(rows.shape)}")
@@ -184,8 +180,29 @@ class TeacherEngine:
             raise ValueError(f"rows must index a [b, L] = {(b, L)} batch")
         if not 0 < vocab_limit <= self.vocab_size:
             raise ValueError(f"vocab_limit={vocab_limit} must lie in (0, {self.vocab_size}]")
+
+    @torch.no_grad()
+    def logit_rows(self, input_ids: torch.Tensor, rows: torch.Tensor, vocab_limit: int,
+                   attention_mask: Optional[torch.Tensor] = None,
+                   position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Payload (b): fp32 [n, vocab_limit] logits at ``rows`` ([n, 2] of (batch, position)), ids < ``vocab_limit``."""
+        self._check_rows(input_ids, rows, vocab_limit)
         hidden = self.hidden_states(input_ids, attention_mask, position_ids)
         out = None
         if self.is_last_stage:
             out = payloads.logit_rows(hidden[rows[:, 0], rows[:, 1]], self.lm_head_weight, vocab_limit, self.tp_group)
         return self._from_last_stage(out, (rows.shape[0], vocab_limit), torch.float32)
+
+    @torch.no_grad()
+    def logit_row_shards(self, input_ids: torch.Tensor, rows: torch.Tensor, vocab_limit: int,
+                         attention_mask: Optional[torch.Tensor] = None,
+                         position_ids: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Payload (b) left vocab-parallel: this TP rank's fp32 ``[n, V/tp]`` slice of the logits at ``rows`` (zero
+        past ``vocab_limit``) on the last pipeline stage, None on the others; nothing is gathered here
+        (`distributed.payload_exchange.vocab_shards_to_own_rows` sends each rank its own rows)."""
+        self._check_rows(input_ids, rows, vocab_limit)
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)
+        if not self.is_last_stage:
+            return None
+        return payloads.logit_row_shard(hidden[rows[:, 0], rows[:, 1]], self.lm_head_weight, vocab_limit,
+                                        self.tp_group)

@@ -9,7 +9,8 @@ the two loss-sized payloads (§2, §9.21):
 - pair alignment (Pipeline B, WeDLM, §2.2): all passes in one ``[x0 ; xt_1 ; xt_2]`` sequence that keeps only
   the xt blocks holding a distilled row and the x0 blocks before them (CompDemo's passes share their clean
   half and x0 never sees xt, §1.4), plus the rows to read; each row gets exactly the attention it would have
-  in its own ``[x0 ; xt_p]`` forward.
+  in its own ``[x0 ; xt_p]`` forward. The unaligned token modes (§6: one tokenizer, one template) put the
+  student's own sequence in place of the teacher's and ask for every masked position.
 
 `run_teacher_passes` is the engine call: it gathers the passes of every rank of the teacher model-parallel
 group, runs the teacher once and returns this rank's payload, CompDemo-merged (§4.4). A teacher placed on
@@ -28,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from tide_megatron.align.compdemo import merge
-from tide_megatron.align.rows import aligned_rows
+from tide_megatron.align.rows import aligned_rows, masked_rows
 from tide_megatron.data.batch import DistillBatch
 from tide_megatron.distributed import payload_exchange as px
 from tide_megatron.models.attention_mask import BlockDiffusionMask
@@ -64,9 +65,13 @@ class TeacherPasses:
 
 
 def build_teacher_passes(batch: DistillBatch, mask_id: int, pad_id: int, block_size: int,
-                         vocab_limit: Optional[int] = None) -> TeacherPasses:
+                         vocab_limit: Optional[int] = None, aligned: bool = True) -> TeacherPasses:
     """The teacher inputs of every pass of ``batch``: per-token log-probs for a chunk alignment, logit rows
-    (cut to ``vocab_limit`` ids) at the distilled positions for a pair alignment; see the module docstring."""
+    (cut to ``vocab_limit`` ids) at the distilled positions for a pair alignment; see the module docstring.
+
+    ``aligned=False`` (the unaligned token modes ``kl`` / ``reverse_kl`` / ``taid``, §6): the teacher reads the
+    student's own sequence and gives rows at every masked position (`unaligned_logit_row_passes`).
+    """
     if batch.teacher_ids is None:
         raise ValueError("build_teacher_passes: the batch has no teacher inputs (a dataset without a teacher side)")
     if batch.teacher_chunk is not None:
@@ -75,6 +80,8 @@ def build_teacher_passes(batch: DistillBatch, mask_id: int, pad_id: int, block_s
         raise ValueError("build_teacher_passes: the batch has neither a chunk nor a pair alignment")
     if vocab_limit is None:
         raise ValueError("build_teacher_passes: logit rows need vocab_limit (objective.shared_vocab)")
+    if not aligned:
+        return unaligned_logit_row_passes(batch, mask_id, pad_id, block_size, vocab_limit)
     return _logit_row_passes(batch, mask_id, pad_id, block_size, vocab_limit)
 
 
@@ -104,27 +111,87 @@ def _token_logprob_passes(batch: DistillBatch, mask_id: int, pad_id: int) -> Tea
 
 def _logit_row_passes(batch: DistillBatch, mask_id: int, pad_id: int, block_size: int,
                       vocab_limit: int) -> TeacherPasses:
-    ids, att, passes = batch.teacher_ids, batch.teacher_attention, batch.teacher_pass_masks
-    extra = -ids.shape[1] % block_size  # the x0-first block mask needs whole blocks of teacher positions (§2.2)
+    """Aligned token modes (§2.4): the teacher's own sequence, rows at the teacher partners of K."""
+    rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
+    pass_of_row = None
+    if batch.num_passes == 2:
+        pass_of_row = batch.take_pass2[rows.batch, rows.teacher_pos].long()
+    return _row_passes(batch.teacher_ids, batch.teacher_attention, batch.teacher_pass_masks, rows.batch,
+                       rows.teacher_pos, pass_of_row, mask_id, pad_id, block_size, vocab_limit)
+
+
+def unaligned_logit_row_passes(batch: DistillBatch, mask_id: int, pad_id: int, block_size: int,
+                               vocab_limit: int) -> TeacherPasses:
+    """Unaligned token modes (§6: "the same formulas on all masked positions, using unaligned [b, L] logits"):
+    the teacher reads the student's own sequence (one tokenizer, one template), masked where the student is,
+    or, with CompDemo (§4), M_B in pass 1 and M_A in pass 2; rows at every masked position, teacher position =
+    student position. Like the student (§1.2), that sequence has no padding mask.
+
+    Raises ValueError when the batch shows two templates (pairs that are not the identity) or two tokenizers
+    (paired ids that differ): the student's sequence is then not the one the teacher reads.
+    """
+    check_one_template(batch)
+    x0, masked = batch.x0, batch.masked
+    rows = masked_rows(masked)
+    passes, pass_of_row = masked[None], None
+    if batch.num_passes == 2:
+        if batch.student_pass2 is None:
+            raise ValueError("unaligned CompDemo needs M_A in student positions (DistillBatch.student_pass2), "
+                             "which the data stage writes for pair-aligned datasets")
+        m_a = batch.student_pass2 & masked
+        passes = torch.stack([masked & ~m_a, m_a])
+        pass_of_row = m_a[rows.batch, rows.student_pos].long()
+    att = torch.ones_like(masked)
+    return _row_passes(x0, att, passes, rows.batch, rows.student_pos, pass_of_row, mask_id, pad_id, block_size,
+                       vocab_limit)
+
+
+def check_one_template(batch: DistillBatch) -> None:
+    """The unaligned modes' premise (§6, "B, one template"): every pair is (i, i) with equal ids on both sides."""
+    valid = batch.pair_valid
+    moved = valid & (batch.pair_student != batch.pair_teacher)
+    if bool(moved.any()):
+        k, p = (int(i) for i in moved.nonzero()[0])
+        raise ValueError(f"objective.mode: an unaligned token mode (kl, reverse_kl, taid; spec §6) compares teacher "
+                         f"and student at the same position, but this dataset pairs student position "
+                         f"{int(batch.pair_student[k, p])} with teacher position {int(batch.pair_teacher[k, p])} "
+                         f"(two chat templates); re-run tide-preprocess with one template on both sides "
+                         f"(--teacher-template = --student-template) or use the *_aligned mode")
+    Lt = batch.teacher_ids.shape[1]
+    inside = valid & (batch.pair_teacher < Lt)
+    s_ids = batch.x0.gather(1, batch.pair_student.clamp(0, batch.x0.shape[1] - 1))
+    t_ids = batch.teacher_ids.gather(1, batch.pair_teacher.clamp(0, Lt - 1))
+    if bool((inside & (s_ids != t_ids)).any()):
+        raise ValueError("objective.mode: an unaligned token mode (kl, reverse_kl, taid; spec §6) feeds the student's "
+                         "ids to the teacher, but this dataset's paired ids differ (two tokenizers); use one "
+                         "tokenizer on both sides or the *_aligned mode")
+
+
+def _row_passes(ids: torch.Tensor, att: torch.Tensor, passes: torch.Tensor, row_seq: torch.Tensor,
+                row_pos: torch.Tensor, pass_of_row: Optional[torch.Tensor], mask_id: int, pad_id: int,
+                block_size: int, vocab_limit: int) -> TeacherPasses:
+    """Logit-row passes over ``ids`` [b, L] (key validity ``att``, pass masks ``passes`` [P, b, L]): one
+    compacted [x0 ; xt_1 ; xt_2] sequence per sample, rows (``row_seq``, ``row_pos``) read from pass
+    ``pass_of_row`` (None: pass 1)."""
+    length = ids.shape[1]
+    extra = -length % block_size  # the x0-first block mask needs whole blocks of teacher positions (§2.2)
     if extra:
         ids = torch.nn.functional.pad(ids, (0, extra), value=pad_id)
         att = torch.nn.functional.pad(att, (0, extra), value=False)
         passes = torch.nn.functional.pad(passes, (0, extra), value=False)
     P, b, Lt = passes.shape
     xts = torch.where(passes, mask_id, ids[None])
-    rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
-    pass_of_row = torch.zeros_like(rows.batch)
-    if P == 2:
-        pass_of_row = batch.take_pass2[rows.batch, rows.teacher_pos].long()
-    need = torch.zeros(P, b, Lt // block_size, dtype=torch.bool)
-    need[pass_of_row, rows.batch, rows.teacher_pos // block_size] = True
+    if pass_of_row is None:
+        pass_of_row = torch.zeros_like(row_seq)
+    need = torch.zeros(P, b, Lt // block_size, dtype=torch.bool, device=ids.device)
+    need[pass_of_row, row_seq, row_pos // block_size] = True
     c = compact_teacher_inputs(ids, xts, need, block_size, pad_id)
     key_valid = (c.segment >= 0) & att.gather(1, c.position_ids)
-    requested = torch.stack([rows.batch, c.index[pass_of_row, rows.batch, rows.teacher_pos]], dim=1)
+    requested = torch.stack([row_seq, c.index[pass_of_row, row_seq, row_pos]], dim=1)
     return TeacherPasses("logit_rows", {"ids": c.ids, "pos": c.position_ids, "seg": c.segment, "blk": c.block,
                                         "kv": key_valid},
                          {"ids": pad_id, "pos": 0, "seg": -1, "blk": -1, "kv": False}, num_passes=P,
-                         length=batch.teacher_ids.shape[1], rows=requested, vocab_limit=vocab_limit)
+                         length=length, rows=requested, vocab_limit=vocab_limit)
 
 
 @dataclass
@@ -142,17 +209,18 @@ def compact_teacher_inputs(x0: torch.Tensor, xts: torch.Tensor, need: torch.Tens
     (bool ``[P, b, nblk]``: blocks holding a requested row) and the x0 blocks before the last of them."""
     P, b, L = xts.shape
     nblk = L // block_size
-    blk_idx = torch.arange(nblk)
-    offsets = torch.arange(block_size)
+    dev = x0.device
+    blk_idx = torch.arange(nblk, device=dev)
+    offsets = torch.arange(block_size, device=dev)
     last = torch.where(need, blk_idx, -1).amax(-1).amax(0)  # [b]: last needed xt block over all passes
     keep_x0 = blk_idx[None, :] < last[:, None]
     lengths = (keep_x0.sum(-1) + need.sum(-1).sum(0)) * block_size
     S = max(1, int(lengths.max()))
-    ids = torch.full((b, S), pad_id, dtype=x0.dtype)
-    pos = torch.zeros((b, S), dtype=torch.long)
-    seg = torch.full((b, S), -1, dtype=torch.long)
-    blk = torch.full((b, S), -1, dtype=torch.long)
-    index = torch.full((P, b, L), -1, dtype=torch.long)
+    ids = torch.full((b, S), pad_id, dtype=x0.dtype, device=dev)
+    pos = torch.zeros((b, S), dtype=torch.long, device=dev)
+    seg = torch.full((b, S), -1, dtype=torch.long, device=dev)
+    blk = torch.full((b, S), -1, dtype=torch.long, device=dev)
+    index = torch.full((P, b, L), -1, dtype=torch.long, device=dev)
     for i in range(b):
         parts = [(0, x0[i], blk_idx[keep_x0[i]])] + [(p + 1, xts[p, i], blk_idx[need[p, i]]) for p in range(P)]
         col = 0
@@ -164,7 +232,7 @@ def compact_teacher_inputs(x0: torch.Tensor, xts: torch.Tensor, need: torch.Tens
             seg[i, col:col + n] = code
             blk[i, col:col + n] = positions // block_size
             if code > 0:
-                index[code - 1, i, positions] = torch.arange(col, col + n)
+                index[code - 1, i, positions] = torch.arange(col, col + n, device=dev)
             col += n
     return CompactTeacher(ids=ids, position_ids=pos, segment=seg, block=blk, index=index)
 
@@ -190,9 +258,10 @@ def run_teacher_passes(engine: TeacherEngine, passes: TeacherPasses,
         return mine[0] if passes.num_passes == 1 else merge(mine[0], mine[1], passes.take_pass2)
     all_rows, counts = px.gather_rows(passes.rows, info, group)
     mask = BlockDiffusionMask(gathered["seg"], gathered["blk"], gathered["kv"])
-    out = engine.logit_rows(gathered["ids"], all_rows, passes.vocab_limit, attention_mask=mask,
-                            position_ids=gathered["pos"])
-    return px.own_rows(out, counts, group)
+    shard = engine.logit_row_shards(gathered["ids"], all_rows, passes.vocab_limit, attention_mask=mask,
+                                    position_ids=gathered["pos"])  # this TP rank's vocabulary slice, all rows
+    mine = px.vocab_shards_to_own_rows(shard, counts, group, tp_rank=engine.tp_rank)  # my rows, full vocabulary
+    return mine[:, :passes.vocab_limit]
 
 
 # ------------------------------------------------------------------------------------------------------

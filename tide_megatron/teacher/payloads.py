@@ -6,8 +6,9 @@ the full-vocabulary logits nor even this rank's [b, L, V/tp] slice is ever mater
 
 (a) `token_logprobs`: log p(target) = z[target] - logsumexp(z), with the max, the sum of exps and the
     target logit each reduced across the TP group (Reverse CALM / CALM).
-(b) `logit_rows`: logits at requested positions only, cut to the first `vocab_limit` ids (the shared
-    vocabulary, §9 pitfall 1) (KL / TIDAL).
+(b) `logit_row_shard` / `logit_rows`: logits at requested positions only, cut to the first `vocab_limit` ids
+    (the shared vocabulary, §9 pitfall 1) (KL / TIDAL); the trainer exchanges the vocabulary slices so each
+    rank receives only its own rows (`distributed.payload_exchange.vocab_shards_to_own_rows`).
 """
 
 from __future__ import annotations
@@ -58,23 +59,40 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
     return out.view(targets.shape)
 
 
-def logit_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_limit: int,
-               tp_group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
-    """Payload (b): fp32 [n, vocab_limit] logits at the given hidden rows [n, h] (gathered over TP).
+def logit_row_shard(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_limit: int,
+                    tp_group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """This TP rank's slice of payload (b): fp32 ``[n, V/tp]`` logits at the given hidden rows ``[n, h]``, zero in
+    the columns whose id is ``>= vocab_limit`` (without tensor parallelism: ``[n, vocab_limit]``).
 
-    Only the n requested rows are computed, and only ids below ``vocab_limit`` travel.
+    `distributed.payload_exchange.vocab_shards_to_own_rows` turns the slices into full rows of each rank's own
+    positions (one all-to-all, the trainer's path); `logit_rows` gathers them for every rank.
     """
     size = tp_size(tp_group)
     v_local = lm_head_weight.shape[0]
     if not 0 < vocab_limit <= v_local * size:
         raise ValueError(f"vocab_limit={vocab_limit} must lie in (0, {v_local * size}] (the teacher vocabulary)")
+    if size == 1:  # nothing to exchange: the rows themselves, cut to vocab_limit
+        return (hidden_rows @ lm_head_weight[:vocab_limit].t()).float()
     keep = local_vocab_limit(v_local, vocab_limit, tp_group)
-    local = (hidden_rows @ lm_head_weight[:keep].t()).float() if keep else hidden_rows.new_zeros(
-        hidden_rows.shape[0], 0, dtype=torch.float32)
+    shard = torch.empty(hidden_rows.shape[0], v_local, dtype=torch.float32, device=hidden_rows.device)
+    shard[:, keep:] = 0
+    w = lm_head_weight[:keep].t()
+    if keep == v_local and hidden_rows.dtype == w.dtype == torch.float32:
+        return torch.mm(hidden_rows, w, out=shard)  # written in place, no temporary
+    step = chunk_rows(v_local)  # rows per matmul: its temporary is a fixed budget, not [n, V/tp]
+    for s in range(0, hidden_rows.shape[0] if keep else 0, step):
+        shard[s:s + step, :keep] = hidden_rows[s:s + step] @ w
+    return shard
+
+
+def logit_rows(hidden_rows: torch.Tensor, lm_head_weight: torch.Tensor, vocab_limit: int,
+               tp_group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """Payload (b): fp32 [n, vocab_limit] logits at the given hidden rows [n, h] (gathered over TP), the same on
+    every TP rank. Only the n requested rows are computed, and only ids below ``vocab_limit`` are kept."""
+    size = tp_size(tp_group)
+    shard = logit_row_shard(hidden_rows, lm_head_weight, vocab_limit, tp_group)
     if size == 1:
-        return local
-    padded = torch.zeros(hidden_rows.shape[0], v_local, dtype=torch.float32, device=hidden_rows.device)
-    padded[:, :keep] = local
-    parts = [torch.empty_like(padded) for _ in range(size)]
-    dist.all_gather(parts, padded, group=tp_group)
+        return shard
+    parts = [torch.empty_like(shard) for _ in range(size)]
+    dist.all_gather(parts, shard, group=tp_group)
     return torch.cat(parts, dim=1)[:, :vocab_limit].contiguous()

@@ -33,19 +33,20 @@ def compact_student_inputs(xt: torch.Tensor, x0: torch.Tensor, masked: torch.Ten
     """Pack the needed blocks of ``[xt ; x0]`` (``[b, L]`` each) per sequence; see the module docstring."""
     b, L = x0.shape
     nblk = L // block_size
+    dev = x0.device
     keep_xt = masked.view(b, nblk, block_size).any(-1)  # [b, nblk]
-    blk_idx = torch.arange(nblk)
+    blk_idx = torch.arange(nblk, device=dev)
     last = torch.where(keep_xt, blk_idx, -1).amax(-1)  # last kept xt block per sequence (-1: none)
     keep_x0 = blk_idx[None, :] < last[:, None]  # x0 blocks strictly before it
     n_xt = int(keep_xt.sum(-1).max()) * block_size
     n_x0 = int(keep_x0.sum(-1).max()) * block_size
     S = max(1, n_xt + n_x0)
-    ids = torch.full((b, S), pad_id, dtype=x0.dtype)
-    pos = torch.zeros((b, S), dtype=torch.long)
-    seg = torch.full((b, S), -1, dtype=torch.long)  # 0 = xt, 1 = x0, -1 = padding
-    blk = torch.full((b, S), -1, dtype=torch.long)
-    xt_positions = torch.full((b, n_xt), -1, dtype=torch.long)
-    offsets = torch.arange(block_size)
+    ids = torch.full((b, S), pad_id, dtype=x0.dtype, device=dev)
+    pos = torch.zeros((b, S), dtype=torch.long, device=dev)
+    seg = torch.full((b, S), -1, dtype=torch.long, device=dev)  # 0 = xt, 1 = x0, -1 = padding
+    blk = torch.full((b, S), -1, dtype=torch.long, device=dev)
+    xt_positions = torch.full((b, n_xt), -1, dtype=torch.long, device=dev)
+    offsets = torch.arange(block_size, device=dev)
     for i in range(b):
         xb = blk_idx[keep_xt[i]]
         ob = blk_idx[keep_x0[i]]

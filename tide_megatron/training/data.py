@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tide_megatron.data.batch import DistillBatch
 from tide_megatron.data.stage import TideCollator
+from tide_megatron.distributed.device import process_device
 from tide_megatron.distributed.lifetime import make_helper
 
 
@@ -108,14 +109,18 @@ def _stop_all_workers() -> None:
 
 
 def micro_batches(dataset: Dataset, batches: ResumableBatches, collator: TideCollator, start: int, stop: int,
-                  num_workers: int = 0, prefetch_factor: int = 2) -> Iterator[DistillBatch]:
-    """This rank's micro-batches ``start .. stop-1``; collation, noising and alignment run in the workers.
+                  num_workers: int = 0, prefetch_factor: int = 2,
+                  device: Optional[torch.device] = None) -> Iterator[DistillBatch]:
+    """This rank's micro-batches ``start .. stop-1`` on ``device`` (default: the process device); collation,
+    noising and alignment run in the workers. On CUDA the loader pins its batches, so the copies to the GPU
+    are asynchronous (``non_blocking``) and overlap the previous step's work.
 
     Closing the generator (or leaving it by an error) stops the workers at once.
     """
+    device = process_device() if device is None else torch.device(device)
     for epoch, index_lists in batches.segments(start, stop):
         collator.set_epoch(epoch)
-        kwargs = {"num_workers": num_workers}
+        kwargs = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
         if num_workers > 0:
             kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False, worker_init_fn=_init_worker)
         iterator = iter(DataLoader(dataset, batch_sampler=index_lists, collate_fn=collator, **kwargs))
@@ -123,7 +128,7 @@ def micro_batches(dataset: Dataset, batches: ResumableBatches, collator: TideCol
             _OPEN_ITERATORS.add(iterator)
         try:
             for out in iterator:
-                yield DistillBatch.from_stage(out)
+                yield DistillBatch.from_stage(out).to(device, non_blocking=True)
         finally:
             if num_workers > 0:
                 _stop_workers(iterator)

@@ -2,11 +2,13 @@
 
 Scalars (DESIGN §1): every loss term, λ, learning rate, grad norm, student tokens/s, teacher vs student
 time, peak memory. Values are averaged over the log interval and across data-parallel ranks; only
-global rank 0 writes.
+global rank 0 writes. The same values go to ``<log dir>/metrics.jsonl`` (one JSON object per flush, held-out
+evaluation and the summary), for scripts such as benchmarks/gpu_check.py.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -18,6 +20,10 @@ from typing import Optional, TextIO
 import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
+
+from tide_megatron.distributed.device import process_device
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def peak_memory_gib() -> float:
@@ -31,15 +37,20 @@ class MetricsLogger:
     """Accumulates per-step scalars and flushes them every ``log_interval`` optimizer steps."""
 
     def __init__(self, log_dir: str, log_interval: int, tensorboard: bool = True, stream: TextIO = sys.stdout,
-                 group: Optional[dist.ProcessGroup] = None, total_steps: int = 0) -> None:
+                 group: Optional[dist.ProcessGroup] = None, total_steps: int = 0,
+                 device: Optional[torch.device] = None) -> None:
         self.log_interval = log_interval
         self.group = group
+        self.device = process_device() if device is None else device  # of the all-reduce (NCCL: the GPU)
         self.total_steps = total_steps
         self.stream = stream
         self.is_writer = not dist.is_initialized() or dist.get_rank() == 0
         self.writer = None
-        if tensorboard and self.is_writer:
+        self.jsonl = None
+        if self.is_writer and log_dir:
             os.makedirs(log_dir, exist_ok=True)
+            self.jsonl = open(os.path.join(log_dir, METRICS_FILE), "a", encoding="utf-8")
+        if tensorboard and self.is_writer:
             self.writer = SummaryWriter(log_dir=log_dir)
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
@@ -67,7 +78,8 @@ class MetricsLogger:
         keys = sorted(self._sums)
         if not keys:
             return {}
-        values = torch.tensor([self._sums[k] / max(1, self._counts[k]) for k in keys], dtype=torch.float64)
+        values = torch.tensor([self._sums[k] / max(1, self._counts[k]) for k in keys], dtype=torch.float64,
+                              device=self.device)
         if dist.is_initialized() and self.group is not None and dist.get_world_size(self.group) > 1:
             dist.all_reduce(values, group=self.group)
             values /= dist.get_world_size(self.group)
@@ -90,9 +102,15 @@ class MetricsLogger:
                     if math.isfinite(value):
                         self.writer.add_scalar(key, value, step)
                 self.writer.flush()
+            self._write_json({"step": step, **means})
             self.stream.write(self._progress_line(step, means) + "\n")
             self.stream.flush()
         return means
+
+    def _write_json(self, record: dict) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
 
     def _progress_line(self, step: int, m: dict[str, float]) -> str:
         parts = [f"step {step}/{self.total_steps}"]
@@ -114,6 +132,7 @@ class MetricsLogger:
                 for key, value in scalars.items():
                     self.writer.add_scalar(key, value, step)
                 self.writer.flush()
+            self._write_json({"step": step, **scalars})
             text = " | ".join(f"{k} {v:.4f}" for k, v in sorted(scalars.items()))
             self.stream.write(f"eval step {step} | {text}\n")
             self.stream.flush()
@@ -134,6 +153,7 @@ class MetricsLogger:
             if key.startswith("loss/"):
                 out[f"last_{key[5:]}"] = value
         if self.is_writer:
+            self._write_json({"summary": out})
             self.stream.write("summary | " + " | ".join(f"{k} {v:.4g}" for k, v in out.items()) + "\n")
             self.stream.flush()
         return out
@@ -142,3 +162,6 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.jsonl is not None:
+            self.jsonl.close()
+            self.jsonl = None

@@ -25,18 +25,19 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from tide_megatron.align.rows import aligned_rows
+from tide_megatron.align.rows import aligned_rows, masked_rows
 from tide_megatron.config import TrainConfig, dump_config
 from tide_megatron.data.batch import DistillBatch
 from tide_megatron.data.compatibility import check_dataset
 from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.diffusion.inputs import bd3lm_inputs
-from tide_megatron.diffusion.masks import block_diffusion_mask
 from tide_megatron.distributed import build_teacher_and_student_grids, init_distributed, seed_model_parallel_rng
+from tide_megatron.distributed.device import process_device
 from tide_megatron.distributed.grids import ParallelLayout
 from tide_megatron.losses import LossInputs, bd3lm_ce, build_objective
+from tide_megatron.models.attention_mask import BlockDiffusionMask
 from tide_megatron.models.gpt import ensure_global_memory_buffer
-from tide_megatron.teacher.passes import build_teacher_passes, run_teacher_passes, teacher_mask_id
+from tide_megatron.teacher.passes import build_teacher_passes, check_one_template, run_teacher_passes, teacher_mask_id
 from tide_megatron.training.compact import compact_student_inputs, scatter_xt_rows
 from tide_megatron.training.checkpoint import (TrainState, load_checkpoint, resolve_resume, run_fingerprint,
                                                save_checkpoint)
@@ -58,8 +59,9 @@ class StepResult:
 class PreemptionFlag:
     """SIGTERM / SIGUSR1 (SLURM preemption) only set a flag; the loop checkpoints at the next step boundary."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: Optional[torch.device] = None) -> None:
         self.raised: Optional[int] = None
+        self.device = process_device() if device is None else device  # the all-reduce's (NCCL: the GPU)
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
@@ -76,7 +78,7 @@ class PreemptionFlag:
 
     def any_rank(self) -> bool:
         """True if any rank got a signal (collective: every rank stops at the same step)."""
-        flag = torch.tensor([1 if self.raised is not None else 0], dtype=torch.int32)
+        flag = torch.tensor([1 if self.raised is not None else 0], dtype=torch.int32, device=self.device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -89,6 +91,7 @@ class DistillTrainer:
                  stream: TextIO = sys.stdout, backend: Optional[str] = None):
         self.cfg, self.train_data, self.valid_data, self.stream = cfg, train_data, valid_data, stream
         init_distributed()
+        self.device = process_device()  # models, batches and every collective's tensors live here
         self.run_lock = RunLock.acquire([cfg.output_dir, cfg.checkpoint.dir])  # one run per directory (collective)
         world = dist.get_world_size()
         self.teacher_dp, self.student_dp = cfg.check_world_size(world)
@@ -97,6 +100,8 @@ class DistillTrainer:
         resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir, self.fingerprint)  # fails before any build
         self.needs_teacher = cfg.objective.needs_teacher
         self.chunk_level = cfg.objective.chunk_level
+        # the unaligned token modes (§6): every masked position, the teacher on the student's own sequence
+        self.unaligned = self.needs_teacher and not self.chunk_level and not cfg.objective.components[0].aligned
         self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
             cfg.teacher.layout if self.needs_teacher else ParallelLayout(), cfg.student.layout)
         seed_model_parallel_rng(cfg.optim.seed, tp_rank=self.student_grid.tp_rank)
@@ -106,11 +111,15 @@ class DistillTrainer:
         bf16 = cfg.precision.dtype == "bf16"
         student = build_student(cfg.student, cfg.precision, self.student_grid, backend=backend)
         self.student_vocab = student.vocab_size
-        self.model = wrap_ddp(student.model, self.student_grid.pgs)
+        # megatron builds its own layers on the current CUDA device; this places the rest (torch norms of the
+        # local spec, RoPE buffers) there too, as megatron's own training does before wrapping in DDP.
+        self.model = wrap_ddp(student.model.to(self.device), self.student_grid.pgs)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.student_grid.pgs, bf16=bf16)
 
         # Teacher: frozen, behind the payload engine, on its own grid.
         self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if self.needs_teacher else None
+        if self.teacher is not None:
+            self.teacher.engine.model.to(self.device)
         where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
         self.meta = train_data.meta
         check_dataset(self.meta, cfg, where, self.student_vocab, None if self.teacher is None else self.teacher.vocab_size)
@@ -127,6 +136,11 @@ class DistillTrainer:
         self.collator = TideCollator(StageConfig.from_meta(
             self.meta, student_len=cfg.student.seq_length, block_size=cfg.student.block_size,
             time_epsilon=o.time_epsilon, compdemo_ratio=o.demo_ratio if o.compdemo else None), seed=cfg.optim.seed)
+        if self.unaligned:
+            # the unaligned modes read the student's sequence as the teacher's (§6): refuse two templates now
+            # (every batch is checked again when its teacher passes are built)
+            first = [train_data[i] for i in range(min(len(train_data), 8))]
+            check_one_template(DistillBatch.from_stage(self.collator(first)))
         dp_rank = self.student_grid.dp_rank
         self.batches = ResumableBatches(len(train_data), cfg.data.micro_batch_size, dp_rank, self.student_dp,
                                         cfg.optim.seed, cfg.data.shuffle)
@@ -135,10 +149,11 @@ class DistillTrainer:
         self.state = TrainState(step=0, total_steps=total)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, total)
 
-        self.block_mask = block_diffusion_mask(cfg.student.seq_length, cfg.student.block_size, "xt_x0")
+        self._student_masks: dict[int, BlockDiffusionMask] = {}  # [xt ; x0] per micro-batch size (student_mask)
         self.logger = MetricsLogger(cfg.logging.dir, cfg.logging.log_interval, cfg.logging.tensorboard, stream,
-                                    group=self.student_grid.pgs.dp, total_steps=total)
-        self.preemption = PreemptionFlag()
+                                    group=self.student_grid.pgs.dp, total_steps=total, device=self.device)
+        self.preemption = PreemptionFlag(self.device)
+        self._teacher_tokens = 0  # teacher input positions of this rank in the current step (gpu_check's MFU)
         if resume is not None:
             self.state = load_checkpoint(resume, self.model, self.optimizer, self.scheduler, self.student_grid.pgs)
             self._print(f"resumed from {resume} at step {self.state.step}/{self.state.total_steps}")
@@ -157,20 +172,21 @@ class DistillTrainer:
         self.optimizer.zero_grad()
         sums: dict[str, float] = {}
         teacher_s = student_s = 0.0
+        self._teacher_tokens = 0
         for batch in micro_batches:
-            t0 = time.perf_counter()
+            t0 = self._clock()
             payload = self.teacher_payload(batch)  # no gradients; collective over the teacher group
-            t1 = time.perf_counter()
+            t1 = self._clock()
             terms = self.student_loss(batch, payload, backward_scale=1.0 / len(micro_batches))
-            student_s += time.perf_counter() - t1
+            student_s += self._clock() - t1
             teacher_s += t1 - t0
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value / len(micro_batches)
-        t2 = time.perf_counter()
+        t2 = self._clock()
         reduce_gradients(self.model, self.student_grid.pgs)
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
-        student_s += time.perf_counter() - t2
+        student_s += self._clock() - t2
         lr = self.optimizer.param_groups[0]["lr"]
         self.state.step += 1
         self.state.consumed_micro_batches += len(micro_batches)
@@ -179,7 +195,16 @@ class DistillTrainer:
         scalars = {**sums, "lr": lr, "grad_norm": float(grad_norm or 0.0), "tokens": tokens,
                    "time/teacher_s": teacher_s, "time/student_s": student_s,
                    "tokens_per_s": tokens / max(teacher_s + student_s, 1e-9)}
+        if self.teacher is not None:  # teacher input positions of the whole job (every rank sends its own)
+            scalars["teacher_tokens"] = self._teacher_tokens * dist.get_world_size()
         return StepResult(loss=sums["loss/total"], scalars=scalars)
+
+    def _clock(self) -> float:
+        """Wall time for the step's phase timers; on CUDA after the queued kernels finish, so each phase is timed
+        by its own work (one synchronisation per phase boundary)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     @torch.no_grad()
     def teacher_payload(self, batch: DistillBatch) -> Optional[torch.Tensor]:
@@ -191,13 +216,23 @@ class DistillTrainer:
         if self.teacher is None:
             return None
         passes = build_teacher_passes(batch, self.teacher_mask_id, self.teacher_pad_id, self.cfg.student.block_size,
-                                      self.cfg.objective.shared_vocab or self.teacher.vocab_size)
+                                      self.cfg.objective.shared_vocab or self.teacher.vocab_size,
+                                      aligned=not self.unaligned)
+        self._teacher_tokens += int(passes.inputs["ids"].numel())
         return run_teacher_passes(self.teacher.engine, passes, self.teacher_group)
+
+    def student_mask(self, batch_size: int) -> BlockDiffusionMask:
+        """The [xt ; x0] block-diffusion mask (§1.4) as a description, on the device: FlexAttention / TE read
+        its structure on GPU, SDPA expands it on CPU (its dense form is cached with it, one per batch size)."""
+        if batch_size not in self._student_masks:
+            self._student_masks[batch_size] = BlockDiffusionMask.halves(
+                batch_size, self.cfg.student.seq_length, self.cfg.student.block_size, "xt_x0", device=self.device)
+        return self._student_masks[batch_size]
 
     def student_forward(self, batch: DistillBatch) -> torch.Tensor:
         """Student logits of the xt half only ``[b, L, V]`` (§1.4: [xt ; x0], duplicated positions)."""
         ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
-        return self.model(ids, pos, self.block_mask, logits_rows=slice(0, batch.x0.shape[1]))
+        return self.model(ids, pos, self.student_mask(ids.shape[0]), logits_rows=slice(0, batch.x0.shape[1]))
 
     def _loss_inputs(self, batch: DistillBatch, payload, logits: Optional[torch.Tensor]) -> LossInputs:
         inputs = LossInputs(student_logits=logits, x0=batch.x0, masked=batch.masked, maskable=batch.maskable,
@@ -207,8 +242,9 @@ class DistillTrainer:
         if self.chunk_level:
             inputs.student_chunk, inputs.teacher_chunk = batch.student_chunk, batch.teacher_chunk
             inputs.teacher_token_logp, inputs.active = payload, batch.active
-        else:
-            inputs.rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
+        else:  # K of §2.4 (pairs), or every masked position for the unaligned modes (§6)
+            inputs.rows = (masked_rows(batch.masked) if self.unaligned else
+                           aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid))
             inputs.teacher_rows = payload
         return inputs
 
@@ -229,7 +265,8 @@ class DistillTrainer:
                                                         output="hidden"), c.xt_positions, L)
                 else:
                     ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
-                    hidden = self.model(ids, pos, self.block_mask, logits_rows=slice(0, L), output="hidden")
+                    hidden = self.model(ids, pos, self.student_mask(ids.shape[0]), logits_rows=slice(0, L),
+                                        output="hidden")
             terms = chunked_loss_backward(hidden, weight, self._loss_inputs(batch, payload, None), self.objective,
                                           self.state.step, self.state.total_steps, chunk, self._term_weights(),
                                           backward_scale or 1.0, backward)
@@ -280,7 +317,8 @@ class DistillTrainer:
                                                                       self.state.step + stop_after)
         start = self.state.consumed_micro_batches  # the data position restored from the checkpoint
         loader = micro_batches(self.train_data, self.batches, self.collator, start,
-                               start + (last - self.state.step) * accum, cfg.data.num_workers, cfg.data.prefetch_factor)
+                               start + (last - self.state.step) * accum, cfg.data.num_workers, cfg.data.prefetch_factor,
+                               device=self.device)
         if cfg.checkpoint.save_on_signal:
             self.preemption.install()
         preempted = False
@@ -330,7 +368,7 @@ class DistillTrainer:
         batches = ResumableBatches(len(self.valid_data), self.cfg.data.micro_batch_size, self.student_grid.dp_rank,
                                    self.student_dp, seed=self.cfg.optim.seed + 1, shuffle=False)
         n = min(self.cfg.logging.eval_batches, batches.per_epoch)
-        loader = micro_batches(self.valid_data, batches, self.collator, 0, n, 0)
+        loader = micro_batches(self.valid_data, batches, self.collator, 0, n, 0, device=self.device)
         sums: dict[str, float] = {}
         for batch in loader:
             payload = self.teacher_payload(batch)
@@ -339,7 +377,7 @@ class DistillTrainer:
                 if key.startswith("loss/"):
                     sums["eval/" + key[5:]] = sums.get("eval/" + key[5:], 0.0) + value / n
         keys = sorted(sums)
-        values = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+        values = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
         if self.student_dp > 1:
             dist.all_reduce(values, group=self.student_grid.pgs.dp)
             values /= self.student_dp
