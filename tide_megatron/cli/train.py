@@ -51,12 +51,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from tide_megatron.data.indexed import TideAlignedDataset
     from tide_megatron.training.checkpoint import CheckpointError
-    from tide_megatron.training.trainer import DistillTrainer
+    from tide_megatron.training.teacher_server import build_trainer
 
     try:
         train = TideAlignedDataset(cfg.data.train)
         valid = TideAlignedDataset(cfg.data.valid) if cfg.data.valid else None
-        trainer = DistillTrainer(cfg, train, valid_data=valid)
+        trainer = build_trainer(cfg, train, valid_data=valid)  # a TeacherServer on a separate teacher pool's ranks
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"tide-train: error: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
     batch (noised, CompDemo passes planned: DataLoader workers, data/stage.py → data/batch.py)
       → teacher passes: the teacher's inputs of every pass, with its own mask id (teacher/passes.py)
       → payload: gathered over the teacher model-parallel group → one teacher forward → this rank's
-        loss-sized payload, CompDemo-merged, in student coordinates
+        loss-sized payload, CompDemo-merged, in student coordinates (teacher.placement: or received from a
+        teacher pool working a step ahead, or read from an offline cache; training/placement.py)
       → student loss: trunk over [xt ; x0] → output layer + CE + TIDE term per group of sequences
         (xt half only, training/student_loss.py) → backward
       → step: DDP gradient reduction → distributed-optimizer step → LR schedule
@@ -14,6 +15,7 @@ TIDAL progress is ``optimizer step / total optimizer steps`` (§3, §9.14), both
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -29,22 +31,21 @@ from tide_megatron.align.rows import aligned_rows
 from tide_megatron.config import TrainConfig, dump_config
 from tide_megatron.data.batch import DistillBatch
 from tide_megatron.data.compatibility import check_dataset
-from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.diffusion.inputs import bd3lm_inputs
 from tide_megatron.diffusion.masks import block_diffusion_mask
-from tide_megatron.distributed import build_teacher_and_student_grids, init_distributed, seed_model_parallel_rng
+from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
 from tide_megatron.distributed import cpu_compat
-from tide_megatron.distributed.grids import ParallelLayout
 from tide_megatron.losses import LossInputs, bd3lm_ce, build_objective
 from tide_megatron.models.gpt import ensure_global_memory_buffer
-from tide_megatron.teacher.passes import build_teacher_passes, run_teacher_passes, teacher_mask_id
 from tide_megatron.training.compact import compact_student_inputs, scatter_xt_rows
 from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
-from tide_megatron.training.data import ResumableBatches, micro_batches
+from tide_megatron.training.data import ResumableBatches, micro_batches, run_total_steps, stage_collator
 from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
+from tide_megatron.training.placement import (Placement, open_offline_cache, pass_builder, resolved_teacher_mask_id,
+                                              teacher_source, teacher_vocab_size)
 from tide_megatron.training.student_loss import chunked_loss_backward, supports_chunked_head
 
 
@@ -82,7 +83,12 @@ class PreemptionFlag:
 
 
 class DistillTrainer:
-    """Owns the student (DDP + distributed optimizer), the teacher engine, the data and the loop."""
+    """Owns the student (DDP + distributed optimizer), the teacher engine, the data and the loop.
+
+    With ``teacher.placement=separate`` this runs on the student ranks only; the teacher pool runs
+    `training.teacher_server.TeacherServer`, the same loop with a step that serves payloads
+    (`training.teacher_server.build_trainer` picks the role).
+    """
 
     def __init__(self, cfg: TrainConfig, train_data: Dataset, valid_data: Optional[Dataset] = None,
                  stream: TextIO = sys.stdout, backend: Optional[str] = None):
@@ -96,8 +102,12 @@ class DistillTrainer:
         resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)  # a bad checkpoint fails before any build
         self.needs_teacher = cfg.objective.needs_teacher
         self.chunk_level = cfg.objective.chunk_level
-        self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
-            cfg.teacher.layout if self.needs_teacher else ParallelLayout(), cfg.student.layout)
+        cache = open_offline_cache(cfg, train_data, valid_data, self.student_dp)  # offline only; before any build
+        self.placement = Placement.open(cfg)  # the grids (and, separate, the payload channels): collective
+        if self.placement.is_teacher_rank:
+            raise ValueError(f"rank {dist.get_rank()} is in the teacher pool (teacher.placement=separate): it runs "
+                             f"the TeacherServer; build trainers with training.teacher_server.build_trainer")
+        self.teacher_grid, self.student_grid = self.placement.teacher_grid, self.placement.student_grid
         seed_model_parallel_rng(cfg.optim.seed, tp_rank=self.student_grid.tp_rank)
         ensure_global_memory_buffer()
 
@@ -108,29 +118,31 @@ class DistillTrainer:
         self.model = wrap_ddp(student.model, self.student_grid.pgs)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.student_grid.pgs, bf16=bf16)
 
-        # Teacher: frozen, behind the payload engine, on its own grid.
-        self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if self.needs_teacher else None
+        # Teacher: frozen, behind the payload engine, on its own grid (colocated), on a pool of ranks of its own
+        # (separate: training/teacher_server.py) or nowhere (offline: the payloads come from the cache).
+        colocated = self.needs_teacher and self.placement.kind == "colocated"
+        self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if colocated else None
         where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
         self.meta = train_data.meta
-        check_dataset(self.meta, cfg, where, self.student_vocab, None if self.teacher is None else self.teacher.vocab_size)
+        teacher_vocab = teacher_vocab_size(cfg, self.teacher, cache)
+        check_dataset(self.meta, cfg, where, self.student_vocab, teacher_vocab)
         self.teacher_pad_id = self.meta["teacher"]["pad_id"]
-        self.teacher_mask_id = teacher_mask_id(None if self.teacher is None else self.teacher.mask_id,
-                                               self.meta["teacher"], self.meta["config"]["align"], where)
+        self.teacher_mask_id = resolved_teacher_mask_id(cfg, self.meta, self.teacher.mask_id, where) \
+            if self.teacher is not None else self.meta["teacher"]["mask_id"]
         self.teacher_group = self.teacher_grid.pgs.mp  # ranks that must feed one teacher identical inputs
+        self.teacher_source = teacher_source(self.placement, cfg, self.teacher, pass_builder(
+            cfg, self.teacher_mask_id, self.teacher_pad_id, teacher_vocab or 0), teacher_vocab, cache)
 
         # Objective (spec §6): the config's own ObjectiveConfig; mode 'ce' has no teacher term.
         o = cfg.objective
         self.objective = build_objective(o.mode, o) if self.needs_teacher else None
 
         # Data: this rank's micro-batches; collation + noising + teacher projection run in workers.
-        self.collator = TideCollator(StageConfig.from_meta(
-            self.meta, student_len=cfg.student.seq_length, block_size=cfg.student.block_size,
-            time_epsilon=o.time_epsilon, compdemo_ratio=o.demo_ratio if o.compdemo else None), seed=cfg.optim.seed)
+        self.collator = stage_collator(cfg, self.meta)
         dp_rank = self.student_grid.dp_rank
         self.batches = ResumableBatches(len(train_data), cfg.data.micro_batch_size, dp_rank, self.student_dp,
                                         cfg.optim.seed, cfg.data.shuffle)
-        per_epoch_steps = self.batches.per_epoch // cfg.optim.grad_accum
-        total = cfg.optim.train_steps or max(1, int(math.ceil(cfg.optim.epochs * per_epoch_steps)))
+        total = run_total_steps(cfg, self.batches.per_epoch)
         self.state = TrainState(step=0, total_steps=total)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, total)
 
@@ -144,6 +156,9 @@ class DistillTrainer:
             if self.state.total_steps != total:
                 self._print(f"note: keeping the checkpoint's total of {self.state.total_steps} optimizer steps (the "
                             f"TIDAL progress denominator and the LR schedule); this config would give {total}")
+        if cache is not None and self.state.total_steps != total:  # the checkpoint's total reads other epochs
+            cache.require_epochs("train", self.batches.epoch_of(self.state.total_steps * cfg.optim.grad_accum - 1) + 1,
+                                 f"the checkpoint's {self.state.total_steps} steps")
 
     # ------------------------------------------------------------------------------------------------
     # One step, top to bottom
@@ -181,17 +196,14 @@ class DistillTrainer:
         return StepResult(loss=sums["loss/total"], scalars=scalars)
 
     @torch.no_grad()
-    def teacher_payload(self, batch: DistillBatch) -> Optional[torch.Tensor]:
-        """The teacher passes of this micro-batch, run once for every rank of the teacher group: this rank's payload.
+    def teacher_payload(self, batch: DistillBatch, stream: str = "train") -> Optional[torch.Tensor]:
+        """The teacher passes of this micro-batch, run once for every rank of the teacher group: this rank's payload
+        (``stream``: "train", or "valid" for the held-out evaluation; see training/placement.py).
 
         Chunk modes: fp32 ``[b, L_t]`` log p(clean token) (CompDemo-merged). Token modes: fp32 rows
         ``[n, shared_vocab]`` at the distilled positions, each taken from the pass where it was masked.
         """
-        if self.teacher is None:
-            return None
-        passes = build_teacher_passes(batch, self.teacher_mask_id, self.teacher_pad_id, self.cfg.student.block_size,
-                                      self.cfg.objective.shared_vocab or self.teacher.vocab_size)
-        return run_teacher_passes(self.teacher.engine, passes, self.teacher_group)
+        return None if self.teacher_source is None else self.teacher_source.payload(batch, stream)
 
     def student_forward(self, batch: DistillBatch) -> torch.Tensor:
         """Student logits of the xt half only ``[b, L, V]`` (§1.4: [xt ; x0], duplicated positions)."""
@@ -278,8 +290,7 @@ class DistillTrainer:
         last = self.state.total_steps if stop_after is None else min(self.state.total_steps,
                                                                       self.state.step + stop_after)
         start = self.state.consumed_micro_batches  # the data position restored from the checkpoint
-        loader = micro_batches(self.train_data, self.batches, self.collator, start,
-                               start + (last - self.state.step) * accum, cfg.data.num_workers, cfg.data.prefetch_factor)
+        loader = self._train_micro_batches(start, start + (last - self.state.step) * accum)
         if cfg.checkpoint.save_on_signal:
             self.preemption.install()
         preempted = False
@@ -314,6 +325,17 @@ class DistillTrainer:
         summary["preempted"] = float(preempted)
         return summary
 
+    def _train_micro_batches(self, start: int, stop: int):
+        """What the loop iterates: this rank's micro-batches ``start .. stop-1``."""
+        return micro_batches(self.train_data, self.batches, self.collator, start, stop, self.cfg.data.num_workers,
+                             self.cfg.data.prefetch_factor)
+
+    def eval_batches(self, dp_rank: int) -> tuple[ResumableBatches, int]:
+        """The held-out micro-batches of a data-parallel rank (fixed order, seed + 1) and how many are read."""
+        batches = ResumableBatches(len(self.valid_data), self.cfg.data.micro_batch_size, dp_rank, self.student_dp,
+                                   seed=self.cfg.optim.seed + 1, shuffle=False)
+        return batches, min(self.cfg.logging.eval_batches, batches.per_epoch)
+
     def save(self) -> str:
         return save_checkpoint(self.cfg.checkpoint.dir, self.model, self.optimizer, self.scheduler, self.state,
                                self.student_grid.pgs, dump_config(self.cfg), self.cfg.checkpoint.keep_last)
@@ -324,13 +346,12 @@ class DistillTrainer:
         if self.valid_data is None:
             return {}
         self.model.eval()
-        batches = ResumableBatches(len(self.valid_data), self.cfg.data.micro_batch_size, self.student_grid.dp_rank,
-                                   self.student_dp, seed=self.cfg.optim.seed + 1, shuffle=False)
-        n = min(self.cfg.logging.eval_batches, batches.per_epoch)
-        loader = micro_batches(self.valid_data, batches, self.collator, 0, n, 0)
+        batches, n = self.eval_batches(self.student_grid.dp_rank)
+        # Its own collator: the training loader may still be iterating this epoch with self.collator in-process.
+        loader = micro_batches(self.valid_data, batches, copy.copy(self.collator), 0, n, 0)
         sums: dict[str, float] = {}
         for batch in loader:
-            payload = self.teacher_payload(batch)
+            payload = self.teacher_payload(batch, "valid")
             terms = self.student_loss(batch, payload)
             for key, value in terms.items():
                 if key.startswith("loss/"):
@@ -351,7 +372,10 @@ class DistillTrainer:
             self.stream.flush()
 
     def close(self) -> None:
-        """Close the logs and give the grids' process groups back (collective: every rank closes)."""
+        """End the teacher streams, close the logs and give the process groups back (collective: every rank
+        closes). Idempotent."""
+        if self.teacher_source is not None:
+            self.teacher_source.close()
+            self.teacher_source = None
         self.logger.close()
-        self.student_grid.close()
-        self.teacher_grid.close()
+        self.placement.close()
