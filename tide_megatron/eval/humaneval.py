@@ -13,7 +13,6 @@ against accidents, not a security boundary: run untrusted models' code inside a 
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -22,6 +21,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Protocol, Sequence
+
+from tide_megatron.eval.prompts import cut_at_stops, strip_think
 
 # The child: set its resource limits (here rather than in a preexec_fn, so the parent can spawn
 # without forking its own large address space), read the nonce and program from stdin, arm the
@@ -49,9 +50,12 @@ write("\n" + nonce + "\n")
 flush()
 """
 
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
-CODEX_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
+# The stop strings of lm-evaluation-harness's humaneval tasks (0.4.13), so that this path and
+# `tide-eval --tasks lm_eval:humaneval[_instruct]` cut completions the same way.
+CODEX_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 INSTRUCT_STOP = ("```",) + CODEX_STOP
+INSTRUCT_USER = "Write a solution to the following problem and make sure that it passes the tests:\n```python\n{prompt}\n```\n"
+INSTRUCT_PREFIX = "Here is the completed function:\n```python\n{prompt}\n"
 
 
 class CompletionModel(Protocol):
@@ -98,9 +102,7 @@ def load_problems(path: Optional[str] = None, limit: Optional[int] = None) -> li
 
 def truncate_completion(text: str, stop: Iterable[str] = CODEX_STOP) -> str:
     """Drop ``<think>...</think>`` spans (§7.2), then cut ``text`` at the earliest stop string."""
-    text = _THINK.sub("", text)
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-    return text[:cut]
+    return cut_at_stops(strip_think(text), stop)
 
 
 def build_program(problem: dict, completion: str) -> str:
@@ -150,16 +152,15 @@ def execute_completions(problems: Sequence[dict], completions: Sequence[str], wo
 
 
 def instruct_prompt(problem: dict, chat: Optional[Callable[[str], str]] = None) -> str:
-    """The ``humaneval_instruct`` style prompt (§7.2): an instruction in the chat template, with the
-    assistant turn prefilled by the function header so the model continues the body.
+    """The ``humaneval_instruct`` prompt (§7.2, the harness task's text): an instruction in the chat
+    template, with the assistant turn prefilled by the function header so the model continues the body.
 
     ``chat`` renders one user message into the model's chat template with a generation prompt
     (for the student: Qwen3's, thinking disabled); without it the bare instruction is used.
     """
-    user = ("Write a solution to the following problem and make sure that it passes the tests:\n"
-            f"```python\n{problem['prompt']}\n```\n")
+    user = INSTRUCT_USER.format(prompt=problem["prompt"])
     head = chat(user) if chat else user
-    return f"{head}Here is the completed function:\n```python\n{problem['prompt']}"
+    return head + INSTRUCT_PREFIX.format(prompt=problem["prompt"])
 
 
 def run_humaneval(model: CompletionModel, problems: Optional[Sequence[dict]] = None, *, instruct: bool = False,
