@@ -6,7 +6,8 @@
 # must survive a slow rank, and no leaked process group may multiply the threads competing for the cores).
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -d .venv ]; then . .venv/bin/activate; fi
+# Outside a virtual environment: set up .venv with the test extras (first run; a no-op once installed).
+if [ -z "${VIRTUAL_ENV:-}" ]; then bash scripts/setup_env.sh --extras dev,eval; . .venv/bin/activate; fi
 export TORCHDYNAMO_DISABLE=1 OMP_NUM_THREADS=1 TIDE_DIST_TIMEOUT_S="${TIDE_DIST_TIMEOUT_S:-120}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p .cache/test-logs

@@ -50,6 +50,8 @@ setup(
             "tide-teacher-cache=tide_megatron.cli.teacher_cache:main",
             "tide-eval=tide_megatron.cli.evaluate:main",
             "tide-demo=tide_megatron.cli.demo:main",
+            "tide-report=tide_megatron.cli.report:main",
+            "tide-ablate=tide_megatron.cli.ablate:main",
             "tide-lm-eval=tide_megatron.eval.harness.cli:main",
         ],
         # lm-evaluation-harness plugin groups (read by harness releases after 0.4.13; tide-lm-eval and

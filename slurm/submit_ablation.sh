@@ -1,16 +1,39 @@
 #!/usr/bin/env bash
 # Submit the paper's ablation: one job array per pipeline (A and B each on 1 node x 8 GPUs, the paper's global batch),
 # every variant x seed as one array element. Extra arguments are passed to tide-train as overrides.
-# Usage: slurm/submit_ablation.sh [key=value ...]
-#   TIDE_ABLATION_SEEDS="42 43 44"   seeds (default three)
-#   TIDE_ABLATION_PIPELINES="a b"    which pipelines to submit
+# Usage: slurm/submit_ablation.sh [--seeds "42 43 44"] [--pipelines "a b"] [key=value ...]
+#   --seeds LIST       seeds, space or comma separated (default: $TIDE_ABLATION_SEEDS, else 42 43 44)
+#   --pipelines LIST   which pipelines to submit (default: $TIDE_ABLATION_PIPELINES, else a b)
+# Then, once the arrays are done: tide-report runs/ablation/pipeline_a_* --baseline pipeline_a_calm
+# (and pipeline_b_* against pipeline_b_kl).
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 seeds="${TIDE_ABLATION_SEEDS:-42 43 44}"
+pipelines="${TIDE_ABLATION_PIPELINES:-a b}"
+while (( $# > 0 )); do
+  case "$1" in
+    --seeds) seeds="${2:?--seeds needs a list of seeds}"; shift 2 ;;
+    --seeds=*) seeds="${1#--seeds=}"; shift ;;
+    --pipelines) pipelines="${2:?--pipelines needs a list}"; shift 2 ;;
+    --pipelines=*) pipelines="${1#--pipelines=}"; shift ;;
+    *) break ;;
+  esac
+done
+seeds="${seeds//,/ }"
 read -r -a seed_list <<<"$seeds"
-for pipeline in ${TIDE_ABLATION_PIPELINES:-a b}; do
+for s in "${seed_list[@]}"; do
+  if [[ ! "$s" =~ ^-?[0-9]+$ ]]; then
+    echo "submit_ablation: --seeds: expected integers, got '$s'" >&2
+    exit 2
+  fi
+done
+if (( ${#seed_list[@]} == 0 )); then
+  echo "submit_ablation: --seeds: expected at least one seed" >&2
+  exit 2
+fi
+for pipeline in ${pipelines//,/ }; do
   case "$pipeline" in
     a) nodes=1; variants="pipeline_a_calm pipeline_a_tide_cross pipeline_a_tide_shared" ;;
     b) nodes=1; variants="pipeline_b_kl pipeline_b_tide_cross pipeline_b_tide_shared" ;;

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from tide_megatron.cli.errors import cli_errors
+
 TASKS = ("bpb", "throughput", "humaneval")
 HARNESS_PREFIX = "lm_eval:"
 DEFAULT_TASKS = "bpb,throughput"
@@ -200,6 +202,10 @@ def _load(args: argparse.Namespace, device: str, harness: bool):
         model, full_forward = student.model, student.full_forward
         denoiser = student.denoiser(args.kv_cache_slots or None)
         tokenizer_dir = args.tokenizer or os.path.join(args.mcore_dir, "hf")
+    if not any(os.path.isfile(os.path.join(tokenizer_dir, f))
+               for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer there (tokenizer.json, tokenizer.model or "
+                                f"vocab.json); pass --tokenizer DIR")  # transformers would build an empty one
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     return denoiser, full_forward, model, tokenizer, _special_ids(args, tokenizer), None, closers
 
@@ -336,6 +342,7 @@ def _write_outputs(args: argparse.Namespace, results: dict[str, Any]) -> None:
         print(f"paper table written to {md}")
 
 
+@cli_errors("tide-eval")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from tide_megatron.eval.report import format_table
 

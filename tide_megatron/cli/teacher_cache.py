@@ -14,6 +14,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from tide_megatron.cli.errors import cli_errors
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tide-teacher-cache", description=__doc__.split("\n")[0],
@@ -26,30 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_errors("tide-teacher-cache")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from tide_megatron.training.machine_check import StartupError, check_machine
+    from tide_megatron.training.machine_check import check_machine
 
-    try:
-        check_machine()
-    except StartupError as err:
-        print(f"tide-teacher-cache: error: {err}", file=sys.stderr)
-        return 2
+    check_machine()  # before megatron-core is imported: a broken TE install breaks that import
     from tide_megatron.config import ConfigError, load_config
     from tide_megatron.data.indexed import TideAlignedDataset
-    from tide_megatron.teacher.cache import CacheError
     from tide_megatron.training.teacher_cache import precompute_teacher_cache
 
-    try:
-        cfg = load_config(args.config, list(args.overrides))
-        if not cfg.data.train:
-            raise ConfigError("data.train: expected the directory of a tide-preprocess dataset")
-        train = TideAlignedDataset(cfg.data.train)
-        valid = TideAlignedDataset(cfg.data.valid) if cfg.data.valid else None
-        path = precompute_teacher_cache(cfg, train, valid, epochs=args.epochs, overwrite=args.overwrite)
-    except (ConfigError, CacheError, ValueError, FileNotFoundError) as err:
-        print(f"tide-teacher-cache: error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, list(args.overrides))
+    if not cfg.data.train:
+        raise ConfigError("data.train: expected the directory of a tide-preprocess dataset")
+    train = TideAlignedDataset(cfg.data.train)
+    valid = TideAlignedDataset(cfg.data.valid) if cfg.data.valid else None
+    path = precompute_teacher_cache(cfg, train, valid, epochs=args.epochs, overwrite=args.overwrite)
     print(f"tide-teacher-cache: wrote {path}")
     return 0
 

@@ -24,14 +24,16 @@ from torch.utils.data import Dataset
 
 from tide_megatron.config import TrainConfig, dump_config
 from tide_megatron.data.compatibility import check_dataset
-from tide_megatron.distributed import cpu_compat, init_distributed, seed_model_parallel_rng
+from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
 from tide_megatron.models.gpt import ensure_global_memory_buffer
 from tide_megatron.teacher.placement import TeacherPool
-from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from tide_megatron.training.checkpoint import (TrainState, load_checkpoint, resolve_resume, run_fingerprint,
+                                               save_checkpoint)
 from tide_megatron.training.data import ResumableBatches, micro_batches, run_total_steps, stage_collator
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_teacher
 from tide_megatron.training.placement import Placement, pass_builder, resolved_teacher_mask_id
+from tide_megatron.training.run_lock import RunLock
 from tide_megatron.training.trainer import DistillTrainer, PreemptionFlag, StepResult
 
 
@@ -46,12 +48,12 @@ class TeacherServer(DistillTrainer):
                  stream: TextIO = sys.stdout, backend: Optional[str] = None, lookahead_steps: int = 1):
         self.cfg, self.train_data, self.valid_data, self.stream = cfg, train_data, valid_data, stream
         init_distributed()
-        if cpu_compat.is_applied():
-            cpu_compat.use_fork_checkpoint_manager()
-        self.teacher_dp, self.student_dp = cfg.check_world_size(dist.get_world_size())
-        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)
-        self.needs_teacher, self.chunk_level = True, cfg.objective.chunk_level
         # The same collective calls, in the same order, as DistillTrainer.__init__ on the student ranks.
+        self.run_lock = RunLock.acquire([cfg.output_dir, cfg.checkpoint.dir])
+        self.teacher_dp, self.student_dp = cfg.check_world_size(dist.get_world_size())
+        self.fingerprint = run_fingerprint(cfg, train_data)
+        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir, self.fingerprint)
+        self.needs_teacher, self.chunk_level = True, cfg.objective.chunk_level
         self.placement = Placement.open(cfg)
         if not self.placement.is_teacher_rank:
             raise ValueError(f"rank {dist.get_rank()} is not in the teacher pool (teacher.ranks={cfg.teacher.ranks})")
@@ -92,16 +94,20 @@ class TeacherServer(DistillTrainer):
                                  self.cfg.data.num_workers, self.cfg.data.prefetch_factor)
                    for batches in self.served_batches]
         ahead: deque[int] = deque()
-        for position, bundle in enumerate(zip(*loaders), start):
-            t0, queued = time.perf_counter(), channel.queued
-            self.pool.serve(list(bundle), "train")
-            self._serve_s += time.perf_counter() - t0
-            self._sent.append(channel.queued - queued)
-            ahead.append(position)
-            if len(ahead) > self.lookahead:
+        try:
+            for position, bundle in enumerate(zip(*loaders), start):
+                t0, queued = time.perf_counter(), channel.queued
+                self.pool.serve(list(bundle), "train")
+                self._serve_s += time.perf_counter() - t0
+                self._sent.append(channel.queued - queued)
+                ahead.append(position)
+                if len(ahead) > self.lookahead:
+                    yield ahead.popleft()
+            while ahead:
                 yield ahead.popleft()
-        while ahead:
-            yield ahead.popleft()
+        finally:
+            for loader in loaders:  # stops their DataLoader workers now, however the loop ended
+                loader.close()
 
     def train_step(self, positions: list[int]) -> StepResult:
         """The step's payloads were served ahead: wait until the student ranks have taken them."""
@@ -129,7 +135,7 @@ class TeacherServer(DistillTrainer):
     def save(self) -> str:
         """Join the student's checkpoint (a world collective) with this rank's RNG states."""
         return save_checkpoint(self.cfg.checkpoint.dir, None, None, None, self.state, None, dump_config(self.cfg),
-                               self.cfg.checkpoint.keep_last)
+                               self.cfg.checkpoint.keep_last, self.fingerprint)
 
     def close(self) -> None:
         """End the payload streams, then give the process groups back (collective). Idempotent."""
@@ -138,6 +144,7 @@ class TeacherServer(DistillTrainer):
             self.pool = None
         self.logger.close()
         self.placement.close()
+        self.run_lock.release()
 
 
 def _join_student_optimizer_build() -> None:

@@ -22,6 +22,7 @@ def demo_student(tmp_path_factory, real_artifacts):
     """The demo's pieces: its random student init and that student after CE training, exported to HF."""
     from tide_megatron.demo import pipeline as demo
     from tide_megatron.distributed import init_distributed
+    from tide_megatron.training.export import export_student
 
     root = tmp_path_factory.mktemp("demo_student")
     s = demo.DemoSettings.quick()
@@ -31,9 +32,9 @@ def demo_student(tmp_path_factory, real_artifacts):
     data = demo.preprocess_data(s, train_file, root / "data")
     init_distributed()
     (root / "cache").mkdir()
-    init_dir = demo.build_student_init(s, student_tok, root / "cache")
-    run = demo.train_student("ce", s, init_dir, None, data, root / "run", root / "tb")
-    return init_dir, demo._export(run["checkpoints"], root / "export"), heldout
+    init_dir = demo.build_student_init(s, 0, student_tok, root / "cache")
+    run = demo.train_student("ce", "ce_only", 0, s, init_dir, None, data, root / "run")
+    return init_dir, export_student(run["checkpoints"], str(root / "export")), heldout
 
 
 def _rolling(docs):

@@ -205,6 +205,37 @@ def test_submit_ablation_submits_one_array_per_pipeline(fake_slurm):
     assert sb[1]["env"]["TIDE_ABLATION_SEEDS"] == "1 2"
 
 
+def test_ablation_takes_seeds_and_variants_as_flags(fake_slurm):
+    one_task = dict(SLURM_NTASKS=1, SLURM_NTASKS_PER_NODE=1)
+    proc, calls = fake_slurm.run("ablation.sbatch", "--seeds", "7,8", "optim.train_steps=5", SLURM_ARRAY_TASK_ID=3,
+                                 **one_task)
+    assert proc.returncode == 0, proc.stderr
+    out = fake_slurm.root / "runs" / "ablation" / VARIANTS[1] / "seed8"  # index 3 of 6 variants x 2 seeds
+    assert [c["argv"] for c in calls if c["prog"] == "tide-train"] == [
+        ["--config", f"examples/{VARIANTS[1]}.yaml", f"output_dir={out}", "optim.seed=8", "checkpoint.resume=auto",
+         "optim.train_steps=5"]]
+    proc, calls = fake_slurm.run("ablation.sbatch", "--variants", "pipeline_b_kl", "--seeds=3", SLURM_ARRAY_TASK_ID=0,
+                                 **one_task)
+    assert proc.returncode == 0 and [c["argv"][:4] for c in calls if c["prog"] == "tide-train"] == [
+        ["--config", "examples/pipeline_b_kl.yaml",
+         f"output_dir={fake_slurm.root / 'runs' / 'ablation' / 'pipeline_b_kl' / 'seed3'}", "optim.seed=3"]]
+    proc, calls = fake_slurm.run("ablation.sbatch", "--seeds", "7,8", SLURM_ARRAY_TASK_ID=12, **one_task)
+    assert proc.returncode == 2 and "outside 0..11" in proc.stderr and not calls
+    proc, calls = fake_slurm.run("ablation.sbatch", "--seeds", "1 x", SLURM_ARRAY_TASK_ID=0, **one_task)
+    assert proc.returncode == 2 and "--seeds: expected integers, got 'x'" in proc.stderr and not calls
+
+
+def test_submit_ablation_takes_seeds_and_pipelines_as_flags(fake_slurm):
+    proc, calls = fake_slurm.run("submit_ablation.sh", "--seeds", "1,2,3,4", "--pipelines", "b", "optim.train_steps=5")
+    assert proc.returncode == 0, proc.stderr
+    sb = [c for c in calls if c["prog"] == "sbatch"]
+    assert [c["argv"] for c in sb] == [["--export=ALL", "--nodes=1", "--array=0-11", "--job-name=tide-ablation-b",
+                                        "slurm/ablation.sbatch", "optim.train_steps=5"]]
+    assert sb[0]["env"]["TIDE_ABLATION_SEEDS"] == "1 2 3 4"
+    proc, calls = fake_slurm.run("submit_ablation.sh", "--seeds", "1,two")
+    assert proc.returncode == 2 and "--seeds: expected integers, got 'two'" in proc.stderr and not calls
+
+
 def test_convert_and_eval_jobs(fake_slurm):
     proc, calls = fake_slurm.run("convert.sbatch", "hf-to-mcore", "--hf-dir", "hf", "--mcore-dir", "mc",
                                  SLURM_NTASKS=1, SLURM_NTASKS_PER_NODE=1)

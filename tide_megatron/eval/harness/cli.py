@@ -17,6 +17,8 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
+from tide_megatron.cli.errors import cli_errors
+
 
 def _pop_option(argv: list[str], flag: str) -> Optional[str]:
     """Remove ``flag VALUE`` or ``flag=VALUE`` from ``argv``; return VALUE (None when absent)."""
@@ -38,6 +40,7 @@ def _option(argv: Sequence[str], flag: str) -> Optional[str]:
     return _pop_option(probe, flag)
 
 
+@cli_errors("tide-lm-eval")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from lm_eval.__main__ import cli_evaluate
 
