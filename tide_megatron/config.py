@@ -356,9 +356,9 @@ class TrainConfig:
             "one fp32 per vocabulary id per distilled position"
         raise ConfigError(
             f"teacher.placement: offline payloads are one fp32 per teacher token (the chunk modes: "
-            f"{', '.join(CHUNK_LEVEL_MODES)}); objective.mode={self.objective.mode!r} distils full-vocabulary logit rows "
-            f"({row}, about half the student's tokens per sample and epoch), which is far too large to precompute; "
-            f"use teacher.placement=colocated or separate for this mode")
+            f"{', '.join(CHUNK_LEVEL_MODES)}); objective.mode={self.objective.mode!r} distils full-vocabulary logit "
+            f"rows ({row}, about half the student's tokens per sample and epoch), which is far too large to "
+            f"precompute; use teacher.placement=colocated or separate for this mode")
 
     def _check_tokenizers_against_dataset(self) -> None:
         """The dataset (tide-preprocess meta.json) must have been written for these tokenizers, this mode and L."""

@@ -50,7 +50,7 @@ class ColocatedTeacher:
 
 
 class PooledTeacher:
-    """A student rank's payloads, received from the teacher-pool rank that serves it (``teacher.placement=separate``)."""
+    """A student rank's payloads, received from the pool rank that serves it (``teacher.placement=separate``)."""
 
     def __init__(self, routes: PayloadRoutes, channels: dict[str, PayloadChannel], vocab_limit: Optional[int]):
         self.source = routes.source(dist.get_rank())
@@ -65,8 +65,8 @@ class PooledTeacher:
                 tuple(payload.shape) != tuple(want):
             got = "the end of the stream" if payload is None else (
                 f"epoch {header.epoch}, first sample {header.first_index}, shape {list(payload.shape)}")
-            raise PayloadMismatch(f"teacher.placement=separate: rank {dist.get_rank()} expected the {stream} payload of "
-                                  f"epoch {batch.epoch}, first sample {first}, shape {list(want)}, but teacher rank "
+            raise PayloadMismatch(f"teacher.placement=separate: rank {dist.get_rank()} expected the {stream} payload "
+                                  f"of epoch {batch.epoch}, first sample {first}, shape {list(want)}, but teacher rank "
                                   f"{self.source} sent {got}: the teacher pool and the student read different data "
                                   f"(same data.*, optim.seed and checkpoint on every rank?)")
         return payload

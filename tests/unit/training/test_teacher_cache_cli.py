@@ -2,10 +2,12 @@
 dataset, and an offline run reading it trains with the online run's losses; an existing cache, a token mode and
 a cache read by other settings are clear errors."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file, save_file
 
 from tests.helpers import tiny_distill as td
 from tide_megatron.cli import teacher_cache
@@ -65,6 +67,20 @@ def test_the_command_writes_a_cache_an_offline_run_reads_with_the_online_losses(
         build_trainer(load_config(str(setup / "run.yaml"), ["teacher.placement=offline", "optim.train_steps=9"]), data)
     with pytest.raises(CacheError, match=r"optim\.seed = 42, this run has 7"):
         build_trainer(load_config(str(setup / "run.yaml"), ["teacher.placement=offline", "optim.seed=7"]), data)
+    # Another dataset, or a teacher whose weights changed under the same config.json, is another run.
+    other = td.write_dataset(setup / "other_data", 16, "A", seed=5)
+    with pytest.raises(CacheError, match=r"data\.train = '[0-9a-f]{64}', this run has '[0-9a-f]{64}'"):
+        build_trainer(load_config(str(setup / "run.yaml"), ["teacher.placement=offline",
+                                                            f"teacher.cache={cache}"]), other)
+    shutil.copytree(setup / "moe", setup / "moe_changed")
+    weights = next((setup / "moe_changed").glob("*.safetensors"))
+    state = load_file(str(weights))
+    name = sorted(state)[0]
+    state[name] = state[name] + 1e-3
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(CacheError, match=r"teacher\.checkpoint = '[0-9a-f]{64}', this run has"):
+        build_trainer(load_config(str(setup / "run.yaml"), ["teacher.placement=offline",
+                                                            f"teacher.checkpoint={setup / 'moe_changed'}"]), data)
 
 
 def test_the_command_refuses_an_existing_cache_and_a_token_mode(setup, capsys):
