@@ -49,6 +49,7 @@ setup(
             "tide-convert=tide_megatron.cli.convert:main",
             "tide-preprocess=tide_megatron.cli.preprocess:main",
             "tide-train=tide_megatron.cli.train:main",
+            "tide-teacher-cache=tide_megatron.cli.teacher_cache:main",
             "tide-eval=tide_megatron.cli.evaluate:main",
             "tide-demo=tide_megatron.cli.demo:main",
             "tide-report=tide_megatron.cli.report:main",

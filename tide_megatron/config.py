@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ def _require_path(path: Optional[str], name: str, kind: str = "file or directory
 # --------------------------------------------------------------------------------------------------
 
 TEACHER_ARCHS = ("llada2", "wedlm")
+#: Where the teacher runs (DESIGN §2, docs/PLACEMENT.md): on every rank beside the student, on a pool of ranks of
+#: its own, or nowhere (payloads read from a cache written by tide-teacher-cache).
+TEACHER_PLACEMENTS = ("colocated", "separate", "offline")
 
 
 @dataclass
@@ -73,9 +77,21 @@ class TeacherConfig:
     moe_grouped_gemm: Optional[bool] = None
     moe_permute_fusion: Optional[bool] = None
     moe_dispatcher: str = "alltoall"  # alltoall | allgather
+    placement: str = "colocated"  # colocated | separate | offline (docs/PLACEMENT.md)
+    ranks: int = 0  # separate: ranks of the teacher pool (the last ones of the job); the student gets the others
+    cache: str = ""  # offline: the payload cache of tide-teacher-cache (default: <data.train>.teacher-cache)
 
     def __post_init__(self) -> None:
         require(self.arch in TEACHER_ARCHS, "teacher.arch", "|".join(TEACHER_ARCHS), self.arch)
+        require(self.placement in TEACHER_PLACEMENTS, "teacher.placement", "|".join(TEACHER_PLACEMENTS),
+                self.placement)
+        require(isinstance(self.ranks, int) and self.ranks >= 0, "teacher.ranks", "an integer >= 0", self.ranks)
+        if self.placement == "separate":
+            require(self.ranks >= 1, "teacher.ranks", "the size of the teacher pool (>= 1) with "
+                    "teacher.placement=separate", self.ranks)
+        elif self.ranks:
+            raise ConfigError(f"teacher.ranks: only teacher.placement=separate has a teacher pool; got "
+                              f"teacher.ranks={self.ranks} with teacher.placement={self.placement}")
         require(self.dtype in ("bf16", "fp32"), "teacher.dtype", "bf16|fp32", self.dtype)
         for name in ("tp", "pp", "ep", "etp"):
             require(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"teacher.{name}",
@@ -85,10 +101,23 @@ class TeacherConfig:
                               f"got ep={self.ep}, etp={self.etp}")
         _require_path(self.checkpoint, "teacher.checkpoint")
         _require_path(self.tokenizer, "teacher.tokenizer")
+        if self.placement == "separate":
+            self.pool_data_parallel_size()
 
     @property
     def layout(self) -> ParallelLayout:
         return ParallelLayout(tp=self.tp, pp=self.pp, ep=self.ep, etp=self.etp)
+
+    def pool_data_parallel_size(self) -> int:
+        """Teacher replicas in the separate pool: a pool too small for (or not a multiple of) tp x pp and
+        etp x ep x pp is an error naming teacher.ranks."""
+        dense, expert = self.tp * self.pp, self.etp * self.ep * self.pp
+        if self.ranks % dense or self.ranks % expert:
+            raise ConfigError(
+                f"teacher.ranks: a teacher pool of {self.ranks} ranks cannot hold teacher.tp x teacher.pp = "
+                f"{self.tp} x {self.pp} = {dense} and teacher.etp x teacher.ep x teacher.pp = {self.etp} x {self.ep} "
+                f"x {self.pp} = {expert} (expected a multiple of both)")
+        return self.ranks // dense
 
     @property
     def tokenizer_path(self) -> str:
@@ -294,6 +323,7 @@ class TrainConfig:
             require(bool(self.student.checkpoint), "student.checkpoint", "a checkpoint path", "")
         self._check_mode_against_tokenizers()
         self._check_tokenizers_against_dataset()
+        self.check_offline_payload()
 
     # -- cross-section checks ------------------------------------------------------------------------
 
@@ -312,6 +342,28 @@ class TrainConfig:
                 f"objective.mode: {self.objective.mode!r} is token-level but student.tokenizer {s_tok!r} and "
                 f"teacher.tokenizer {t_tok!r} differ; use a chunk mode ({', '.join(CHUNK_LEVEL_MODES)})")
 
+    def check_offline_payload(self, force: bool = False) -> None:
+        """An offline cache holds one fp32 per teacher token: the chunk modes' payload. The token modes distil
+        full-vocabulary rows, far too large to store for every epoch (docs/PLACEMENT.md). Checked for
+        teacher.placement=offline, or always with ``force`` (tide-teacher-cache)."""
+        if not (force or self.teacher.placement == "offline"):
+            return
+        if not self.objective.needs_teacher:
+            if force:
+                raise ConfigError(f"objective.mode: {self.objective.mode!r} has no teacher term, so there are no "
+                                  f"teacher payloads to cache")
+            return
+        if self.objective.chunk_level:
+            return
+        vocab = self.objective.shared_vocab or _checkpoint_vocab(self.teacher.checkpoint)
+        row = f"{vocab:,} fp32 = {4 * vocab / 2**10:,.0f} KiB per distilled position" if vocab else \
+            "one fp32 per vocabulary id per distilled position"
+        raise ConfigError(
+            f"teacher.placement: offline payloads are one fp32 per teacher token (the chunk modes: "
+            f"{', '.join(CHUNK_LEVEL_MODES)}); objective.mode={self.objective.mode!r} distils full-vocabulary logit "
+            f"rows ({row}, about half the student's tokens per sample and epoch), which is far too large to "
+            f"precompute; use teacher.placement=colocated or separate for this mode")
+
     def _check_tokenizers_against_dataset(self) -> None:
         """The dataset (tide-preprocess meta.json) must have been written for these tokenizers, this mode and L."""
         if not (_CHECK_PATHS.get() and self.data.train):
@@ -320,18 +372,58 @@ class TrainConfig:
         if meta is not None:
             check_dataset(meta, self, f"data.train {self.data.train!r}")
 
+    @property
+    def teacher_placement(self) -> str:
+        """Where the teacher runs; 'colocated' for a mode without a teacher (nothing is placed)."""
+        return self.teacher.placement if self.objective.needs_teacher else "colocated"
+
+    def student_world_size(self, world_size: int) -> int:
+        """The ranks the student spans: the world, less the teacher pool with teacher.placement=separate."""
+        if self.teacher_placement != "separate":
+            return world_size
+        if self.teacher.ranks >= world_size:
+            raise ConfigError(f"teacher.ranks: the teacher pool takes {self.teacher.ranks} of the {world_size} ranks "
+                              f"of this job and leaves none for the student (expected teacher.ranks < {world_size})")
+        return world_size - self.teacher.ranks
+
     def check_world_size(self, world_size: int) -> tuple[int, int]:
-        """Teacher and student data-parallel sizes; a clear error when a layout does not divide the world."""
+        """Teacher and student data-parallel sizes; a clear error when a layout does not divide its ranks
+        (the world, or with teacher.placement=separate the teacher pool and the rest)."""
+        placement = self.teacher_placement
+        students = self.student_world_size(world_size)
         try:
-            teacher_dp = self.teacher.layout.data_parallel_size(world_size, "teacher") \
-                if self.objective.needs_teacher else world_size
-            student_dp = self.student.layout.data_parallel_size(world_size, "student")
+            if placement == "separate":
+                teacher_dp = self.teacher.pool_data_parallel_size()
+            elif placement == "colocated" and self.objective.needs_teacher:
+                teacher_dp = self.teacher.layout.data_parallel_size(world_size, "teacher")
+            else:
+                teacher_dp = world_size
+            student_dp = self.student.layout.data_parallel_size(students, "student")
         except ValueError as err:
-            raise ConfigError(str(err)) from None
+            where = f" (the {students} ranks left beside teacher.ranks={self.teacher.ranks})" \
+                if placement == "separate" else ""
+            raise ConfigError(f"{err}{where}") from None
+        if placement == "separate" and student_dp % teacher_dp:
+            raise ConfigError(f"teacher.ranks: the teacher pool holds {teacher_dp} teacher replicas (teacher.ranks / "
+                              f"(tp x pp)) but the student has {student_dp} data-parallel ranks; expected the "
+                              f"replicas to divide them, so that every replica serves as many student ranks")
         return teacher_dp, student_dp
+
+    @property
+    def teacher_cache_path(self) -> str:
+        """teacher.cache, or the directory next to the training dataset (``<data.train>.teacher-cache``)."""
+        return self.teacher.cache or (self.data.train.rstrip("/") + ".teacher-cache" if self.data.train else "")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _checkpoint_vocab(checkpoint: str) -> Optional[int]:
+    """vocab_size from a checkpoint's config.json, None when it cannot be read."""
+    try:
+        return int(json.loads((Path(checkpoint) / "config.json").read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,8 +461,8 @@ RETIRED_FIELDS = {
 }
 
 #: Fields holding a path: ``~`` is expanded once interpolations are resolved.
-PATH_FIELDS = ("cache_dir", "output_dir", "teacher.checkpoint", "teacher.tokenizer", "student.checkpoint",
-               "student.tokenizer", "data.train", "data.valid", "checkpoint.dir", "checkpoint.resume", "logging.dir")
+PATH_FIELDS = ("cache_dir", "output_dir", "teacher.checkpoint", "teacher.tokenizer", "teacher.cache",
+               "student.checkpoint", "student.tokenizer", "data.train", "data.valid", "checkpoint.dir", "checkpoint.resume", "logging.dir")
 
 _NULL_WORDS = ("", "none", "null")
 _KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}

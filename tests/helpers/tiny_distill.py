@@ -143,6 +143,21 @@ def make_dataset(n: int, pipeline: str, seq_length: int = 48, seed: int = 0, **k
     return ListDataset(make_samples(n, pipeline, seed, **kw), dataset_meta(pipeline, seq_length))
 
 
+def write_dataset(out: Path, n: int, pipeline: str, seq_length: int = 48, seed: int = 0):
+    """The samples of `make_samples` as a tide-preprocess dataset directory (what tide-train reads); opened."""
+    import numpy as np
+
+    from tide_megatron.data.indexed import DatasetWriter, TideAlignedDataset
+
+    align = "chunks" if pipeline == "A" else "pairs"
+    fields = ("student_ids", "student_labels", "teacher_ids", align)
+    with DatasetWriter(out, fields=fields) as writer:
+        for sample in make_samples(n, pipeline, seed):
+            writer.add({k: np.asarray(sample[k]).reshape(-1) for k in fields})
+        writer.meta = dataset_meta(pipeline, seq_length)
+    return TideAlignedDataset(out)
+
+
 def make_samples(n: int, pipeline: str, seed: int = 0, prompt_chars: int = 6, content_chars: int = 40,
                  student_vocab: int = STUDENT_VOCAB - 8, teacher_vocab: int = MOE_TEACHER["vocab_size"] - 8,
                  teacher_template: int = 3) -> list[dict]:

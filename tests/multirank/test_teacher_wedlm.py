@@ -1,5 +1,6 @@
 """WeDLM teacher (Qwen3 layout) on megatron-core vs transformers.Qwen3ForCausalLM under the same 4-D
-[x0 ; xt] block-diffusion mask with duplicated positions, at TP=1, TP=2 and PP=2 (§2.2, §9.4-5, §9.17)."""
+[x0 ; xt] block-diffusion mask with duplicated positions, at TP=1, TP=2 and PP=2 (§2.2, §9.4-5, §9.17), and a
+tied-embedding variant at PP=2 (its LM head lives on the first stage's embedding)."""
 
 import tempfile
 from pathlib import Path
@@ -16,14 +17,23 @@ from tide_megatron.teacher import TeacherEngine
 L, BLOCK = 8, 4
 
 
-@pytest.fixture(scope="module")
-def checkpoint() -> Path:
+def _write_checkpoint(tied: bool) -> Path:
     holder = [tempfile.mkdtemp(prefix="tide-wedlm-") if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(holder, src=0)
     if dist.get_rank() == 0:
-        write_tiny_wedlm(Path(holder[0]), seed=0)
+        write_tiny_wedlm(Path(holder[0]), seed=0, tied=tied)
     dist.barrier()
     return Path(holder[0])
+
+
+@pytest.fixture(scope="module")
+def checkpoint() -> Path:
+    return _write_checkpoint(tied=False)
+
+
+@pytest.fixture(scope="module")
+def tied_checkpoint() -> Path:
+    return _write_checkpoint(tied=True)
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +74,27 @@ def test_xt_half_matches_transformers_qwen3(closing, layout, mbs, checkpoint, in
     assert (lp - full)[real].abs().max().item() < 1e-4
     # the wrong half really differs (the test can tell x0 rows from xt rows)
     assert (reference_logits[rows[:, 0], rows[:, 1]] - want).abs().max() > 1e-2
+
+
+def test_tied_embedding_teacher_at_pp2_matches_transformers(closing, tied_checkpoint, inputs):
+    """PP=2 splits a tied head from its embedding: the last stage's LM head must be the embedding's copy."""
+    (ids, pos, allowed), pad = inputs
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    reference = load_reference(tied_checkpoint)
+    assert reference.lm_head.weight is reference.model.embed_tokens.weight
+    with torch.no_grad():
+        want_all = reference(input_ids=ids, position_ids=pos, attention_mask=additive).logits.float()
+    grid = closing(build_model_grid(ParallelLayout(pp=2), "teacher"))
+    seed_model_parallel_rng(0, grid.tp_rank)
+    model, args = load_wedlm_teacher(tied_checkpoint, grid.pgs, torch.float32)
+    assert args.tie_embeddings and model.share_embeddings_and_output_weights
+    engine = TeacherEngine(model, grid.pgs, pad_token_id=126, micro_batch_size=1)
+    if engine.is_last_stage:
+        torch.testing.assert_close(engine.lm_head_weight, reference.model.embed_tokens.weight, rtol=0, atol=0)
+    rows = torch.nonzero(pad.bool())
+    got = engine.logit_rows(ids, xt_rows(rows, L), engine.vocab_size, attention_mask=allowed, position_ids=pos)
+    assert (got - want_all[rows[:, 0], rows[:, 1] + L]).abs().max().item() < 1e-4
+    targets = torch.cat([ids[:, :L], ids[:, :L]], 1)
+    lp = engine.token_logprobs(ids, targets, attention_mask=allowed, position_ids=pos)
+    full = want_all.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+    assert (lp - full)[pad.bool().repeat(1, 2)].abs().max().item() < 1e-4

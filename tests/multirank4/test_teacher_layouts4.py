@@ -1,6 +1,7 @@
 """Teacher layouts that need four ranks, against independent references (issue: beyond two ranks, item 2):
 LLaDA2 MoE at TP2xEP2, PP2xTP2, PP2xEP2 and EP4 vs the plain-PyTorch reference (§2.1, §9.22), and WeDLM at
-TP2xPP2 vs transformers' Qwen3ForCausalLM under the [x0 ; xt] block-diffusion mask (§2.2, §9.4-5)."""
+TP2xPP2 vs transformers' Qwen3ForCausalLM under the [x0 ; xt] block-diffusion mask (§2.2, §9.4-5), untied and
+with tied embeddings (the last stage's LM head is a copy of the first stage's embedding)."""
 
 import tempfile
 from pathlib import Path
@@ -87,11 +88,11 @@ def test_llada2_logits_and_token_logprobs_match_reference(closing, name, llada2_
     assert (logp - want)[real].abs().max().item() < TOL
 
 
-@pytest.fixture(scope="module")
-def wedlm():
+@pytest.fixture(scope="module", params=["untied", "tied"])
+def wedlm(request):
     path = _shared_tmpdir("tide-wedlm-4r-")
     if dist.get_rank() == 0:
-        write_tiny_wedlm(path, seed=0)
+        write_tiny_wedlm(path, seed=0, tied=request.param == "tied")
     dist.barrier()
     L, block = 8, 4
     gen = torch.Generator().manual_seed(5)
@@ -106,14 +107,15 @@ def wedlm():
     additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
     with torch.no_grad():
         reference = load_reference(path)(input_ids=ids, position_ids=pos, attention_mask=additive[:, None]).logits
-    return path, ids, pos, allowed, pad, reference, L
+    return path, ids, pos, allowed, pad, reference, L, request.param == "tied"
 
 
 def test_wedlm_tp2_pp2_xt_half_matches_transformers(closing, wedlm):
-    path, ids, pos, allowed, pad, reference, L = wedlm
+    path, ids, pos, allowed, pad, reference, L, tied = wedlm
     grid = closing(build_model_grid(ParallelLayout(tp=2, pp=2), "teacher"))
     seed_model_parallel_rng(0, grid.tp_rank)
-    model, _ = load_wedlm_teacher(path, grid.pgs, torch.float32)
+    model, args = load_wedlm_teacher(path, grid.pgs, torch.float32)
+    assert args.tie_embeddings == tied and model.share_embeddings_and_output_weights == tied
     engine = TeacherEngine(model, grid.pgs, pad_token_id=126, micro_batch_size=1)
     rows = torch.nonzero(pad)  # real xt positions (batch, i) -> rows of the second half
     teacher_rows = torch.stack([rows[:, 0], rows[:, 1] + L], 1)

@@ -16,17 +16,23 @@ TINY_WEDLM = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidd
                   max_position_embeddings=512, attention_bias=False, hidden_act="silu")
 
 
-def qwen3_reference(state: dict[str, torch.Tensor]):
-    """transformers' own Qwen3ForCausalLM (fp32, SDPA attention) holding ``state``."""
+def qwen3_reference(state: dict[str, torch.Tensor], tied: bool = False):
+    """transformers' own Qwen3ForCausalLM (fp32, SDPA attention) holding ``state``; with ``tied`` the LM head
+    is the embedding (``state`` then has no ``lm_head.weight``)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    model = Qwen3ForCausalLM(Qwen3Config(**TINY_WEDLM, attn_implementation="sdpa")).float()
-    model.load_state_dict(state, strict=True)
+    config = Qwen3Config(**{**TINY_WEDLM, "tie_word_embeddings": tied}, attn_implementation="sdpa")
+    model = Qwen3ForCausalLM(config).float()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if tied else set()):
+        raise ValueError(f"reference weights do not fit: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
     return model.eval()
 
 
-def write_tiny_wedlm(directory: Path, seed: int = 0) -> Path:
-    """Random Qwen3 weights (scaled so every layer matters) saved as a WeDLM HF directory."""
+def write_tiny_wedlm(directory: Path, seed: int = 0, tied: bool = False) -> Path:
+    """Random Qwen3 weights (scaled so every layer matters) saved as a WeDLM HF directory; ``tied`` writes a
+    checkpoint whose LM head is its embedding (``tie_word_embeddings``, no ``lm_head.weight``)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     directory = Path(directory)
@@ -42,15 +48,18 @@ def write_tiny_wedlm(directory: Path, seed: int = 0) -> Path:
             state[name] = torch.randn(p.shape, generator=gen)
         else:
             state[name] = torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5
+    if tied:
+        del state["lm_head.weight"]
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    config = {**TINY_WEDLM, "model_type": "wedlm", "architectures": ["WeDLMForCausalLM"], "qk_norm": True,
+    config = {**TINY_WEDLM, "tie_word_embeddings": tied, "model_type": "wedlm", "architectures": ["WeDLMForCausalLM"], "qk_norm": True,
               "layer_types": ["full_attention"] * TINY_WEDLM["num_hidden_layers"], "pad_token_id": 126}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
 
 
 def load_reference(directory: Path):
-    return qwen3_reference(load_file(str(Path(directory) / "model.safetensors")))
+    tied = bool(json.loads((Path(directory) / "config.json").read_text()).get("tie_word_embeddings", False))
+    return qwen3_reference(load_file(str(Path(directory) / "model.safetensors")), tied=tied)
 
 
 def wedlm_inputs(x0: torch.Tensor, xt: torch.Tensor, block_size: int,

@@ -50,11 +50,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not cfg.data.train:
         raise ConfigError("data.train: expected the directory of a tide-preprocess dataset")
     from tide_megatron.data.indexed import TideAlignedDataset  # local: megatron, after check_machine
-    from tide_megatron.training.trainer import DistillTrainer  # local: megatron, after check_machine
+    from tide_megatron.training.teacher_server import build_trainer  # local: megatron, after check_machine
 
     train = TideAlignedDataset(cfg.data.train)
     valid = TideAlignedDataset(cfg.data.valid) if cfg.data.valid else None
-    trainer = DistillTrainer(cfg, train, valid_data=valid)
+    trainer = build_trainer(cfg, train, valid_data=valid)  # a TeacherServer on a separate teacher pool's ranks
     try:
         summary = run_recorded(trainer)  # trainer.run(), then <output_dir>/results.json however it ended
     finally:

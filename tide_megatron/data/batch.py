@@ -36,6 +36,8 @@ class DistillBatch:
     pair_student: Optional[torch.Tensor] = None  # int64 [b, P]
     pair_teacher: Optional[torch.Tensor] = None
     pair_valid: Optional[torch.Tensor] = None  # bool [b, P]
+    index: Optional[torch.Tensor] = None  # int64 [b]: the samples' dataset indices
+    epoch: Optional[int] = None  # the epoch whose noise the batch carries (noise is seeded per seed, epoch, sample)
 
     @property
     def maskable(self) -> torch.Tensor:
@@ -55,7 +57,8 @@ class DistillBatch:
     def from_stage(cls, out: dict[str, torch.Tensor]) -> "DistillBatch":
         """Name the stage's tensors; CompDemo's passes (pass 1 masks B, pass 2 masks A and wins on A, §4)."""
         batch = cls(x0=out["input_ids"], labels=out["labels"], t=out["t"].float(), masked=out["student_mask"],
-                    xt=out["student_noised_ids"])
+                    xt=out["student_noised_ids"], index=out.get("index"),
+                    epoch=int(out["epoch"]) if "epoch" in out else None)
         if "teacher_ids" not in out:
             return batch
         batch.teacher_ids = out["teacher_ids"]

@@ -207,5 +207,6 @@ class TideCollator:
         t, sampled = sample_student_mask(batch["input_ids"], batch["labels"], self.cfg.student_mask_id, gens,
                                          self.cfg.time_epsilon)
         batch["t"] = t
+        batch["epoch"] = torch.tensor(self.epoch, dtype=torch.int64)
         batch.update(self.stage(batch, sampled, gens))
         return batch

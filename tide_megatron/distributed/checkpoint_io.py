@@ -25,7 +25,7 @@ import os
 import pickle
 import queue
 import re
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -204,11 +204,14 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines() or [""])[0][:500]
 
 
-def save(sharded_state_dict: dict, checkpoint_dir: str) -> None:
-    """``dist_checkpointing.save`` (synchronous) that survives a signal to the whole job; collective."""
+def save(sharded_state_dict: dict, checkpoint_dir: str,
+         shared_common: Optional[Callable[[dict], dict]] = None) -> None:
+    """``dist_checkpointing.save`` (synchronous) that survives a signal to the whole job; collective.
+    ``shared_common`` picks the common entries every rank holds, for the check that they agree across ranks."""
     _collect_write_results_in_process()
     with children_tied_to_this_process():
-        dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir))
+        dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir),
+                                preprocess_common_before_consistancy_check=shared_common)
 
 
 def _collect_write_results_in_process() -> None:

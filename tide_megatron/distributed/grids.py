@@ -3,7 +3,9 @@
 Both grids span the same ranks by default (co-located): the teacher grid has dims tp/cp/dp/pp for its
 dense part and etp/ep/edp/pp for its experts (megatron-core's "tp-cp-ep-dp-pp" order); the student grid
 is data-parallel (optionally tensor-parallel). Each is exposed as a `ProcessGroupCollection`, so the two
-models are built side by side in one process, each with its own groups.
+models are built side by side in one process, each with its own groups. With ``teacher.placement=separate``
+the teacher grid takes the last ``teacher_ranks`` ranks (`HyperCommGrid`'s ``rank_offset``) and the student
+grid the ranks before them; on a rank outside a grid its groups are None.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class ModelGrid:
     rank_lists: list[list[list[int]]] = field(default_factory=list, repr=False)  # what `close` releases
 
     @property
+    def ranks(self) -> range:
+        """The global ranks this grid spans."""
+        return range(self.dense.rank_offset, self.dense.rank_offset + int(self.dense.size))
+
+    @property
     def tp_rank(self) -> int:
         return dist.get_rank(self.pgs.tp)
 
@@ -96,15 +103,20 @@ class ModelGrid:
 
 
 def build_model_grid(
-    layout: ParallelLayout, name: str = "model", rank_offset: int = 0, timeout: Optional[timedelta] = None
+    layout: ParallelLayout, name: str = "model", rank_offset: int = 0, timeout: Optional[timedelta] = None,
+    size: Optional[int] = None,
 ) -> ModelGrid:
-    """Build the dense and expert grids of ``layout`` and the matching `ProcessGroupCollection`.
+    """Build the dense and expert grids of ``layout`` over ranks ``[rank_offset, rank_offset + size)`` (default:
+    the rest of the world) and the matching `ProcessGroupCollection`.
 
     Groups come from the shared registry (`groups.acquire`): identical rank sets share one group, and a
     layout built twice creates none. Collective: every rank of the world must call it with the same
     arguments, in the same order, and close the grid when done with it.
     """
-    world = dist.get_world_size() - rank_offset
+    world = dist.get_world_size() - rank_offset if size is None else size
+    if world < 1 or rank_offset < 0 or rank_offset + world > dist.get_world_size():
+        raise ValueError(f"{name}: ranks [{rank_offset}, {rank_offset + world}) are not inside the world of "
+                         f"{dist.get_world_size()} ranks")
     dp = layout.data_parallel_size(world, name)
     edp = world // (layout.etp * layout.ep * layout.pp)
 
@@ -142,10 +154,16 @@ def build_model_grid(
 
 
 def build_teacher_and_student_grids(
-    teacher: ParallelLayout, student: ParallelLayout = ParallelLayout(), timeout: Optional[timedelta] = None
+    teacher: ParallelLayout, student: ParallelLayout = ParallelLayout(), timeout: Optional[timedelta] = None,
+    teacher_ranks: int = 0,
 ) -> tuple[ModelGrid, ModelGrid]:
-    """The co-located default: both grids over the whole world, teacher first (collective)."""
+    """Both grids, teacher first (collective). ``teacher_ranks=0``: the co-located default, both over the whole
+    world; otherwise the teacher pool is the last ``teacher_ranks`` ranks and the student has the others."""
     if student.pp != 1 or student.ep != 1:
         raise ValueError("student layout: only tp and data parallelism are supported (pp=1, ep=1)")
-    return (build_model_grid(teacher, "teacher", timeout=timeout),
-            build_model_grid(student, "student", timeout=timeout))
+    if not teacher_ranks:
+        return (build_model_grid(teacher, "teacher", timeout=timeout),
+                build_model_grid(student, "student", timeout=timeout))
+    students = dist.get_world_size() - teacher_ranks
+    return (build_model_grid(teacher, "teacher", rank_offset=students, timeout=timeout, size=teacher_ranks),
+            build_model_grid(student, "student", timeout=timeout, size=students))

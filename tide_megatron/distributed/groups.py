@@ -7,6 +7,10 @@ the same layout twice therefore creates nothing new, and closing every grid leav
 
 Both calls are collective in the sense of ``torch.distributed.new_group``: every rank of the world makes
 the same calls with the same rank lists in the same order, so every rank keeps the same reference counts.
+
+A ``channel`` names a traffic stream that must not share a communicator with the grids' collectives (the
+point-to-point teacher payloads of ``teacher.placement=separate``): its groups are keyed by (channel, ranks)
+and never replaced by the world group.
 """
 
 from __future__ import annotations
@@ -17,46 +21,50 @@ from typing import Iterable, Optional, Sequence
 import torch.distributed as dist
 
 RankSet = tuple[int, ...]
+Key = tuple[str, RankSet]
 
-#: rank set -> [group (GroupMember.NON_GROUP_MEMBER on ranks outside it), number of holders]
-_GROUPS: dict[RankSet, list] = {}
-
-
-def _key(ranks: Iterable[int]) -> RankSet:
-    return tuple(sorted(int(r) for r in ranks))
+#: (channel, rank set) -> [group (GroupMember.NON_GROUP_MEMBER on ranks outside it), number of holders]
+_GROUPS: dict[Key, list] = {}
 
 
-def _is_world(key: RankSet) -> bool:
-    return key == tuple(range(dist.get_world_size()))
+def _key(ranks: Iterable[int], channel: str = "") -> Key:
+    return channel, tuple(sorted(int(r) for r in ranks))
 
 
-def acquire(rank_lists: Sequence[Sequence[int]], timeout: Optional[timedelta] = None) -> Optional[dist.ProcessGroup]:
+def _is_world(key: Key) -> bool:
+    return not key[0] and key[1] == tuple(range(dist.get_world_size()))
+
+
+def acquire(rank_lists: Sequence[Sequence[int]], timeout: Optional[timedelta] = None,
+            channel: str = "") -> Optional[dist.ProcessGroup]:
     """This rank's group among ``rank_lists`` (disjoint lists covering the ranks that use them), creating any
-    rank set not held yet. Returns None when this rank is in none of the lists. Collective over the world."""
+    rank set not held yet (per ``channel``). Returns None when this rank is in none of the lists. Collective
+    over the world."""
     mine = None
     rank = dist.get_rank()
     for ranks in rank_lists:
-        key = _key(ranks)
+        key = _key(ranks, channel)
         entry = _GROUPS.get(key)
         if entry is None:
             if _is_world(key):
                 group = dist.group.WORLD
             else:
-                group = dist.new_group(list(key), timeout=timeout) if timeout is not None else dist.new_group(list(key))
+                members = list(key[1])
+                group = dist.new_group(members, timeout=timeout) if timeout is not None else dist.new_group(members)
             entry = _GROUPS[key] = [group, 0]
         entry[1] += 1
-        if rank in key:
+        if rank in key[1]:
             mine = entry[0]
     return mine
 
 
-def release(rank_lists: Sequence[Sequence[int]]) -> None:
+def release(rank_lists: Sequence[Sequence[int]], channel: str = "") -> None:
     """Drop one hold on each rank set; a set nobody holds any more is destroyed (the world group never is)."""
     for ranks in rank_lists:
-        key = _key(ranks)
+        key = _key(ranks, channel)
         entry = _GROUPS.get(key)
         if entry is None:
-            raise RuntimeError(f"process group over ranks {list(key)} released more often than acquired")
+            raise RuntimeError(f"process group over ranks {list(key[1])} released more often than acquired")
         entry[1] -= 1
         if entry[1] == 0:
             del _GROUPS[key]
@@ -65,8 +73,8 @@ def release(rank_lists: Sequence[Sequence[int]]) -> None:
                 dist.destroy_process_group(group)
 
 
-def live_rank_sets() -> dict[RankSet, int]:
-    """The rank sets with a live group and how many holders each has (for tests and diagnostics)."""
+def live_rank_sets() -> dict[Key, int]:
+    """The (channel, rank set) pairs with a live group and how many holders each has (tests, diagnostics)."""
     return {key: entry[1] for key, entry in _GROUPS.items()}
 
 

@@ -9,6 +9,9 @@ returned as full-vocabulary rows of the rank's own positions with one all-to-all
 
 With a group of size 1 (a teacher with TP = PP = 1, e.g. the EP-only MoE teacher, whose expert
 all-to-all already handles different tokens per rank) every function is the identity.
+
+A teacher on ranks of its own (``teacher.placement=separate``) already holds the inputs of every student rank
+it serves: `concat_teacher_inputs` and `concat_rows` put them together exactly as the gathers would.
 """
 
 from __future__ import annotations
@@ -79,6 +82,39 @@ def gather_teacher_inputs(tensors: dict[str, torch.Tensor], pad_values: dict[str
         dist.all_gather(bufs, padded.contiguous(), group=group)
         out[name] = torch.cat([buf[:bs] for buf, bs in zip(bufs, batch_sizes)], dim=0)
     return out, GatherInfo(batch_sizes, lengths, dist.get_rank(group))
+
+
+def concat_teacher_inputs(ranks: list[dict[str, torch.Tensor]], pad_values: dict[str, int | float | bool]
+                          ) -> tuple[dict[str, torch.Tensor], list[GatherInfo]]:
+    """`gather_teacher_inputs` for inputs already at hand: the ``[b_r, L_r, ...]`` tensors of several ranks
+    concatenated along the batch, each right-padded to the longest L; one `GatherInfo` per rank."""
+    sizes = [(int(next(iter(t.values())).shape[0]), int(next(iter(t.values())).shape[1])) for t in ranks]
+    max_L = max(L for _, L in sizes)
+    out = {}
+    for name in ranks[0]:
+        parts = []
+        for k, tensors in enumerate(ranks):
+            x = tensors[name]
+            if tuple(x.shape[:2]) != sizes[k]:
+                raise ValueError(f"concat_teacher_inputs: {name} of rank {k} has shape {tuple(x.shape)}, "
+                                 f"expected {list(sizes[k])} + [...]")
+            padded = x.new_full((x.shape[0], max_L, *x.shape[2:]), pad_values[name])
+            padded[:, : x.shape[1]] = x
+            parts.append(padded)
+        out[name] = torch.cat(parts, dim=0)
+    batch_sizes, lengths = [b for b, _ in sizes], [L for _, L in sizes]
+    return out, [GatherInfo(batch_sizes, lengths, k) for k in range(len(ranks))]
+
+
+def concat_rows(rows: list[torch.Tensor], infos: list[GatherInfo]) -> tuple[torch.Tensor, list[int]]:
+    """`gather_rows` for rows already at hand: each rank's ``[n_r, 2]`` rows re-indexed into the concatenated
+    batch, and each rank's count."""
+    shifted = []
+    for part, info in zip(rows, infos):
+        part = part.clone()
+        part[:, 0] += info.offset
+        shifted.append(part)
+    return torch.cat(shifted, 0), [int(r.shape[0]) for r in rows]
 
 
 def own_sequences(payload: torch.Tensor, info: GatherInfo) -> torch.Tensor:

@@ -163,6 +163,12 @@ class ObjectiveConfig:
         """Chunk modes (Pipeline A, §5) compare chunk log-likelihoods, across different tokenizers."""
         return any(c.chunk_level for c in self.components)
 
+    @property
+    def unaligned_tokens(self) -> bool:
+        """The unaligned token modes (kl / reverse_kl / taid, §6): every masked position, the teacher on the
+        student's own sequence."""
+        return self.needs_teacher and not self.chunk_level and not self.components[0].aligned
+
     def weight(self, spec: ModeSpec) -> float:
         """The weight of one component's term (§9.20: all 1.0 in the paper)."""
         if spec.chunk_level:

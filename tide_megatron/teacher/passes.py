@@ -14,7 +14,8 @@ the two loss-sized payloads (§2, §9.21):
 
 `run_teacher_passes` is the engine call: it gathers the passes of every rank of the teacher model-parallel
 group, runs the teacher once and returns this rank's payload, CompDemo-merged (§4.4). A teacher placed on
-ranks of its own would receive the passes' tensors and run the same call there.
+ranks of its own (``teacher.placement=separate``) builds the passes of every student rank it serves itself and
+runs them in one call, `serve_teacher_passes`; `payload_shape` is what the student then expects to receive.
 
 The mask id written into the passes is resolved here too, once, at start-up (`checkpoint_mask_id`,
 `teacher_mask_id`).
@@ -83,6 +84,15 @@ def build_teacher_passes(batch: DistillBatch, mask_id: int, pad_id: int, block_s
     if not aligned:
         return unaligned_logit_row_passes(batch, mask_id, pad_id, block_size, vocab_limit)
     return _logit_row_passes(batch, mask_id, pad_id, block_size, vocab_limit)
+
+
+def payload_shape(batch: DistillBatch, vocab_limit: Optional[int]) -> tuple[int, int]:
+    """The shape of the payload `run_teacher_passes` returns for ``batch``: ``[b, L_t]`` token log-probs for a
+    chunk alignment, ``[n, vocab_limit]`` logit rows (one per distilled position) for a pair alignment."""
+    if batch.teacher_chunk is not None:
+        return tuple(batch.teacher_ids.shape)
+    rows = aligned_rows(batch.masked, batch.pair_student, batch.pair_teacher, batch.pair_valid)
+    return len(rows), int(vocab_limit)
 
 
 def needed_teacher_tokens(batch: DistillBatch) -> torch.Tensor:
@@ -254,14 +264,35 @@ def run_teacher_passes(engine: TeacherEngine, passes: TeacherPasses,
     gathered, info = px.gather_teacher_inputs(passes.inputs, passes.pad_values, group)
     if passes.payload == "token_logprobs":
         logp = engine.token_logprobs(gathered["ids"], gathered["targets"], gathered["att"].long())
-        mine = px.own_sequences(logp, info).reshape(passes.num_passes, -1, passes.length)
-        return mine[0] if passes.num_passes == 1 else merge(mine[0], mine[1], passes.take_pass2)
+        return _merged_passes(px.own_sequences(logp, info), passes)
     all_rows, counts = px.gather_rows(passes.rows, info, group)
     mask = BlockDiffusionMask(gathered["seg"], gathered["blk"], gathered["kv"])
     shard = engine.logit_row_shards(gathered["ids"], all_rows, passes.vocab_limit, attention_mask=mask,
                                     position_ids=gathered["pos"])  # this TP rank's vocabulary slice, all rows
     mine = px.vocab_shards_to_own_rows(shard, counts, group, tp_rank=engine.tp_rank)  # my rows, full vocabulary
     return mine[:, :passes.vocab_limit]
+
+
+@torch.no_grad()
+def serve_teacher_passes(engine: TeacherEngine, served: list[TeacherPasses]) -> list[torch.Tensor]:
+    """The payloads of several student ranks' passes from one engine call, in the order given: what
+    `run_teacher_passes` returns on each of those ranks when they share a teacher group (the inputs are put
+    together as its gathers would). Every rank of the teacher model-parallel group passes the same list."""
+    inputs, infos = px.concat_teacher_inputs([p.inputs for p in served], served[0].pad_values)
+    if served[0].payload == "token_logprobs":
+        logp = engine.token_logprobs(inputs["ids"], inputs["targets"], inputs["att"].long())
+        return [_merged_passes(px.own_sequences(logp, info), p) for p, info in zip(served, infos)]
+    rows, counts = px.concat_rows([p.rows for p in served], infos)
+    mask = BlockDiffusionMask(inputs["seg"], inputs["blk"], inputs["kv"])
+    out = engine.logit_rows(inputs["ids"], rows, served[0].vocab_limit, attention_mask=mask,
+                            position_ids=inputs["pos"])
+    return list(out.split(counts))
+
+
+def _merged_passes(logp: torch.Tensor, passes: TeacherPasses) -> torch.Tensor:
+    """``[P*b, L]`` per-pass log-probs of one rank → ``[b, L_t]``, pass 2's winning where it masked (§4.4)."""
+    mine = logp.reshape(passes.num_passes, -1, passes.length)
+    return mine[0] if passes.num_passes == 1 else merge(mine[0], mine[1], passes.take_pass2)
 
 
 # ------------------------------------------------------------------------------------------------------

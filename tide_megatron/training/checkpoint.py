@@ -4,7 +4,9 @@ A checkpoint holds the student model, the distributed-optimizer state, the LR sc
 step (TIDAL progress = step / total steps, spec §3, §9.14), every rank's RNG states and the data
 position. It is written to ``<root>/.tmp-step_XXXXXXX`` and renamed to ``<root>/step_XXXXXXX`` only
 once every rank has finished, so a killed save never looks like a checkpoint; ``<root>/latest`` names
-the newest one. Only the last N are kept. The teacher is frozen and is never checkpointed.
+the newest one. Only the last N are kept. The teacher is frozen and is never checkpointed: with
+``teacher.placement=separate`` the teacher pool's ranks join every save and load (dist_checkpointing's
+collectives span the world) with their RNG states only (``model=None``).
 
 A save that fails (a full disk, a dead writer) removes its temporary directory, keeps the previous
 checkpoint and raises `CheckpointSaveError` naming the path and the bytes a checkpoint needs; free space is
@@ -102,23 +104,27 @@ def _set_rng_state(state: dict) -> None:
         get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def _sharded_state_dict(model, optimizer, pgs: ProcessGroupCollection, is_loading: bool) -> dict:
-    """The model + optimizer + per-rank RNG entries, keyed for dist_checkpointing."""
-    metadata = {"dp_cp_group": pgs.dp_cp, "distrib_optim_sharding_type": OPTIMIZER_SHARDING}
-    model_sd = model.sharded_state_dict(metadata=metadata)
-    if is_loading:
-        prepare_optimizer_for_loading(optimizer)
-    state = {"model": model_sd,
-             "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)}
+def _sharded_state_dict(model, optimizer, pgs: Optional[ProcessGroupCollection], is_loading: bool) -> dict:
+    """The model + optimizer + per-rank RNG entries, keyed for dist_checkpointing (RNG only without a model:
+    a rank of a separate teacher pool)."""
+    state = {}
+    if model is not None:
+        metadata = {"dp_cp_group": pgs.dp_cp, "distrib_optim_sharding_type": OPTIMIZER_SHARDING}
+        model_sd = model.sharded_state_dict(metadata=metadata)
+        if is_loading:
+            prepare_optimizer_for_loading(optimizer)
+        state = {"model": model_sd,
+                 "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)}
     rank, world = dist.get_rank(), dist.get_world_size()
     state["rng_state"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
     return state
 
 
 def save_checkpoint(root: str, model, optimizer, scheduler, train_state: TrainState,
-                    pgs: ProcessGroupCollection, config_yaml: str = "", keep_last: int = 2,
+                    pgs: Optional[ProcessGroupCollection], config_yaml: str = "", keep_last: int = 2,
                     fingerprint: Optional[dict] = None) -> str:
-    """Write one checkpoint atomically (collective over the world); returns its final directory.
+    """Write one checkpoint atomically (collective over the world); returns its final directory. A rank without
+    a student (``model=None``: a separate teacher pool) contributes its RNG states.
 
     On failure the temporary directory is removed on rank 0 and `CheckpointSaveError` is raised.
     """
@@ -135,13 +141,14 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state: TrainSt
     dist.barrier()
     state = _sharded_state_dict(model, optimizer, pgs, is_loading=False)
     state["train_state"] = train_state.to_dict()
-    state["lr_scheduler"] = scheduler.state_dict()
+    if scheduler is not None:
+        state["lr_scheduler"] = scheduler.state_dict()
     state["format_version"] = FORMAT_VERSION
     needed = _checkpoint_bytes(root_path, state)
     if rank == 0:
         _warn_if_low_space(root_path, needed, "this save may fail")
     try:
-        checkpoint_io.save(state, str(tmp))
+        checkpoint_io.save(state, str(tmp), shared_common=_shared_common_state)
         dist.barrier()
         if rank == 0:
             (tmp / "config.yaml").write_text(config_yaml)
@@ -160,6 +167,11 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state: TrainSt
         _warn_if_low_space(root_path, checkpoint_io.directory_bytes(final), "the next save may fail")
     dist.barrier()
     return str(final)
+
+
+def _shared_common_state(common: dict) -> dict:
+    """The common entries every rank holds (the LR schedule lives on student ranks only)."""
+    return {k: v for k, v in common.items() if k != "lr_scheduler"}
 
 
 def _checkpoint_bytes(root: Path, state: dict) -> int:
@@ -319,19 +331,21 @@ def check_fingerprint(path: str, saved: Optional[dict], current: dict) -> None:
                               f"checkpoint.resume={FORCE_RESUME} to resume it anyway")
 
 
-def load_checkpoint(path: str, model, optimizer, scheduler, pgs: ProcessGroupCollection) -> TrainState:
-    """Restore model, optimizer, LR schedule and this rank's RNG states; return the saved progress."""
+def load_checkpoint(path: str, model, optimizer, scheduler, pgs: Optional[ProcessGroupCollection]) -> TrainState:
+    """Restore model, optimizer, LR schedule and this rank's RNG states; return the saved progress (collective;
+    ``model=None`` restores the RNG states and the progress only)."""
     info = validate_checkpoint_dir(path)
     if info.get("world_size") not in (None, dist.get_world_size()):
         raise CheckpointError(f"checkpoint {path!r} was written by {info['world_size']} ranks; this job has "
                               f"{dist.get_world_size()} (RNG states and data positions are per rank)")
     state = _sharded_state_dict(model, optimizer, pgs, is_loading=True)
     loaded = checkpoint_io.load(state, path)  # errors name the directory and the failing file
-    model.load_state_dict(loaded["model"], strict=False)
-    with torch.no_grad():  # DistOpt copies into views of leaf parameters (MEGATRON_ON_CPU §4)
-        optimizer.load_state_dict(loaded["optimizer"])
-    restore_adam_step_counts(optimizer)
-    scheduler.load_state_dict(loaded["lr_scheduler"])
+    if model is not None:
+        model.load_state_dict(loaded["model"], strict=False)
+        with torch.no_grad():  # DistOpt copies into views of leaf parameters (MEGATRON_ON_CPU §4)
+            optimizer.load_state_dict(loaded["optimizer"])
+        restore_adam_step_counts(optimizer)
+        scheduler.load_state_dict(loaded["lr_scheduler"])
     _set_rng_state(loaded["rng_state"])
     return TrainState.from_dict(loaded["train_state"])
 

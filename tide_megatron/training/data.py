@@ -9,14 +9,16 @@ index), so a resumed run sees exactly the batches, and the masks, it would have 
 from __future__ import annotations
 
 import atexit
+import math
 import weakref
 from typing import Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tide_megatron.config import TrainConfig
 from tide_megatron.data.batch import DistillBatch
-from tide_megatron.data.stage import TideCollator
+from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.distributed.device import process_device
 from tide_megatron.distributed.lifetime import make_helper
 
@@ -132,3 +134,17 @@ def micro_batches(dataset: Dataset, batches: ResumableBatches, collator: TideCol
         finally:
             if num_workers > 0:
                 _stop_workers(iterator)
+
+
+def stage_collator(cfg: TrainConfig, meta: dict) -> TideCollator:
+    """A run's DataLoader `collate_fn`: collation, noise seeded by (optim.seed, epoch, sample), alignment."""
+    o = cfg.objective
+    return TideCollator(StageConfig.from_meta(
+        meta, student_len=cfg.student.seq_length, block_size=cfg.student.block_size, time_epsilon=o.time_epsilon,
+        compdemo_ratio=o.demo_ratio if o.compdemo else None), seed=cfg.optim.seed)
+
+
+def run_total_steps(cfg: TrainConfig, per_epoch_micro_batches: int) -> int:
+    """Optimizer steps of a whole run: optim.train_steps, else optim.epochs x steps per epoch."""
+    per_epoch_steps = per_epoch_micro_batches // cfg.optim.grad_accum
+    return cfg.optim.train_steps or max(1, int(math.ceil(cfg.optim.epochs * per_epoch_steps)))

@@ -3,7 +3,8 @@
     batch (noised, CompDemo passes planned: DataLoader workers, data/stage.py → data/batch.py)
       → teacher passes: the teacher's inputs of every pass, with its own mask id (teacher/passes.py)
       → payload: gathered over the teacher model-parallel group → one teacher forward → this rank's
-        loss-sized payload, CompDemo-merged, in student coordinates
+        loss-sized payload, CompDemo-merged, in student coordinates (teacher.placement: or received from a
+        teacher pool working a step ahead, or read from an offline cache; training/placement.py)
       → student loss: trunk over [xt ; x0] → output layer + CE + TIDE term per group of sequences
         (xt half only, training/student_loss.py) → backward
       → step: DDP gradient reduction → distributed-optimizer step → LR schedule
@@ -14,6 +15,7 @@ TIDAL progress is ``optimizer step / total optimizer steps`` (§3, §9.14), both
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -29,23 +31,23 @@ from tide_megatron.align.rows import aligned_rows, masked_rows
 from tide_megatron.config import TrainConfig, dump_config
 from tide_megatron.data.batch import DistillBatch
 from tide_megatron.data.compatibility import check_dataset
-from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.diffusion.inputs import bd3lm_inputs
-from tide_megatron.distributed import build_teacher_and_student_grids, init_distributed, seed_model_parallel_rng
+from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
 from tide_megatron.distributed.device import process_device
-from tide_megatron.distributed.grids import ParallelLayout
 from tide_megatron.losses import LossInputs, bd3lm_ce, build_objective
 from tide_megatron.models.attention_mask import BlockDiffusionMask
 from tide_megatron.models.gpt import ensure_global_memory_buffer
-from tide_megatron.teacher.passes import build_teacher_passes, check_one_template, run_teacher_passes, teacher_mask_id
+from tide_megatron.teacher.passes import check_one_template
 from tide_megatron.training.compact import compact_student_inputs, scatter_xt_rows
 from tide_megatron.training.checkpoint import (TrainState, load_checkpoint, resolve_resume, run_fingerprint,
                                                save_checkpoint)
-from tide_megatron.training.data import ResumableBatches, micro_batches
+from tide_megatron.training.data import ResumableBatches, micro_batches, run_total_steps, stage_collator
 from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
+from tide_megatron.training.placement import (Placement, open_offline_cache, pass_builder, resolved_teacher_mask_id,
+                                              teacher_source, teacher_vocab_size)
 from tide_megatron.training.run_lock import RunLock
 from tide_megatron.training.student_loss import chunked_loss_backward, supports_chunked_head
 
@@ -85,7 +87,12 @@ class PreemptionFlag:
 
 
 class DistillTrainer:
-    """Owns the student (DDP + distributed optimizer), the teacher engine, the data and the loop."""
+    """Owns the student (DDP + distributed optimizer), the teacher engine, the data and the loop.
+
+    With ``teacher.placement=separate`` this runs on the student ranks only; the teacher pool runs
+    `training.teacher_server.TeacherServer`, the same loop with a step that serves payloads
+    (`training.teacher_server.build_trainer` picks the role).
+    """
 
     def __init__(self, cfg: TrainConfig, train_data: Dataset, valid_data: Optional[Dataset] = None,
                  stream: TextIO = sys.stdout, backend: Optional[str] = None):
@@ -101,9 +108,13 @@ class DistillTrainer:
         self.needs_teacher = cfg.objective.needs_teacher
         self.chunk_level = cfg.objective.chunk_level
         # the unaligned token modes (§6): every masked position, the teacher on the student's own sequence
-        self.unaligned = self.needs_teacher and not self.chunk_level and not cfg.objective.components[0].aligned
-        self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
-            cfg.teacher.layout if self.needs_teacher else ParallelLayout(), cfg.student.layout)
+        self.unaligned = cfg.objective.unaligned_tokens
+        cache = open_offline_cache(cfg, train_data, valid_data, self.student_dp)  # offline only; before any build
+        self.placement = Placement.open(cfg)  # the grids (and, separate, the payload channels): collective
+        if self.placement.is_teacher_rank:
+            raise ValueError(f"rank {dist.get_rank()} is in the teacher pool (teacher.placement=separate): it runs "
+                             f"the TeacherServer; build trainers with training.teacher_server.build_trainer")
+        self.teacher_grid, self.student_grid = self.placement.teacher_grid, self.placement.student_grid
         seed_model_parallel_rng(cfg.optim.seed, tp_rank=self.student_grid.tp_rank)
         ensure_global_memory_buffer()
 
@@ -116,26 +127,29 @@ class DistillTrainer:
         self.model = wrap_ddp(student.model.to(self.device), self.student_grid.pgs)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.student_grid.pgs, bf16=bf16)
 
-        # Teacher: frozen, behind the payload engine, on its own grid.
-        self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if self.needs_teacher else None
+        # Teacher: frozen, behind the payload engine, on its own grid (colocated), on a pool of ranks of its own
+        # (separate: training/teacher_server.py) or nowhere (offline: the payloads come from the cache).
+        colocated = self.needs_teacher and self.placement.kind == "colocated"
+        self.teacher = build_teacher(cfg.teacher, self.teacher_grid, backend=backend) if colocated else None
         if self.teacher is not None:
             self.teacher.engine.model.to(self.device)
         where = f"data.train ({cfg.data.train or 'in-memory dataset'})"
         self.meta = train_data.meta
-        check_dataset(self.meta, cfg, where, self.student_vocab, None if self.teacher is None else self.teacher.vocab_size)
+        teacher_vocab = teacher_vocab_size(cfg, self.teacher, cache)
+        check_dataset(self.meta, cfg, where, self.student_vocab, teacher_vocab)
         self.teacher_pad_id = self.meta["teacher"]["pad_id"]
-        self.teacher_mask_id = teacher_mask_id(None if self.teacher is None else self.teacher.mask_id,
-                                               self.meta["teacher"], self.meta["config"]["align"], where)
+        self.teacher_mask_id = resolved_teacher_mask_id(cfg, self.meta, self.teacher.mask_id, where) \
+            if self.teacher is not None else self.meta["teacher"]["mask_id"]
         self.teacher_group = self.teacher_grid.pgs.mp  # ranks that must feed one teacher identical inputs
+        self.teacher_source = teacher_source(self.placement, cfg, self.teacher, pass_builder(
+            cfg, self.teacher_mask_id, self.teacher_pad_id, teacher_vocab or 0), teacher_vocab, cache)
 
         # Objective (spec §6): the config's own ObjectiveConfig; mode 'ce' has no teacher term.
         o = cfg.objective
         self.objective = build_objective(o.mode, o) if self.needs_teacher else None
 
         # Data: this rank's micro-batches; collation + noising + teacher projection run in workers.
-        self.collator = TideCollator(StageConfig.from_meta(
-            self.meta, student_len=cfg.student.seq_length, block_size=cfg.student.block_size,
-            time_epsilon=o.time_epsilon, compdemo_ratio=o.demo_ratio if o.compdemo else None), seed=cfg.optim.seed)
+        self.collator = stage_collator(cfg, self.meta)
         if self.unaligned:
             # the unaligned modes read the student's sequence as the teacher's (§6): refuse two templates now
             # (every batch is checked again when its teacher passes are built)
@@ -144,8 +158,7 @@ class DistillTrainer:
         dp_rank = self.student_grid.dp_rank
         self.batches = ResumableBatches(len(train_data), cfg.data.micro_batch_size, dp_rank, self.student_dp,
                                         cfg.optim.seed, cfg.data.shuffle)
-        per_epoch_steps = self.batches.per_epoch // cfg.optim.grad_accum
-        total = cfg.optim.train_steps or max(1, int(math.ceil(cfg.optim.epochs * per_epoch_steps)))
+        total = run_total_steps(cfg, self.batches.per_epoch)
         self.state = TrainState(step=0, total_steps=total)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, total)
 
@@ -153,13 +166,15 @@ class DistillTrainer:
         self.logger = MetricsLogger(cfg.logging.dir, cfg.logging.log_interval, cfg.logging.tensorboard, stream,
                                     group=self.student_grid.pgs.dp, total_steps=total, device=self.device)
         self.preemption = PreemptionFlag(self.device)
-        self._teacher_tokens = 0  # teacher input positions of this rank in the current step (gpu_check's MFU)
         if resume is not None:
             self.state = load_checkpoint(resume, self.model, self.optimizer, self.scheduler, self.student_grid.pgs)
             self._print(f"resumed from {resume} at step {self.state.step}/{self.state.total_steps}")
             if self.state.total_steps != total:
                 self._print(f"note: keeping the checkpoint's total of {self.state.total_steps} optimizer steps (the "
                             f"TIDAL progress denominator and the LR schedule); this config would give {total}")
+        if cache is not None and self.state.total_steps != total:  # the checkpoint's total reads other epochs
+            cache.require_epochs("train", self.batches.epoch_of(self.state.total_steps * cfg.optim.grad_accum - 1) + 1,
+                                 f"the checkpoint's {self.state.total_steps} steps")
 
     # ------------------------------------------------------------------------------------------------
     # One step, top to bottom
@@ -172,7 +187,8 @@ class DistillTrainer:
         self.optimizer.zero_grad()
         sums: dict[str, float] = {}
         teacher_s = student_s = 0.0
-        self._teacher_tokens = 0
+        if self.teacher is not None:  # teacher input positions of this rank in this step (gpu_check's MFU)
+            self.teacher_source.tokens = 0
         for batch in micro_batches:
             t0 = self._clock()
             payload = self.teacher_payload(batch)  # no gradients; collective over the teacher group
@@ -196,7 +212,7 @@ class DistillTrainer:
                    "time/teacher_s": teacher_s, "time/student_s": student_s,
                    "tokens_per_s": tokens / max(teacher_s + student_s, 1e-9)}
         if self.teacher is not None:  # teacher input positions of the whole job (every rank sends its own)
-            scalars["teacher_tokens"] = self._teacher_tokens * dist.get_world_size()
+            scalars["teacher_tokens"] = self.teacher_source.tokens * dist.get_world_size()
         return StepResult(loss=sums["loss/total"], scalars=scalars)
 
     def _clock(self) -> float:
@@ -207,19 +223,14 @@ class DistillTrainer:
         return time.perf_counter()
 
     @torch.no_grad()
-    def teacher_payload(self, batch: DistillBatch) -> Optional[torch.Tensor]:
-        """The teacher passes of this micro-batch, run once for every rank of the teacher group: this rank's payload.
+    def teacher_payload(self, batch: DistillBatch, stream: str = "train") -> Optional[torch.Tensor]:
+        """The teacher passes of this micro-batch, run once for every rank of the teacher group: this rank's payload
+        (``stream``: "train", or "valid" for the held-out evaluation; see training/placement.py).
 
         Chunk modes: fp32 ``[b, L_t]`` log p(clean token) (CompDemo-merged). Token modes: fp32 rows
         ``[n, shared_vocab]`` at the distilled positions, each taken from the pass where it was masked.
         """
-        if self.teacher is None:
-            return None
-        passes = build_teacher_passes(batch, self.teacher_mask_id, self.teacher_pad_id, self.cfg.student.block_size,
-                                      self.cfg.objective.shared_vocab or self.teacher.vocab_size,
-                                      aligned=not self.unaligned)
-        self._teacher_tokens += int(passes.inputs["ids"].numel())
-        return run_teacher_passes(self.teacher.engine, passes, self.teacher_group)
+        return None if self.teacher_source is None else self.teacher_source.payload(batch, stream)
 
     def student_mask(self, batch_size: int) -> BlockDiffusionMask:
         """The [xt ; x0] block-diffusion mask (§1.4) as a description, on the device: FlexAttention / TE read
@@ -316,9 +327,7 @@ class DistillTrainer:
         last = self.state.total_steps if stop_after is None else min(self.state.total_steps,
                                                                       self.state.step + stop_after)
         start = self.state.consumed_micro_batches  # the data position restored from the checkpoint
-        loader = micro_batches(self.train_data, self.batches, self.collator, start,
-                               start + (last - self.state.step) * accum, cfg.data.num_workers, cfg.data.prefetch_factor,
-                               device=self.device)
+        loader = self._train_micro_batches(start, start + (last - self.state.step) * accum)
         if cfg.checkpoint.save_on_signal:
             self.preemption.install()
         preempted = False
@@ -354,6 +363,17 @@ class DistillTrainer:
         summary["preempted"] = float(preempted)
         return summary
 
+    def _train_micro_batches(self, start: int, stop: int):
+        """What the loop iterates: this rank's micro-batches ``start .. stop-1``."""
+        return micro_batches(self.train_data, self.batches, self.collator, start, stop, self.cfg.data.num_workers,
+                             self.cfg.data.prefetch_factor, device=self.device)
+
+    def eval_batches(self, dp_rank: int) -> tuple[ResumableBatches, int]:
+        """The held-out micro-batches of a data-parallel rank (fixed order, seed + 1) and how many are read."""
+        batches = ResumableBatches(len(self.valid_data), self.cfg.data.micro_batch_size, dp_rank, self.student_dp,
+                                   seed=self.cfg.optim.seed + 1, shuffle=False)
+        return batches, min(self.cfg.logging.eval_batches, batches.per_epoch)
+
     def save(self) -> str:
         return save_checkpoint(self.cfg.checkpoint.dir, self.model, self.optimizer, self.scheduler, self.state,
                                self.student_grid.pgs, dump_config(self.cfg), self.cfg.checkpoint.keep_last,
@@ -365,13 +385,13 @@ class DistillTrainer:
         if self.valid_data is None:
             return {}
         self.model.eval()
-        batches = ResumableBatches(len(self.valid_data), self.cfg.data.micro_batch_size, self.student_grid.dp_rank,
-                                   self.student_dp, seed=self.cfg.optim.seed + 1, shuffle=False)
-        n = min(self.cfg.logging.eval_batches, batches.per_epoch)
-        loader = micro_batches(self.valid_data, batches, self.collator, 0, n, 0, device=self.device)
+        batches, n = self.eval_batches(self.student_grid.dp_rank)
+        # Its own collator: the training loader may still be iterating this epoch with self.collator in-process.
+        loader = micro_batches(self.valid_data, batches, copy.copy(self.collator), 0, n, 0,
+                              device=self.device)
         sums: dict[str, float] = {}
         for batch in loader:
-            payload = self.teacher_payload(batch)
+            payload = self.teacher_payload(batch, "valid")
             terms = self.student_loss(batch, payload)
             for key, value in terms.items():
                 if key.startswith("loss/"):
@@ -392,8 +412,11 @@ class DistillTrainer:
             self.stream.flush()
 
     def close(self) -> None:
-        """Close the logs and give the grids' process groups back (collective: every rank closes)."""
+        """End the teacher streams, close the logs and give the process groups back (collective: every rank
+        closes). Idempotent."""
+        if self.teacher_source is not None:
+            self.teacher_source.close()
+            self.teacher_source = None
         self.logger.close()
-        self.student_grid.close()
-        self.teacher_grid.close()
+        self.placement.close()
         self.run_lock.release()
