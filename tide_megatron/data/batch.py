@@ -48,9 +48,10 @@ class DistillBatch:
         return 0 if self.teacher_pass_masks is None else int(self.teacher_pass_masks.shape[0])
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "DistillBatch":
-        """Every tensor of the batch on ``device`` (``non_blocking`` copies from pinned memory overlap compute)."""
+        """Every tensor of the batch on ``device`` (``non_blocking`` copies from pinned memory overlap compute);
+        ``epoch`` stays a Python int."""
         moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                 for f in fields(self) if getattr(self, f.name) is not None}
+                 for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **moved)
 
     @classmethod
