@@ -74,7 +74,7 @@ def _reference_loss(trainer, reference, batch, payload) -> torch.Tensor:
     """One rank, TP=1, full logits, no compaction: CE + the mode's TIDE term of one micro-batch."""
     L = batch.x0.shape[1]
     ids, pos = bd3lm_inputs(batch.xt, batch.x0, order="xt_x0")
-    logits = reference(ids, pos, trainer.block_mask, logits_rows=slice(0, L))
+    logits = reference(ids, pos, trainer.student_mask(ids.shape[0]), logits_rows=slice(0, L))
     inputs = trainer._loss_inputs(batch, payload, logits)
     return trainer.objective(inputs, step=0, total_steps=trainer.state.total_steps, tp_group=None).total
 
