@@ -8,6 +8,7 @@ setup(
     description="Cross-architecture distillation of diffusion LLMs (TIDE) on megatron-core",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["tide_megatron", "tide_megatron.*"]),
+    package_data={"tide_megatron": ["eval/paper_results.yaml", "eval/harness/tasks/*.yaml"]},
     install_requires=[
         # megatron-core 0.17+ needs Python 3.12; 0.16.1 is the newest release for 3.11.
         "megatron-core==0.16.1",
@@ -37,6 +38,9 @@ setup(
         # CUDA 13 torch -> `gpu-cu13`. Never install TE on a CPU machine: it breaks `import megatron.core` there.
         "gpu": ["transformer-engine[core_cu12,pytorch]>=2.9.0a0,<2.12.0"],
         "gpu-cu13": ["transformer-engine[core_cu13,pytorch]>=2.9.0a0,<2.12.0"],
+        # lm-evaluation-harness for the paper's benchmarks (docs/EVALUATION.md); [math] brings what
+        # minerva_math imports (math-verify, sympy, antlr4 4.11). Pinned: the paper table compares task versions.
+        "eval": ["lm-eval[math]==0.4.13"],
     },
     entry_points={
         "console_scripts": [
@@ -45,6 +49,11 @@ setup(
             "tide-train=tide_megatron.cli.train:main",
             "tide-eval=tide_megatron.cli.evaluate:main",
             "tide-demo=tide_megatron.cli.demo:main",
-        ]
+            "tide-lm-eval=tide_megatron.eval.harness.cli:main",
+        ],
+        # lm-evaluation-harness plugin groups (read by harness releases after 0.4.13; tide-lm-eval and
+        # tide-eval register both by hand on 0.4.13): the model class and our task directory.
+        "lm_eval.models": ["tide_bd3lm=tide_megatron.eval.harness.model:TideBD3LM"],
+        "lm_eval.tasks": ["tide=tide_megatron.eval.harness.tasks"],
     },
 )

@@ -41,6 +41,6 @@ if (want == "cuda") != bool(cuda):
     sys.exit(f"setup_env.sh: TIDE_TORCH={want} but the installed torch {torch.__version__} is {build}; "
              f"set TIDE_TORCH_INDEX to an index with the {want} build (e.g. {example})")
 PY
-  python -m pip install -q -e ".[dev]"
+  python -m pip install -q -e ".[dev,eval]"
   echo "torch=$TIDE_TORCH" >"$stamp"
 fi

@@ -196,14 +196,14 @@ class CheckpointConfig:
     dir: str = ""  # default: <output_dir>/checkpoints
     save_interval: int = 10000  # optimizer steps (HF save_steps, §7.1)
     keep_last: int = 2
-    resume: str = "auto"  # auto (latest in dir, if any) | none | a checkpoint directory
+    resume: str = "auto"  # auto (latest in dir, if any) | force (auto, even from another run) | none | a directory
     save_on_signal: bool = True  # SIGTERM / SIGUSR1: checkpoint, then exit 0
     save_at_end: bool = True
 
     def __post_init__(self) -> None:
         require(self.save_interval >= 1, "checkpoint.save_interval", "an integer >= 1", self.save_interval)
         require(self.keep_last >= 1, "checkpoint.keep_last", "an integer >= 1", self.keep_last)
-        if self.resume not in ("auto", "none"):
+        if self.resume not in ("auto", "force", "none"):
             _require_path(self.resume, "checkpoint.resume", "checkpoint directory")
 
 

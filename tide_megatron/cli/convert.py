@@ -19,8 +19,9 @@ from typing import Optional, Sequence
 
 import torch.distributed as dist
 
+from tide_megatron.cli.errors import cli_errors
 from tide_megatron.diffusion.masks import check_block_multiple
-from tide_megatron.distributed import cpu_compat, init_distributed
+from tide_megatron.distributed import init_distributed
 from tide_megatron.models.convert.mcore_dir import DTYPES, hf_to_mcore, mcore_to_hf, read_mcore_meta
 from tide_megatron.models.convert.verify import DEFAULT_TOLERANCE, VerifyFailed, verify
 from tide_megatron.models.registry import ARCHITECTURES, get_architecture
@@ -71,8 +72,6 @@ def run(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     """Parse and execute (raises on bad input, `VerifyFailed` on a mismatch); returns verify's differences."""
     args = build_parser().parse_args(argv)
     init_distributed()
-    if cpu_compat.is_applied():
-        cpu_compat.use_fork_checkpoint_manager()
     if args.command == "export":
         try:
             out = export_student(args.checkpoint, args.hf_dir, dtype=args.dtype,
@@ -100,6 +99,7 @@ def _rank0_print(msg: str) -> None:
         print(msg, flush=True)
 
 
+@cli_errors("tide-convert")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point: a verify mismatch -> exit 1; bad input -> one line on stderr and exit 2."""
     try:

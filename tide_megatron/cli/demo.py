@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from tide_megatron.cli.errors import cli_errors
 from tide_megatron.demo.pipeline import DemoError, run
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_errors("tide-demo")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:

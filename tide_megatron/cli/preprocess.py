@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from tide_megatron.cli.errors import cli_errors
 from tide_megatron.data.samples import SampleConfig
 
 
@@ -41,10 +42,13 @@ def _inspect(argv: list[str]) -> int:
     p.add_argument("--max-rows", type=int, default=200)
     args = p.parse_args(argv)
     ds = TideAlignedDataset(args.dataset)
+    if not 0 <= args.index < len(ds):
+        raise ValueError(f"--index {args.index}: {args.dataset} has {len(ds)} samples (0 .. {len(ds) - 1})")
     print(render_sample(ds, args.index, max_rows=args.max_rows))
     return 0
 
 
+@cli_errors("tide-preprocess")
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["inspect"]:

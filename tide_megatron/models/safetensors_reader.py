@@ -26,6 +26,15 @@ class CheckpointFileMissing(CheckpointError, FileNotFoundError):
     """The directory has no safetensors files, or its index lists shards that do not exist."""
 
 
+def _open_shard(file: Path):
+    """`safe_open` with an error naming the shard when it is truncated or not a safetensors file."""
+    try:
+        return safe_open(str(file), framework="pt")
+    except Exception as err:  # safetensors' SafetensorError: "incomplete metadata, file not fully covered", ...
+        raise CheckpointError(f"{file}: not a readable safetensors file ({err}; {file.stat().st_size} bytes: "
+                              f"truncated or corrupt? download it again)") from None
+
+
 class SafetensorsReader:
     """Key → shard lookup plus whole or sliced reads; open shard handles are cached until `close`."""
 
@@ -49,7 +58,7 @@ class SafetensorsReader:
                 raise CheckpointFileMissing(f"{self.directory}: no *.safetensors files and no {INDEX_NAME}")
             self.key_to_file = {}
             for file in files:
-                with safe_open(str(file), framework="pt") as handle:
+                with _open_shard(file) as handle:
                     for key in handle.keys():
                         if key in self.key_to_file:
                             raise CheckpointError(f"{self.directory}: tensor '{key}' is in both "
@@ -76,7 +85,7 @@ class SafetensorsReader:
         if file not in self._handles:
             if not file.is_file():
                 raise CheckpointFileMissing(f"{file}: shard holding '{key}' does not exist (needed for {purpose})")
-            self._handles[file] = safe_open(str(file), framework="pt")
+            self._handles[file] = _open_shard(file)
         return self._handles[file]
 
     def shape(self, key: str, purpose: str = "shape check") -> tuple[int, ...]:

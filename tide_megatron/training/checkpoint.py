@@ -5,14 +5,25 @@ step (TIDAL progress = step / total steps, spec §3, §9.14), every rank's RNG s
 position. It is written to ``<root>/.tmp-step_XXXXXXX`` and renamed to ``<root>/step_XXXXXXX`` only
 once every rank has finished, so a killed save never looks like a checkpoint; ``<root>/latest`` names
 the newest one. Only the last N are kept. The teacher is frozen and is never checkpointed.
+
+A save that fails (a full disk, a dead writer) removes its temporary directory, keeps the previous
+checkpoint and raises `CheckpointSaveError` naming the path and the bytes a checkpoint needs; free space is
+checked before and after every save against that size, with a warning while there is still time to act.
+Each checkpoint records the run's fingerprint (seed, data, models, objective mode): `resolve_resume` refuses
+a checkpoint written by a different run unless ``checkpoint.resume=force``. Reads and writes go through
+`distributed.checkpoint_io` (no pickled code is ever run; helpers survive a job-wide SIGTERM).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import random
 import re
 import shutil
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -20,11 +31,14 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing
-from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, is_main_replica
 from megatron.core.process_groups_config import ProcessGroupCollection
+from torch.distributed.checkpoint.api import CheckpointException
 
 from tide_megatron.atomic import publish, write_text_atomic
+from tide_megatron.distributed import checkpoint_io
+from tide_megatron.distributed.checkpoint_io import CheckpointError
 from tide_megatron.training.optimizer import prepare_optimizer_for_loading, restore_adam_step_counts
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
@@ -34,8 +48,13 @@ FORMAT_VERSION = 1
 OPTIMIZER_SHARDING = "dp_reshardable"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, partial or corrupt; the message names it."""
+FORCE_RESUME = "force"  # checkpoint.resume value: the newest checkpoint even if its fingerprint differs
+# Warn when the free space is below this many checkpoints' worth (the save writes a new one before pruning).
+LOW_SPACE_CHECKPOINTS = 1.5
+
+
+class CheckpointSaveError(CheckpointError):
+    """A save failed; its temporary directory is gone and the previous checkpoint is untouched."""
 
 
 @dataclass
@@ -100,34 +119,103 @@ def _sharded_state_dict(model, optimizer, pgs: ProcessGroupCollection, is_loadin
 
 
 def save_checkpoint(root: str, model, optimizer, scheduler, train_state: TrainState,
-                    pgs: ProcessGroupCollection, config_yaml: str = "", keep_last: int = 2) -> str:
-    """Write one checkpoint atomically (collective over the world); returns its final directory."""
+                    pgs: ProcessGroupCollection, config_yaml: str = "", keep_last: int = 2,
+                    fingerprint: Optional[dict] = None) -> str:
+    """Write one checkpoint atomically (collective over the world); returns its final directory.
+
+    On failure the temporary directory is removed on rank 0 and `CheckpointSaveError` is raised.
+    """
     root_path = Path(root)
     final = root_path / step_dir_name(train_state.step)
     tmp = root_path / f".tmp-{final.name}"
     rank = dist.get_rank()
     if rank == 0:
         root_path.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        # Saves killed mid-way, or while publishing (one writer per directory: the run lock).
+        for stale in [*root_path.glob(".tmp-step_*"), *root_path.glob(".step_*.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
     state = _sharded_state_dict(model, optimizer, pgs, is_loading=False)
     state["train_state"] = train_state.to_dict()
     state["lr_scheduler"] = scheduler.state_dict()
     state["format_version"] = FORMAT_VERSION
-    dist_checkpointing.save(state, str(tmp))
-    dist.barrier()
+    needed = _checkpoint_bytes(root_path, state)
     if rank == 0:
-        (tmp / "config.yaml").write_text(config_yaml)
-        write_text_atomic(tmp / COMPLETE_MARKER, json.dumps({"format_version": FORMAT_VERSION,
-                                                             "world_size": dist.get_world_size(),
-                                                             **train_state.to_dict()}, indent=1))
+        _warn_if_low_space(root_path, needed, "this save may fail")
+    try:
+        checkpoint_io.save(state, str(tmp))
+        dist.barrier()
+        if rank == 0:
+            (tmp / "config.yaml").write_text(config_yaml)
+            marker = {"format_version": FORMAT_VERSION, "world_size": dist.get_world_size(), **train_state.to_dict()}
+            if fingerprint is not None:
+                marker["fingerprint"] = fingerprint
+            write_text_atomic(tmp / COMPLETE_MARKER, json.dumps(marker, indent=1))
+    except (Exception, CheckpointException) as err:  # CheckpointException is a BaseException
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointSaveError(_save_failure_message(err, root_path, tmp, needed)) from err
+    if rank == 0:
         publish(tmp, final)  # replaces a re-save of the same step (e.g. a signal right after a periodic save)
         write_text_atomic(root_path / "latest", final.name + "\n")
         _prune(root_path, keep_last)
+        _warn_if_low_space(root_path, checkpoint_io.directory_bytes(final), "the next save may fail")
     dist.barrier()
     return str(final)
+
+
+def _checkpoint_bytes(root: Path, state: dict) -> int:
+    """About how many bytes a checkpoint takes: the newest one on disk, or the tensors every rank will write."""
+    mine = sum(t.data.numel() * t.data.element_size() for t in nested_values(state)
+               if isinstance(t, ShardedTensor) and t.data is not None and is_main_replica(t.replica_id))
+    sizes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(sizes, mine)
+    previous = list_checkpoints(str(root))
+    return max(sum(sizes), checkpoint_io.directory_bytes(previous[-1]) if previous else 0)
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem holding ``path`` (or its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _warn_if_low_space(root: Path, needed: int, consequence: str) -> None:
+    free = _free_bytes(root)
+    if free < LOW_SPACE_CHECKPOINTS * needed:
+        print(f"warning: checkpoint.dir {root}: {free} bytes free, a checkpoint needs about {needed}; "
+              f"{consequence} (free space, or lower checkpoint.keep_last)", file=sys.stderr, flush=True)
+
+
+def _errors_in(err: BaseException) -> list[BaseException]:
+    """``err``, its causes and contexts, and the per-rank failures torch's CheckpointException carries."""
+    seen: list[BaseException] = []
+    todo = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [e.__cause__, e.__context__]
+        if isinstance(e, CheckpointException):
+            todo += [exc for exc, _ in e.failures.values()]
+    return seen
+
+
+def _save_failure_message(err: BaseException, root: Path, tmp: Path, needed: int) -> str:
+    previous = list_checkpoints(str(root))
+    kept = f"the previous checkpoint {previous[-1]} is kept" if previous else "there is no previous checkpoint"
+    # The writers' errors reach this rank through pickles that drop __cause__: match the message as well.
+    if any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or os.strerror(errno.ENOSPC) in str(e)
+           for e in _errors_in(err)):
+        return (f"checkpoint save to {tmp} failed: no space left on device ({_free_bytes(root)} bytes free on "
+                f"{root}, a checkpoint needs about {needed}); the partial directory was removed and {kept}")
+    first = next((e for e in reversed(_errors_in(err)) if not isinstance(e, CheckpointException)), err)
+    detail = (str(first).strip().splitlines() or [""])[0][:300]
+    return (f"checkpoint save to {tmp} failed: {type(first).__name__}: {detail}; the partial directory was removed "
+            f"and {kept}")
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -168,14 +256,15 @@ def validate_checkpoint_dir(path: str) -> dict:
     return info
 
 
-def resolve_resume(resume: str, root: str) -> Optional[str]:
-    """Which checkpoint to load: ``none`` → None; ``auto`` → the newest in ``root`` (None if empty); else the path.
+def resolve_resume(resume: str, root: str, fingerprint: Optional[dict] = None) -> Optional[str]:
+    """Which checkpoint to load: ``none`` → None; ``auto`` → the newest in ``root`` (None if empty); ``force``
+    → the same, accepting a different run's fingerprint; else the path.
 
-    The chosen directory is validated, so a corrupt or partial one is a clear error before any work.
+    The chosen directory is validated, so a corrupt, partial or foreign one is a clear error before any work.
     """
     if resume == "none":
         return None
-    if resume == "auto":
+    if resume in ("auto", FORCE_RESUME):
         steps = list_checkpoints(root)
         if not steps:
             return None
@@ -185,10 +274,52 @@ def resolve_resume(resume: str, root: str) -> Optional[str]:
             named = Path(root) / latest_file.read_text().strip()
             if named.is_dir() and named != chosen:
                 chosen = max(named, chosen, key=lambda c: int(STEP_DIR.match(c.name).group(1)))
-        validate_checkpoint_dir(str(chosen))
-        return str(chosen)
-    validate_checkpoint_dir(resume)
-    return resume
+        path = str(chosen)
+    else:
+        path = resume
+    info = validate_checkpoint_dir(path)
+    if fingerprint is not None and resume != FORCE_RESUME:
+        check_fingerprint(path, info.get("fingerprint"), fingerprint)
+    return path
+
+
+def run_fingerprint(cfg, train_data) -> dict:
+    """What a resumed run must share with the run that wrote its checkpoint: seed, data, models, objective mode.
+
+    The data and the models are identified by content (the dataset's meta.json without its summary, plus its
+    length; each model's config.json), so moving a directory keeps the fingerprint.
+    """
+    meta = {k: v for k, v in getattr(train_data, "meta", {}).items() if k != "summary"}
+    out = {"seed": cfg.optim.seed, "mode": cfg.objective.mode,
+           "data": _digest({"meta": meta, "samples": len(train_data)}),
+           "student": _model_digest(cfg.student.checkpoint)}
+    if cfg.objective.needs_teacher:
+        out["teacher"] = _model_digest(cfg.teacher.checkpoint)
+    return out
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _model_digest(checkpoint: str) -> str:
+    """The model's config.json (an HF directory, or the ``hf/`` assets of a converted one), hashed."""
+    for candidate in (Path(checkpoint, "config.json"), Path(checkpoint, "hf", "config.json")):
+        if candidate.is_file():
+            return hashlib.sha256(candidate.read_bytes()).hexdigest()[:16]
+    return _digest(checkpoint)
+
+
+def check_fingerprint(path: str, saved: Optional[dict], current: dict) -> None:
+    """Refuse a checkpoint written by a run with another seed, data, model or mode (`CheckpointError`)."""
+    if saved is None:  # written before fingerprints were recorded: nothing to compare
+        return
+    differ = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
+              for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if differ:
+        raise CheckpointError(f"checkpoint {path!r} was written by a different run ({'; '.join(differ)}); refusing "
+                              f"to resume it. Use another output_dir (or checkpoint.dir), or set "
+                              f"checkpoint.resume={FORCE_RESUME} to resume it anyway")
 
 
 def load_checkpoint(path: str, model, optimizer, scheduler, pgs: ProcessGroupCollection) -> TrainState:
@@ -198,10 +329,7 @@ def load_checkpoint(path: str, model, optimizer, scheduler, pgs: ProcessGroupCol
         raise CheckpointError(f"checkpoint {path!r} was written by {info['world_size']} ranks; this job has "
                               f"{dist.get_world_size()} (RNG states and data positions are per rank)")
     state = _sharded_state_dict(model, optimizer, pgs, is_loading=True)
-    try:
-        loaded = dist_checkpointing.load(state, path)
-    except Exception as err:  # dist_checkpointing raises many types; name the directory
-        raise CheckpointError(f"checkpoint {path!r} could not be loaded: {type(err).__name__}: {err}") from err
+    loaded = checkpoint_io.load(state, path)  # errors name the directory and the failing file
     model.load_state_dict(loaded["model"], strict=False)
     with torch.no_grad():  # DistOpt copies into views of leaf parameters (MEGATRON_ON_CPU §4)
         optimizer.load_state_dict(loaded["optimizer"])

@@ -8,13 +8,16 @@ index), so a resumed run sees exactly the batches, and the masks, it would have 
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from typing import Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tide_megatron.data.stage import TideCollator
 from tide_megatron.data.batch import DistillBatch
+from tide_megatron.data.stage import TideCollator
+from tide_megatron.distributed.lifetime import make_helper
 
 
 class ListDataset(Dataset):
@@ -73,24 +76,54 @@ class ResumableBatches:
             position = end
 
 
-def _ignore_preemption_signals(worker_id: int) -> None:
-    """Workers leave SIGTERM/SIGUSR1 to the trainer (SLURM signals every process of the job): the main
-    process checkpoints at the next step boundary and shuts the workers down itself."""
-    import signal
+_OPEN_ITERATORS: weakref.WeakSet = weakref.WeakSet()  # loader iterators whose workers may still run
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+def _init_worker(worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGUSR1 to the trainer (SLURM signals every process of the job: the main process
+    checkpoints at the next step boundary and stops the workers itself) and die with it if it is killed."""
+    make_helper()
+
+
+def _stop_workers(iterator) -> None:
+    """Stop a loader iterator's workers now: DataLoader's own shutdown, then SIGKILL for any still alive.
+
+    Needed because the workers ignore SIGTERM: if an error leaves an iterator unfinished, multiprocessing's
+    exit handler would SIGTERM them and then wait for them forever.
+    """
+    _OPEN_ITERATORS.discard(iterator)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    for worker in getattr(iterator, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
+
+
+@atexit.register  # runs before torch's own exit hook (registered earlier), while DataLoader shutdown still works
+def _stop_all_workers() -> None:
+    for iterator in list(_OPEN_ITERATORS):
+        _stop_workers(iterator)
 
 
 def micro_batches(dataset: Dataset, batches: ResumableBatches, collator: TideCollator, start: int, stop: int,
                   num_workers: int = 0, prefetch_factor: int = 2) -> Iterator[DistillBatch]:
-    """This rank's micro-batches ``start .. stop-1``; collation, noising and alignment run in the workers."""
+    """This rank's micro-batches ``start .. stop-1``; collation, noising and alignment run in the workers.
+
+    Closing the generator (or leaving it by an error) stops the workers at once.
+    """
     for epoch, index_lists in batches.segments(start, stop):
         collator.set_epoch(epoch)
         kwargs = {"num_workers": num_workers}
         if num_workers > 0:
-            kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False,
-                          worker_init_fn=_ignore_preemption_signals)
-        loader = DataLoader(dataset, batch_sampler=index_lists, collate_fn=collator, **kwargs)
-        for out in loader:
-            yield DistillBatch.from_stage(out)
+            kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False, worker_init_fn=_init_worker)
+        iterator = iter(DataLoader(dataset, batch_sampler=index_lists, collate_fn=collator, **kwargs))
+        if num_workers > 0:
+            _OPEN_ITERATORS.add(iterator)
+        try:
+            for out in iterator:
+                yield DistillBatch.from_stage(out)
+        finally:
+            if num_workers > 0:
+                _stop_workers(iterator)

@@ -23,9 +23,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import yaml
-from megatron.core import dist_checkpointing
 
-from tide_megatron.distributed import ParallelLayout, build_model_grid, init_distributed
+from tide_megatron.distributed import ParallelLayout, build_model_grid, checkpoint_io, init_distributed
 from tide_megatron.models.convert.hf_files import copy_hf_assets, write_hf_safetensors
 from tide_megatron.models.convert.mcore_dir import DTYPES, is_mcore_dir
 from tide_megatron.models.convert.output_dir import atomic_output_dir
@@ -84,7 +83,9 @@ def load_student_from_checkpoint(step_dir: str, pgs, dtype: torch.dtype = torch.
     # The trainer saves the DDP-wrapped student, whose entries are named "module.<parameter>".
     wrapped = model.sharded_state_dict(prefix=DDP_PREFIX, metadata={"dp_cp_group": model.pg_collection.dp_cp})
     try:
-        loaded = dist_checkpointing.load({"model": wrapped}, step_dir)
+        loaded = checkpoint_io.load({"model": wrapped}, step_dir)
+    except checkpoint_io.UnsafeCheckpointError:
+        raise
     except Exception as err:  # dist_checkpointing raises many types; name the directory
         raise CheckpointError(f"checkpoint {step_dir!r}: its model weights do not fit the student described by "
                               f"{assets}/config.json: {type(err).__name__}: {err}") from err

@@ -33,18 +33,19 @@ from tide_megatron.data.stage import StageConfig, TideCollator
 from tide_megatron.diffusion.inputs import bd3lm_inputs
 from tide_megatron.diffusion.masks import block_diffusion_mask
 from tide_megatron.distributed import build_teacher_and_student_grids, init_distributed, seed_model_parallel_rng
-from tide_megatron.distributed import cpu_compat
 from tide_megatron.distributed.grids import ParallelLayout
 from tide_megatron.losses import LossInputs, bd3lm_ce, build_objective
 from tide_megatron.models.gpt import ensure_global_memory_buffer
 from tide_megatron.teacher.passes import build_teacher_passes, run_teacher_passes, teacher_mask_id
 from tide_megatron.training.compact import compact_student_inputs, scatter_xt_rows
-from tide_megatron.training.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from tide_megatron.training.checkpoint import (TrainState, load_checkpoint, resolve_resume, run_fingerprint,
+                                               save_checkpoint)
 from tide_megatron.training.data import ResumableBatches, micro_batches
 from tide_megatron.training.fp8 import check_fp8_available
 from tide_megatron.training.logging import MetricsLogger
 from tide_megatron.training.models import build_student, build_teacher
 from tide_megatron.training.optimizer import build_lr_scheduler, build_optimizer, reduce_gradients, wrap_ddp
+from tide_megatron.training.run_lock import RunLock
 from tide_megatron.training.student_loss import chunked_loss_backward, supports_chunked_head
 
 
@@ -88,12 +89,12 @@ class DistillTrainer:
                  stream: TextIO = sys.stdout, backend: Optional[str] = None):
         self.cfg, self.train_data, self.valid_data, self.stream = cfg, train_data, valid_data, stream
         init_distributed()
-        if cpu_compat.is_applied():
-            cpu_compat.use_fork_checkpoint_manager()  # spawn would re-import megatron at the first save (+5-8 s)
+        self.run_lock = RunLock.acquire([cfg.output_dir, cfg.checkpoint.dir])  # one run per directory (collective)
         world = dist.get_world_size()
         self.teacher_dp, self.student_dp = cfg.check_world_size(world)
         check_fp8_available(cfg.precision)
-        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)  # a bad checkpoint fails before any build
+        self.fingerprint = run_fingerprint(cfg, train_data)  # a checkpoint of another run is refused on resume
+        resume = resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir, self.fingerprint)  # fails before any build
         self.needs_teacher = cfg.objective.needs_teacher
         self.chunk_level = cfg.objective.chunk_level
         self.teacher_grid, self.student_grid = build_teacher_and_student_grids(
@@ -304,6 +305,7 @@ class DistillTrainer:
                     preempted = True
                     break
         finally:
+            loader.close()  # stops the DataLoader workers now, whatever ended the loop
             self.preemption.restore()
         finished = self.state.step >= self.state.total_steps
         if finished and cfg.checkpoint.save_at_end and self.state.step % cfg.checkpoint.save_interval != 0:
@@ -316,7 +318,8 @@ class DistillTrainer:
 
     def save(self) -> str:
         return save_checkpoint(self.cfg.checkpoint.dir, self.model, self.optimizer, self.scheduler, self.state,
-                               self.student_grid.pgs, dump_config(self.cfg), self.cfg.checkpoint.keep_last)
+                               self.student_grid.pgs, dump_config(self.cfg), self.cfg.checkpoint.keep_last,
+                               self.fingerprint)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -355,3 +358,4 @@ class DistillTrainer:
         self.logger.close()
         self.student_grid.close()
         self.teacher_grid.close()
+        self.run_lock.release()

@@ -49,6 +49,7 @@ def test_truncation_and_instruct_prompt():
     assert truncate_completion("<think>\nplan\n</think>    return x\n") == "    return x\n"
     prob = load_problems(limit=1)[0]
     prompt = instruct_prompt(prob, chat=lambda user: f"<user>{user}</user><assistant>")
-    assert prompt.startswith("<user>") and prompt.endswith(prob["prompt"])
+    # the harness's humaneval_instruct text: the prefilled header ends with the prompt and one newline
+    assert prompt.startswith("<user>") and prompt.endswith("```python\n" + prob["prompt"] + "\n")
     with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
         load_problems("nowhere.jsonl")

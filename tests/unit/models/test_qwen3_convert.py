@@ -132,7 +132,7 @@ def test_seq_length_not_multiple_of_block_is_refused(converted, capsys):
     assert "--seq-length 10" in capsys.readouterr().err
 
 
-def test_failure_during_save_leaves_no_partial_directory(converted, tmp_path, monkeypatch):
+def test_failure_during_save_leaves_no_partial_directory(converted, tmp_path, monkeypatch, capsys):
     from megatron.core import dist_checkpointing
 
     def broken_save(*args, **kwargs):
@@ -140,6 +140,6 @@ def test_failure_during_save_leaves_no_partial_directory(converted, tmp_path, mo
 
     monkeypatch.setattr(dist_checkpointing, "save", broken_save)
     out = str(tmp_path / "out")
-    with pytest.raises(OSError):
-        tide_convert(["hf-to-mcore", "--hf-dir", converted[0], "--mcore-dir", out])
+    assert tide_convert(["hf-to-mcore", "--hf-dir", converted[0], "--mcore-dir", out]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "tide-convert: error: disk full"
     assert not os.path.exists(out) and not os.path.exists(out + ".tmp-partial")

@@ -14,9 +14,8 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing
 
-from tide_megatron.distributed import ParallelLayout, build_model_grid
+from tide_megatron.distributed import ParallelLayout, build_model_grid, checkpoint_io
 from tide_megatron.dtypes import DTYPES
 from tide_megatron.models.convert.architecture import Architecture
 from tide_megatron.models.convert.hf_files import copy_hf_assets, read_hf_config, write_hf_safetensors
@@ -86,7 +85,7 @@ def hf_to_mcore(arch: Architecture, hf_dir: str, out_dir: str, tp: int = 1, pp: 
         model, args, used = arch.build_from_hf(hf_dir, grid.pgs, params_dtype, backend=backend)
         _check_every_tensor_used(arch, args, hf_dir, used)
         with atomic_output_dir(out_dir, "--mcore-dir", is_writer=_is_rank0(), barrier=_barrier) as tmp:
-            dist_checkpointing.save(sharded_state_dict(model), tmp)
+            checkpoint_io.save(sharded_state_dict(model), tmp)
             if _is_rank0():
                 copy_hf_assets(hf_dir, os.path.join(tmp, HF_ASSETS))
                 with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as fh:
@@ -120,7 +119,7 @@ def args_from_mcore(arch: Architecture, mcore_dir: str, tp: int = 1, pp: int = 1
 def load_mcore_checkpoint(model: torch.nn.Module, mcore_dir: str) -> None:
     """Load a dist checkpoint into a built model (any layout; megatron reshards). Every tensor must load."""
     read_mcore_meta(mcore_dir)
-    model.load_state_dict(dist_checkpointing.load(sharded_state_dict(model), mcore_dir), strict=True)
+    model.load_state_dict(checkpoint_io.load(sharded_state_dict(model), mcore_dir), strict=True)
 
 
 def mcore_to_hf(arch: Architecture, mcore_dir: str, out_dir: str, dtype: Optional[str] = None,
