@@ -1,12 +1,12 @@
 """The student side of a step with the output layer and the loss run over groups of sequences (spec §9.21).
 
 The student trunk runs once over ``[xt ; x0]`` and returns the final hidden states of the xt half
-(``model(..., output="hidden")``, `models.gpt.ExplicitMaskGPTModel`). The
-vocabulary projection and the loss (CE + the TIDE term) then run ``chunk_seqs`` sequences at a time,
-each group backpropagating into the hidden states before the next group's logits exist; the trunk
-backpropagates once at the end. Only the rows some term reads get logits (`rows_read`: the masked rows and
-the distilled ones, typically 40-55% of them); the others would receive a zero gradient anyway. So at most ``chunk_seqs / b`` of the ``[b, L, V]`` logits (and of their
-gradient) are alive at any moment, instead of the whole tensor plus the loss's own full-size temporaries.
+(``model(..., output="hidden")``, `models.gpt.ExplicitMaskGPTModel`). The vocabulary projection and the loss
+(CE + the TIDE term) then run ``chunk_seqs`` sequences at a time, each group backpropagating into the hidden
+states before the next group's logits exist; the trunk backpropagates once at the end. Only the rows some
+term reads get logits (`losses.modes.rows_read`: the masked rows, typically 40-55% of them); the others would
+get a zero gradient anyway. So at most ``chunk_seqs / b`` of the read rows' logits (and of their gradient) are
+alive at any moment, instead of the whole ``[b, L, V]`` tensor plus the loss's own full-size temporaries.
 The output weight's gradient is accumulated in place (into megatron DDP's ``main_grad`` buffer when there is
 one, as megatron's fused weight-gradient path does), so no ``[V, h]`` temporary is made per group either.
 
