@@ -190,7 +190,7 @@ class LossInputs:
     ``masked`` is the (chunk-expanded in Pipeline A) student mask; it feeds the CE.
     """
 
-    student_logits: torch.Tensor  # [b, L, V_local]
+    student_logits: torch.Tensor  # [b, L, V_local], or packed [n, V_local] at ``student_rows``
     x0: torch.Tensor  # int64 [b, L]
     masked: torch.Tensor  # bool [b, L]
     maskable: torch.Tensor  # bool [b, L]
@@ -201,6 +201,49 @@ class LossInputs:
     teacher_chunk: Optional[torch.Tensor] = None  # int64 [b, L_t], -1 = none
     teacher_token_logp: Optional[torch.Tensor] = None  # fp32 [b, L_t]
     active: Optional[torch.Tensor] = None  # bool [b, C]
+    # Packed student logits: int64 [n, 2] (sequence, position) of each row of student_logits [n, V_local]; the
+    # rows no term reads may be left out (the chunked head computes only masked rows). None: logits are [b, L, V].
+    student_rows: Optional[torch.Tensor] = None
+
+
+def rows_read(inputs: LossInputs) -> torch.Tensor:
+    """bool ``[b, L]``: the student rows some term reads. CE reads the masked rows (the others are weighted 0),
+    the token terms their distilled rows, the chunk terms the tokens of active chunks; every other row's
+    logits get a zero gradient, so the output layer can leave them out."""
+    read = inputs.masked.clone()
+    if inputs.rows is not None:
+        read[inputs.rows.batch, inputs.rows.student_pos] = True
+    if inputs.active is not None and inputs.student_chunk is not None and inputs.active.shape[1]:
+        chunk = inputs.student_chunk
+        read |= (chunk >= 0) & inputs.active.gather(1, chunk.clamp_min(0))
+    return read
+
+
+def student_token_logprobs(x: LossInputs, tp_group: ProcessGroup = None,
+                           chunk_rows: Optional[int] = None) -> torch.Tensor:
+    """fp32 ``[b, L]`` log p(x0) under the student; with packed logits, 0 at the positions not computed (every
+    term reads them through ``masked`` or ``active``, which the packed rows cover)."""
+    if x.student_rows is None:
+        return token_logprobs(x.student_logits, x.x0, tp_group, chunk_rows)
+    seq, pos = x.student_rows.unbind(1)
+    rows = token_logprobs(x.student_logits, x.x0[seq, pos], tp_group, chunk_rows)
+    return rows.new_zeros(x.x0.shape).index_put((seq, pos), rows)
+
+
+def student_logit_rows(x: LossInputs, batch: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Student logit rows ``[n, V_local]`` at (``batch``, ``pos``), from full or packed logits (differentiable)."""
+    if x.student_rows is None:
+        return gather_rows(x.student_logits, batch, pos)
+    seq, spos = x.student_rows.unbind(1)
+    if seq.shape == batch.shape and torch.equal(seq, batch) and torch.equal(spos, pos):
+        return x.student_logits  # the packed rows are exactly the requested ones: no copy
+    where = torch.full(x.x0.shape, -1, dtype=torch.long, device=seq.device)
+    where[seq, spos] = torch.arange(seq.numel(), device=seq.device)
+    index = where[batch, pos]
+    if index.numel() and bool((index < 0).any()):
+        raise ValueError("LossInputs.student_rows: a distilled row was not computed (the packed student logits "
+                         "must cover every row in LossInputs.rows)")
+    return x.student_logits.index_select(0, index)
 
 
 @dataclass
@@ -232,7 +275,7 @@ class Objective:
                  tp_group: ProcessGroup = None) -> LossOutput:
         """Assemble the loss of §6. ``step`` is the 0-based optimizer step, ``total_steps`` the total (§9.14)."""
         c = self.config
-        logp = token_logprobs(inputs.student_logits, inputs.x0, tp_group, c.chunk_rows)
+        logp = student_token_logprobs(inputs, tp_group, c.chunk_rows)
         ce = bd3lm_ce_from_logprobs(logp, inputs.masked, inputs.maskable, inputs.t)
         terms = {}
         total = ce
@@ -259,7 +302,7 @@ class Objective:
                 x.teacher_rows.shape[-1] < c.shared_vocab:
             raise ValueError(f"mode {spec.name!r}: teacher rows have {x.teacher_rows.shape[-1]} columns, fewer than "
                              f"shared_vocab={c.shared_vocab}")
-        student = gather_rows(x.student_logits, x.rows.batch, x.rows.student_pos)
+        student = student_logit_rows(x, x.rows.batch, x.rows.student_pos)
         teacher = teacher_rows_to_shard(x.teacher_rows.detach(), v_local, tp_group)
         if spec.term == "kl":
             return kl_loss(student, teacher, c.kl_temperature, spec.reverse, c.shared_vocab, tp_group, c.chunk_rows)

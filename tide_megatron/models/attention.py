@@ -39,8 +39,11 @@ class SDPACoreAttention(MegatronModule):
 
     Mask: a description (`AttentionMaskSpec`), or megatron-core's core-attention convention (bool, True =
     masked out, broadcastable to [b, heads, sq, sk]); models in this package convert their public masks once.
-    Softmax precision is what SDPA gives (fp32 accumulation for fp32 inputs).
+    Softmax precision is what SDPA gives (fp32 accumulation for fp32 inputs). With ``query_rows = n`` set (by
+    `models.output_rows.OutputRowsTransformerLayer`, for one call) only the first n queries are answered.
     """
+
+    query_rows: Optional[int] = None
 
     def __init__(
         self,
@@ -82,12 +85,16 @@ class SDPACoreAttention(MegatronModule):
         """query [sq, b, np, hn], key/value [sk, b, ng, hn] -> context [sq, b, np*hn]."""
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPACoreAttention supports neither packed sequences nor attention_bias")
-        q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, heads, s, hn]
         if isinstance(attention_mask, KeyPaddingMask) and not attention_mask.has_padding:
             attention_mask = None
         elif isinstance(attention_mask, AttentionMaskSpec):
-            attention_mask.check(q.shape[0], q.shape[2])
-            attention_mask = attention_mask.to(q.device).blocked()
+            attention_mask.check(query.shape[1], query.shape[0])
+            attention_mask = attention_mask.to(query.device).blocked()
+        if self.query_rows is not None:
+            query = query[:self.query_rows]
+            if attention_mask is not None and attention_mask.shape[-2] > 1:
+                attention_mask = attention_mask[..., :self.query_rows, :]
+        q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, heads, s, hn]
         mask = None
         if attention_mask is not None:
             mask = additive_mask(attention_mask.to(torch.bool), q.dtype)

@@ -17,6 +17,7 @@ from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
 
 from tide_megatron.models.attention_mask import AttentionMaskSpec
+from tide_megatron.models.output_rows import OutputRowsTransformerLayer, prefix_length
 from tide_megatron.models.rotary import ExplicitPositionRotaryEmbedding
 
 RowSelector = Union[slice, torch.Tensor, None]
@@ -126,7 +127,23 @@ class ExplicitMaskGPTModel(GPTModel):
         mask = to_core_attention_mask(attention_mask, input_ids.shape[1], input_ids.device, input_ids.shape[0],
                                       recompute=self.config.recompute_granularity is not None)
         self._logits_rows, self._output = logits_rows, output
+        last = self._row_cutting_layer(logits_rows, kwargs)
+        if last is not None:  # the last layer computes only the rows read (models/output_rows.py)
+            last.output_rows = prefix_length(logits_rows)
         try:
             return super().forward(input_ids, position_ids, mask, **kwargs)
         finally:
             self._logits_rows, self._output = None, "logits"
+            if last is not None:
+                last.output_rows = None
+
+    def _row_cutting_layer(self, rows: RowSelector, kwargs: dict):
+        """The last layer, when it may compute only a prefix of rows: the output is read at ``rows = [0, n)`` on
+        this (last) stage, with no activation recompute (it would re-run the layer on every row), no
+        sequence parallelism (rows are split over ranks) and no inference cache."""
+        layers = getattr(self.decoder, "layers", None)
+        if (prefix_length(rows) is None or not self.post_process or not layers or kwargs.get("labels") is not None
+                or kwargs.get("inference_context") is not None or self.config.recompute_granularity is not None
+                or self.config.sequence_parallel or not isinstance(layers[-1], OutputRowsTransformerLayer)):
+            return None
+        return layers[-1]

@@ -21,9 +21,10 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
 from tide_megatron.models.backend import get_backend
+from tide_megatron.models.output_rows import OutputRowsTransformerLayer
 
 #: unfused norm -> the name TE's fused module gives it (the sharded-state-dict key map of megatron's local spec)
 FUSED_NORM_KEYS = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_",
@@ -49,7 +50,7 @@ def dense_layer_spec(backend: BackendSpecProvider, qk_layernorm: bool,
         mlp, pre_mlp_norm = moe_mlp, norm
         keys = {} if fused else {"input_layernorm.": FUSED_NORM_KEYS["input_layernorm."]}
     return ModuleSpec(
-        module=TransformerLayer,
+        module=OutputRowsTransformerLayer,  # megatron's layer; the last one can stop at the rows read (§9.21)
         submodules=TransformerLayerSubmodules(
             input_layernorm=IdentityOp if fused else norm,
             self_attention=ModuleSpec(

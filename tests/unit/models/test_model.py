@@ -72,3 +72,28 @@ def test_fully_masked_rows_stay_finite(model):
     mask[3] = False
     with torch.no_grad():
         assert torch.isfinite(model(ids, pos, mask)).all()
+
+
+def test_the_last_layer_computes_only_the_rows_read_with_the_full_values_and_gradients():
+    """logits_rows = [0, n): the last layer's attention output and MLP run on n rows (keys and values from all),
+    and the outputs and every parameter gradient equal those of the full forward sliced afterwards."""
+    torch.manual_seed(0)
+    args = qwen3_args_from_hf(tiny_qwen3_config().to_dict())
+    model = build_qwen3_model(args, build_model_grid(ParallelLayout(), "test-rows").pgs)
+    ids, pos, mask = _batch()
+    rows_seen = []
+    hook = model.decoder.layers[-1].mlp.register_forward_pre_hook(lambda m, a: rows_seen.append(a[0].shape[0]))
+    grads = []
+    for rows in (None, slice(0, 8)):
+        model.zero_grad()
+        out = model(ids, pos, mask, logits_rows=rows, output="hidden")
+        out = out if rows is not None else out[:, :8]
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    hook.remove()
+    assert rows_seen == [16, 8]
+    (full, g_full), (cut, g_cut) = grads
+    torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-6)
+    for name in g_full:
+        torch.testing.assert_close(g_cut[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert model.decoder.layers[-1].output_rows is None  # only for that one forward

@@ -59,3 +59,24 @@ def test_chunked_head_and_loss_equal_the_full_logits_loss(mode, chunk):
     assert terms["loss/total"] == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
     torch.testing.assert_close(trunk.grad, g_trunk, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(weight.grad, g_weight, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["ce", "reverse_alm", "taid_aligned"])
+def test_chunked_head_computes_logits_only_at_the_rows_the_terms_read(mode, monkeypatch):
+    from tide_megatron.losses.modes import rows_read
+    from tide_megatron.training import student_loss
+
+    inputs = _inputs(mode)
+    objective = None if mode == "ce" else build_objective(mode, ObjectiveConfig(shared_vocab=38, alm_temperature=2.0))
+    seen = []
+    linear = torch.nn.functional.linear
+
+    def counting_linear(x, w, *args):
+        seen.append(x.reshape(-1, x.shape[-1]).shape[0])
+        return linear(x, w, *args)
+
+    monkeypatch.setattr(student_loss.torch.nn.functional, "linear", counting_linear)
+    hidden = torch.randn(4, 16, 8, requires_grad=True)
+    weights = {} if objective is None else {c.name: 1.0 for c in objective.components}
+    chunked_loss_backward(hidden, torch.randn(40, 8, requires_grad=True), inputs, objective, 3, 10, 1, weights)
+    assert sum(seen) == int(rows_read(inputs).sum()) < hidden.shape[0] * hidden.shape[1]
