@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 
 from tide_megatron.align.rows import aligned_rows, masked_rows
+from tide_megatron.align.masking import chunk_consistent_masking
+from tide_megatron.diffusion.noise import IGNORE_INDEX
 from tide_megatron.distributed import ParallelLayout, build_model_grid
 from tide_megatron.losses import (
     LossInputs,
@@ -14,7 +16,6 @@ from tide_megatron.losses import (
     ObjectiveConfig,
     bd3lm_ce,
     build_objective,
-    chunk_masking,
     kl_loss,
     logsumexp,
     tidal_loss,
@@ -136,10 +137,11 @@ def test_every_mode(tp, mode):
         obj = build_objective(mode, ObjectiveConfig(shared_vocab=11, chunk_rows=2))
     spec = obj.components[0]
     if spec.chunk_level:
-        cm = chunk_masking(d["masked"], d["maskable"], d["s_chunk"], d["t_chunk"], d["C"])
+        cm = chunk_consistent_masking(d["masked"], d["s_chunk"], d["t_chunk"],
+                                      torch.where(d["maskable"], d["x0"], IGNORE_INDEX), d["C"])
 
         def inputs(z, teacher_sharded):
-            return LossInputs(z, d["x0"], cm.student_masked, d["maskable"], d["t"], student_chunk=d["s_chunk"],
+            return LossInputs(z, d["x0"], cm.student_mask, d["maskable"], d["t"], student_chunk=d["s_chunk"],
                               teacher_chunk=d["t_chunk"], teacher_token_logp=d["t_logp"], active=cm.active)
     else:
         rows = aligned_rows(d["masked"], d["pair_s"], d["pair_t"], d["pair_valid"]) if spec.aligned \

@@ -193,7 +193,9 @@ def test_compdemo_passes_sharing_x0_equal_two_separate_teacher_passes(make_train
     got = trainer.teacher_payload(batch)
 
     # The reference: each pass as its own full [x0 ; xt_p] forward, every rank padded to the group's length.
-    Lt = px.common_length(int(batch.teacher_ids.shape[1]), trainer.teacher_group)
+    longest = torch.tensor([batch.teacher_ids.shape[1]], dtype=torch.int64)
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=trainer.teacher_group)
+    Lt = int(longest.item())
     Lt += -Lt % cfg.student.block_size
     extra = Lt - batch.teacher_ids.shape[1]
     ids = torch.nn.functional.pad(batch.teacher_ids, (0, extra), value=trainer.teacher_pad_id)

@@ -178,15 +178,6 @@ def vocab_shards_to_own_rows(local_shard: Optional[torch.Tensor], counts: list[i
     return parts.permute(1, 0, 2).reshape(counts[me], len(sources) * width)
 
 
-def common_length(length: int, group: Optional[dist.ProcessGroup]) -> int:
-    """The longest teacher length in the group, so every rank pads its teacher inputs to one shape."""
-    if _group_size(group) == 1:
-        return length
-    t = torch.tensor([length], dtype=torch.int64, device=collective_device(group))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    return int(t.item())
-
-
 def gather_rows(rows: torch.Tensor, info: GatherInfo, group: Optional[dist.ProcessGroup]) -> tuple[torch.Tensor, list[int]]:
     """Requested ``(sequence, position)`` rows ``[n_r, 2]`` of every rank, re-indexed into the gathered batch.
 

@@ -16,7 +16,6 @@ Functional API (usable outside the trainer):
 - ``chunk_loglik(token_logp, chunk_ids, num_chunks)``: sparse chunk sums (chunk id per token, -1 = none).
 - ``calm_loss(student_ll, teacher_ll, active, temperature, reverse)``: Reverse CALM / CALM (§5.7).
 - ``chunk_tidal_loss(student_ll, teacher_ll, active, lam, omega, temperature, reverse)``: §5.8.
-- ``chunk_masking(...)``: chunk-consistent masking and active chunks (§5.5).
 - ``ObjectiveConfig`` (the ``objective:`` config section), ``build_objective(mode, ObjectiveConfig)`` -> ``Objective``;
   ``objective(LossInputs, step, total_steps, tp_group)`` -> ``LossOutput(total, ce, terms)``: the mode catalogue of §6.
 
@@ -24,7 +23,7 @@ The distilled positions K (``align.rows``) and CompDemo's passes (``align.compde
 the data stage and the teacher passes build them before any loss runs.
 """
 
-from tide_megatron.losses.calm import ChunkMasking, calm_loss, chunk_loglik, chunk_masking, chunk_tidal_loss
+from tide_megatron.losses.calm import calm_loss, chunk_loglik, chunk_tidal_loss
 from tide_megatron.losses.ce import bd3lm_ce, bd3lm_ce_from_logprobs, bd3lm_weight
 from tide_megatron.losses.kl import kl_loss
 from tide_megatron.losses.modes import (
@@ -40,7 +39,7 @@ from tide_megatron.losses.tidal import TidalSchedule, tidal_loss
 from tide_megatron.losses.vocab_parallel import logsumexp, token_logprobs
 
 __all__ = [
-    "ChunkMasking", "LossInputs", "LossOutput", "MODES", "Objective", "ObjectiveConfig", "TidalSchedule", "bd3lm_ce",
-    "bd3lm_ce_from_logprobs", "bd3lm_weight", "build_objective", "calm_loss", "chunk_loglik", "chunk_masking",
+    "LossInputs", "LossOutput", "MODES", "Objective", "ObjectiveConfig", "TidalSchedule", "bd3lm_ce",
+    "bd3lm_ce_from_logprobs", "bd3lm_weight", "build_objective", "calm_loss", "chunk_loglik",
     "chunk_tidal_loss", "kl_loss", "logsumexp", "parse_mode", "tidal_loss", "token_logprobs",
 ]

@@ -12,7 +12,6 @@ gradient outside the range, §9.13) and likewise ``t_c``, all in fp32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -108,46 +107,3 @@ def chunk_tidal_loss(
     if omega is not None:
         per_chunk = per_chunk * omega.float().unsqueeze(1)
     return _masked_mean(per_chunk, active)
-
-
-@dataclass
-class ChunkMasking:
-    """Chunk-consistent masking of §5.5: expanded student mask, teacher mask, chunks with a mask, active chunks."""
-
-    student_masked: torch.Tensor  # bool [b, L]
-    teacher_masked: torch.Tensor  # bool [b, L_t]
-    has_masked: torch.Tensor  # bool [b, C]
-    active: torch.Tensor  # bool [b, C]
-
-
-def _chunk_any(flags: torch.Tensor, chunk_ids: torch.Tensor, num_chunks: int) -> torch.Tensor:
-    """``[b, C]``: does any token of chunk c carry the flag (sparse scatter, ids -1 ignored)."""
-    hits = (flags & (chunk_ids >= 0)).to(torch.int32)
-    out = torch.zeros(flags.shape[0], num_chunks, dtype=torch.int32, device=flags.device)
-    return out.scatter_add(1, chunk_ids.clamp_min(0), hits) > 0
-
-
-def _token_flag(per_chunk: torch.Tensor, chunk_ids: torch.Tensor) -> torch.Tensor:
-    """``[b, L]``: the chunk flag of each token's chunk (False outside any chunk)."""
-    if per_chunk.shape[1] == 0:
-        return torch.zeros_like(chunk_ids, dtype=torch.bool)
-    return per_chunk.gather(1, chunk_ids.clamp_min(0)) & (chunk_ids >= 0)
-
-
-def chunk_masking(
-    masked: torch.Tensor,
-    maskable: torch.Tensor,
-    student_chunk: torch.Tensor,
-    teacher_chunk: torch.Tensor,
-    num_chunks: int,
-) -> ChunkMasking:
-    """Expand a sampled student mask to whole chunks and derive the teacher mask and active chunks (§5.5).
-
-    ``has_masked_c``: some student token of c is masked. Student: ``m_j |= maskable_j & has_masked(chunk(j))``.
-    Teacher: tokens of chunks with a mask. ``active_c = has_masked_c & no prompt (non-maskable) token in c``.
-    """
-    has_masked = _chunk_any(masked, student_chunk, num_chunks)
-    has_prompt = _chunk_any(~maskable, student_chunk, num_chunks)
-    student_masked = masked | (maskable & _token_flag(has_masked, student_chunk))
-    teacher_masked = _token_flag(has_masked, teacher_chunk)
-    return ChunkMasking(student_masked, teacher_masked, has_masked, has_masked & ~has_prompt)

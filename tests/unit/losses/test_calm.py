@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tide_megatron.losses.calm import calm_loss, chunk_loglik, chunk_masking, chunk_tidal_loss
+from tide_megatron.losses.calm import calm_loss, chunk_loglik, chunk_tidal_loss
 from tide_megatron.losses.vocab_parallel import token_logprobs
 
 # §11.5: student tokens [0.9, 0.8 | 0.5], teacher tokens [0.6 | 0.7, 0.9]; chunk ids per token.
@@ -165,21 +165,6 @@ def test_chunk_tidal_grad_matches_float64():
         ref.backward()
         torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(leaf.grad.double(), l64.grad, rtol=1e-4, atol=1e-7)
-
-
-def test_chunk_masking_vector_11_10():
-    # c0: teacher [0,2) <-> student [0,1); c1: teacher [2,3) <-> student [1,3); student 2 sampled masked.
-    student_chunk = torch.tensor([[0, 1, 1]])
-    teacher_chunk = torch.tensor([[0, 0, 1]])
-    masked = torch.tensor([[False, False, True]])
-    maskable = torch.ones(1, 3, dtype=torch.bool)
-    out = chunk_masking(masked, maskable, student_chunk, teacher_chunk, 2)
-    assert out.student_masked.tolist() == [[False, True, True]]
-    assert out.teacher_masked.tolist() == [[False, False, True]]
-    assert out.has_masked.tolist() == [[False, True]] and out.active.tolist() == [[False, True]]
-    # A chunk touching a prompt (non-maskable) token is never active and prompt tokens stay clean.
-    out = chunk_masking(masked, torch.tensor([[True, False, True]]), student_chunk, teacher_chunk, 2)
-    assert out.active.tolist() == [[False, False]] and out.student_masked.tolist() == [[False, False, True]]
 
 
 def test_bad_chunk_ids_raise():

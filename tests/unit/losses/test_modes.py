@@ -6,7 +6,8 @@ import warnings
 import pytest
 import torch
 
-from tide_megatron.losses.calm import chunk_masking
+from tide_megatron.align.masking import chunk_consistent_masking
+from tide_megatron.diffusion.noise import IGNORE_INDEX
 from tide_megatron.losses.modes import MODES, LossInputs, ObjectiveConfig, build_objective
 from tide_megatron.align.rows import aligned_rows, masked_rows
 
@@ -76,11 +77,12 @@ def test_every_mode_matches_reference(mode):
     lam_train = 0.1 + 0.8 * 0.5 * (1 - math.cos(math.pi * rho))
     lam = lam_train * (1 - d["t"].double())
     if spec.chunk_level:
-        cm = chunk_masking(d["masked"], d["maskable"], d["s_chunk"], d["t_chunk"], C)
+        cm = chunk_consistent_masking(d["masked"], d["s_chunk"], d["t_chunk"],
+                                      torch.where(d["maskable"], d["x0"], IGNORE_INDEX), C)
         assert cm.active.any()
-        x = LossInputs(logits, d["x0"], cm.student_masked, d["maskable"], d["t"], student_chunk=d["s_chunk"],
+        x = LossInputs(logits, d["x0"], cm.student_mask, d["maskable"], d["t"], student_chunk=d["s_chunk"],
                        teacher_chunk=d["t_chunk"], teacher_token_logp=d["t_logp"], active=cm.active)
-        ref = ref_ce(l64, d, cm.student_masked) + ref_chunk_term(spec.term, spec.reverse, l64, d, cm.active, lam)
+        ref = ref_ce(l64, d, cm.student_mask) + ref_chunk_term(spec.term, spec.reverse, l64, d, cm.active, lam)
     else:
         rows = (aligned_rows(d["masked"], d["pair_s"], d["pair_t"], d["pair_valid"]) if spec.aligned
                 else masked_rows(d["masked"]))

@@ -9,15 +9,17 @@ import torch
 
 from tests.unit.losses.test_modes import C, SHARED, make_batch
 from tide_megatron.align.rows import aligned_rows, masked_rows
-from tide_megatron.losses.calm import chunk_masking
+from tide_megatron.align.masking import chunk_consistent_masking
+from tide_megatron.diffusion.noise import IGNORE_INDEX
 from tide_megatron.losses.modes import MODES, LossInputs, ObjectiveConfig, build_objective, rows_read
 
 
 def _inputs(mode: str, d: dict) -> LossInputs:
     spec = MODES[mode]
     if spec.chunk_level:
-        cm = chunk_masking(d["masked"], d["maskable"], d["s_chunk"], d["t_chunk"], C)
-        return LossInputs(None, d["x0"], cm.student_masked, d["maskable"], d["t"], student_chunk=d["s_chunk"],
+        cm = chunk_consistent_masking(d["masked"], d["s_chunk"], d["t_chunk"],
+                                      torch.where(d["maskable"], d["x0"], IGNORE_INDEX), C)
+        return LossInputs(None, d["x0"], cm.student_mask, d["maskable"], d["t"], student_chunk=d["s_chunk"],
                           teacher_chunk=d["t_chunk"], teacher_token_logp=d["t_logp"], active=cm.active)
     rows = (aligned_rows(d["masked"], d["pair_s"], d["pair_t"], d["pair_valid"]) if spec.aligned
             else masked_rows(d["masked"]))
