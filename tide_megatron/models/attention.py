@@ -4,11 +4,17 @@ A drop-in for megatron-core's `DotProductAttention` / `TEDotProductAttention` (s
 `forward(query, key, value, attention_mask, ...)`), so specs can swap it freely. It never builds a
 causal mask: the caller's mask is the whole truth (spec §1.1, "attention is not causal"). A mask
 description (models/attention_mask.py) is expanded to its dense mask here.
+
+On CPU, a sparse description (the block-diffusion masks: about a third of the tiles of ``[xt ; x0]`` are live)
+is attended a band of query rows at a time, each band to the key tiles any of its rows may see
+(`tile_bands`): the same softmax over the same keys, without the work on the tiles no query sees. On GPU the
+FlexAttention and TE core attentions take these masks instead (models/flex_attention.py, te_attention.py).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
@@ -34,6 +40,56 @@ def additive_mask(blocked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     )
 
 
+#: Query rows per band and key columns per tile of the CPU banded path, and the live-tile fraction above which
+#: one dense call is kept (on 2 CPU cores one attention layer's forward + backward took 0.5-0.7x the dense time
+#: with a third to 0.44 of the tiles live; the training step's effect: benchmarks/train_throughput.py --scaling).
+BAND_ROWS, TILE_COLS, DENSE_ABOVE = 64, 32, 0.6
+
+
+@dataclass
+class TileBands:
+    """Query bands ``[start, stop)``, the key columns each attends (whole tiles) and its slice of the mask."""
+
+    bounds: list[tuple[int, int]]
+    columns: list[torch.Tensor]  # int64 [n_cols] per band
+    blocked: list[torch.Tensor]  # bool [b, 1, stop - start, n_cols] per band, True = masked out
+    live_fraction: float
+    _additive: dict = field(default_factory=dict, repr=False)
+
+    def additive(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Each band's additive mask in ``dtype`` (built once: every layer and the backward reuse them)."""
+        if dtype not in self._additive:
+            self._additive[dtype] = [additive_mask(m, dtype) for m in self.blocked]
+        return self._additive[dtype]
+
+
+def tile_bands(blocked: torch.Tensor, band_rows: int = BAND_ROWS, tile_cols: int = TILE_COLS,
+               dense_above: float = DENSE_ABOVE) -> Optional[TileBands]:
+    """The banded plan of a bool mask ``[b, 1, sq, sk]`` (True = masked out), or None when one dense call is as
+    cheap (more than ``dense_above`` of the tiles live) or a query row sees no key (the dense path gives such
+    padding rows a uniform softmax; a band could not)."""
+    b, _, sq, sk = blocked.shape
+    allowed = ~blocked[:, 0]
+    if not bool(allowed.any(-1).all()):
+        return None
+    nq, nk = -(-sq // band_rows), -(-sk // tile_cols)
+    padded = F.pad(allowed, (0, nk * tile_cols - sk, 0, nq * band_rows - sq))
+    live = padded.view(b, nq, band_rows, nk, tile_cols).any(4).any(2).any(0)  # [nq, nk]: any query sees the tile
+    fraction = float(live.float().mean())
+    if fraction > dense_above:
+        return None
+    tiles = torch.arange(nk * tile_cols, device=blocked.device).view(nk, tile_cols)
+    bounds, columns, masks = [], [], []
+    for i in range(nq):
+        start, stop = i * band_rows, min(sq, (i + 1) * band_rows)
+        cols = tiles[live[i]].reshape(-1)
+        cols = cols[cols < sk]
+        bounds.append((start, stop))
+        columns.append(cols)
+        masks.append(blocked[:, :, start:stop].index_select(3, cols))
+    return TileBands(bounds, columns, masks, fraction)
+
+
 class SDPACoreAttention(MegatronModule):
     """softmax(q k^T * scale + mask) v with GQA, via `F.scaled_dot_product_attention`.
 
@@ -44,6 +100,7 @@ class SDPACoreAttention(MegatronModule):
     """
 
     query_rows: Optional[int] = None
+    band_rows, tile_cols = BAND_ROWS, TILE_COLS  # the CPU banded path (tile_bands)
 
     def __init__(
         self,
@@ -85,21 +142,32 @@ class SDPACoreAttention(MegatronModule):
         """query [sq, b, np, hn], key/value [sk, b, ng, hn] -> context [sq, b, np*hn]."""
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPACoreAttention supports neither packed sequences nor attention_bias")
+        spec = None
         if isinstance(attention_mask, KeyPaddingMask) and not attention_mask.has_padding:
             attention_mask = None
         elif isinstance(attention_mask, AttentionMaskSpec):
             attention_mask.check(query.shape[1], query.shape[0])
-            attention_mask = attention_mask.to(query.device).blocked()
+            spec = attention_mask.to(query.device)
+            attention_mask = spec.blocked()
         if self.query_rows is not None:
             query = query[:self.query_rows]
             if attention_mask is not None and attention_mask.shape[-2] > 1:
                 attention_mask = attention_mask[..., :self.query_rows, :]
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, heads, s, hn]
+        dropout_p = self.dropout_p if self.training else 0.0
+        gqa = self.heads_per_partition != self.groups_per_partition
+        bands = self._bands(spec, attention_mask) if dropout_p == 0.0 and query.device.type == "cpu" else None
+        sq, b = query.shape[0], query.shape[1]
+        if bands is not None:
+            ctx = torch.cat([F.scaled_dot_product_attention(q[:, :, start:stop], k.index_select(2, cols),
+                                                            v.index_select(2, cols), attn_mask=mask,
+                                                            scale=self.softmax_scale, enable_gqa=gqa)
+                             for (start, stop), cols, mask in zip(bands.bounds, bands.columns,
+                                                                  bands.additive(q.dtype))], dim=2)
+            return ctx.permute(2, 0, 1, 3).reshape(sq, b, self.heads_per_partition * self.head_dim)
         mask = None
         if attention_mask is not None:
             mask = additive_mask(attention_mask.to(torch.bool), q.dtype)
-        dropout_p = self.dropout_p if self.training else 0.0
-        gqa = self.heads_per_partition != self.groups_per_partition
         if dropout_p > 0.0:
             with tensor_parallel.get_cuda_rng_tracker().fork():
                 ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
@@ -107,5 +175,14 @@ class SDPACoreAttention(MegatronModule):
         else:
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale,
                                                  enable_gqa=gqa)
-        sq, b = query.shape[0], query.shape[1]
         return ctx.permute(2, 0, 1, 3).reshape(sq, b, self.heads_per_partition * self.head_dim)
+
+    def _bands(self, spec: Optional[AttentionMaskSpec], blocked: Optional[torch.Tensor]) -> Optional[TileBands]:
+        """The banded plan of a mask description (None: attend densely), built once per description and query
+        row count: every layer and the backward of a forward share it."""
+        if spec is None or blocked is None:
+            return None
+        key = ("tile_bands", blocked.shape[-2], self.band_rows, self.tile_cols)
+        if key not in spec._cache:
+            spec._cache[key] = tile_bands(blocked, self.band_rows, self.tile_cols)
+        return spec._cache[key]
