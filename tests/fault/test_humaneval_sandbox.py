@@ -6,7 +6,9 @@ a failure, through the Python-level guards alone and, where ``bwrap`` is usable,
 * writing outside the temp dir, and ``os.system``."""
 
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -119,6 +121,22 @@ def test_inside_bwrap_even_native_code_sees_a_read_only_filesystem_and_no_networ
     assert not outside.exists()
     assert (workdir / "inside.txt").read_text() == "ok\n"
     assert "Network is unreachable" in (workdir / "net.txt").read_text()
+
+
+@pytest.mark.skipif(not bwrap_usable(), reason="bwrap not usable here")
+def test_an_interpreter_environment_under_tmp_stays_visible_inside_bwrap(monkeypatch):
+    """bwrap gives the program a private /tmp; a venv (or a checkout) cloned under /tmp is bound back read-only."""
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="tide-venv-") as root:
+        venv = os.path.join(root, "venv")
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+        monkeypatch.setattr(sys, "prefix", venv)  # what a process started from that venv has
+        workdir = os.path.join(root, "work")
+        os.mkdir(workdir)
+        python = os.path.join(venv, "bin", "python")
+        result = supervise(bwrap_argv(workdir, [python, "-c", "open('inside.txt', 'w').write('ok')"]), workdir,
+                           timeout_s=20)
+        assert result.status == 0, result
+        assert open(os.path.join(workdir, "inside.txt")).read() == "ok"
 
 
 def test_the_sandbox_says_which_containment_is_in_use():

@@ -80,8 +80,19 @@ def _use_bwrap(bwrap: Optional[bool]) -> bool:
     return bwrap
 
 
+def _interpreter_paths_under_tmp() -> list[str]:
+    """The interpreter, its environment (a venv) and the harness, where they live under /tmp: the private /tmp
+    would hide them (e.g. a checkout and its .venv cloned into /tmp), so they are bound back read-only."""
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable),
+                                           os.path.dirname(os.path.realpath(sys.executable)), HARNESS.parent)}
+    under = sorted(p for p in paths if p == "/tmp" or p.startswith("/tmp/"))
+    return [p for p in under if not any(p != q and p.startswith(q + "/") for q in under)]
+
+
 def _bwrap_flags(workdir: str) -> list[str]:
     flags = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in _interpreter_paths_under_tmp():
+        flags += ["--ro-bind", path, path]
     if workdir != "/":
         flags += ["--bind", workdir, workdir, "--chdir", workdir]
     return flags + ["--unshare-all", "--die-with-parent", "--new-session"]
