@@ -18,6 +18,18 @@ def shared_dir(name: str) -> Path:
     return Path(holder[0])
 
 
+def shared_artifacts(name: str) -> Path:
+    """A shared directory holding the tiny student, dense teacher (tied embeddings) and MoE teacher, written by
+    rank 0 (``student``, ``dense``, ``moe``: what `tiny_config` reads)."""
+    root = shared_dir(name)
+    if dist.get_rank() == 0:
+        td.write_student(root / "student")
+        td.write_dense_teacher(root / "dense")
+        td.write_moe_teacher(root / "moe")
+    dist.barrier()
+    return root
+
+
 def tiny_config(artifacts: Path, variant: str, out: Path, **sections) -> TrainConfig:
     """A two-step fp32 run of a paper preset on the tiny checkpoints in ``artifacts`` (student, dense, moe)."""
     pipe = "A" if variant.startswith("a_") else "B"

@@ -11,19 +11,13 @@ import torch.distributed as dist
 
 from tests.helpers import tiny_distill as td
 from tests.helpers.device_check import host_is_another_device
-from tests.helpers.multirank import shared_dir, tiny_config
+from tests.helpers.multirank import shared_artifacts, shared_dir, tiny_config
 from tide_megatron.training.trainer import DistillTrainer
 
 
 @pytest.fixture(scope="module")
 def artifacts():
-    root = shared_dir("device-artifacts")
-    if dist.get_rank() == 0:
-        td.write_student(root / "student")
-        td.write_dense_teacher(root / "dense")
-        td.write_moe_teacher(root / "moe")
-    dist.barrier()
-    return root
+    return shared_artifacts("device-artifacts")
 
 
 @pytest.mark.parametrize("variant", ["a_tide_cross", "b_tide_shared"])

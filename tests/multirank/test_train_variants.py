@@ -14,7 +14,7 @@ import torch.distributed as dist
 from tide_megatron.training.checkpoint import list_checkpoints, validate_checkpoint_dir
 from tide_megatron.training.trainer import DistillTrainer
 from tests.helpers import tiny_distill as td
-from tests.helpers.multirank import shared_dir, tiny_config
+from tests.helpers.multirank import shared_artifacts, shared_dir, tiny_config
 
 EXPECTED_TERMS = {
     "a_calm": "alm", "a_tide_cross": "reverse_alm", "a_tide_shared": "alm_taid",
@@ -24,13 +24,7 @@ EXPECTED_TERMS = {
 
 @pytest.fixture(scope="module")
 def artifacts():
-    root = shared_dir("artifacts")
-    if dist.get_rank() == 0:
-        td.write_student(root / "student")
-        td.write_dense_teacher(root / "dense")
-        td.write_moe_teacher(root / "moe")
-    dist.barrier()
-    return root
+    return shared_artifacts("artifacts")
 
 
 def _config(artifacts: Path, variant: str, out: Path, **sections):

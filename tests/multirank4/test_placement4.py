@@ -15,16 +15,13 @@ from tide_megatron.training.teacher_cache import precompute_teacher_cache
 from tide_megatron.training.teacher_server import TeacherServer, build_trainer
 from tide_megatron.training.trainer import DistillTrainer
 from tests.helpers import tiny_distill as td
-from tests.helpers.multirank import shared_dir, tiny_config
+from tests.helpers.multirank import shared_artifacts, shared_dir, tiny_config
 
 
 @pytest.fixture(scope="module")
 def artifacts():
-    root = shared_dir("placement4")
+    root = shared_artifacts("placement4")
     if dist.get_rank() == 0:
-        td.write_student(root / "student")
-        td.write_dense_teacher(root / "dense")
-        td.write_moe_teacher(root / "moe")
         for pipe in "AB":
             td.write_dataset(root / f"train_{pipe}", 32, pipe)
             td.write_dataset(root / f"valid_{pipe}", 8, pipe, seed=99)

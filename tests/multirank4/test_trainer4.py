@@ -23,18 +23,12 @@ from tide_megatron.training.data import micro_batches
 from tide_megatron.training.models import build_teacher
 from tide_megatron.training.trainer import DistillTrainer
 from tests.helpers import tiny_distill as td
-from tests.helpers.multirank import shared_dir, tiny_config
+from tests.helpers.multirank import shared_artifacts, shared_dir, tiny_config
 
 
 @pytest.fixture(scope="module")
 def artifacts():
-    root = shared_dir("artifacts4")
-    if dist.get_rank() == 0:
-        td.write_student(root / "student")
-        td.write_dense_teacher(root / "dense")  # tied embeddings: its LM head sits on the last stage at PP2
-        td.write_moe_teacher(root / "moe")
-    dist.barrier()
-    return root
+    return shared_artifacts("artifacts4")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import tiny_distill as td
+from tests.helpers.reference_masks import bd3lm_allowed
 from tests.reference.llada2_reference import LLaDA2MoeConfig, LLaDA2MoeModelLM
 from tide_megatron.config import config_from_dict
 from tide_megatron.data.stage import AlignmentStage, collate_samples
@@ -54,17 +55,6 @@ def _batch(trainer: DistillTrainer, first: int = 0) -> DistillBatch:
     return DistillBatch.from_stage(trainer.collator([trainer.train_data[i] for i in range(first, first + 2)]))
 
 
-def _bd3lm_allowed(L: int, block: int, x0_first: bool) -> torch.Tensor:
-    """Spec §1.4 written out query by query: M_BD, M_OBC, M_BC; `x0_first` swaps the halves (§2.2)."""
-    allowed = torch.zeros(2 * L, 2 * L, dtype=torch.bool)
-    for q in range(2 * L):
-        for k in range(2 * L):
-            q_x0, k_x0 = (q < L, k < L) if x0_first else (q >= L, k >= L)
-            bq, bk = (q % L) // block, (k % L) // block
-            allowed[q, k] = (q_x0 == k_x0 and bq == bk) or (not q_x0 and k_x0 and bk < bq) or \
-                (q_x0 and k_x0 and bk <= bq)
-    return allowed
-
 
 def _additive(allowed: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
@@ -76,7 +66,7 @@ def _reference_student_logits(artifacts: Path, batch: DistillBatch) -> torch.Ten
     b, L = batch.x0.shape
     ids = torch.cat([batch.xt, batch.x0], 1)
     pos = torch.arange(L).repeat(2).expand(b, 2 * L)
-    mask = _additive(_bd3lm_allowed(L, BLOCK, x0_first=False))[None, None].expand(b, 1, 2 * L, 2 * L)
+    mask = _additive(bd3lm_allowed(L, BLOCK, x0_first=False))[None, None].expand(b, 1, 2 * L, 2 * L)
     with torch.no_grad():
         return reference(input_ids=ids, position_ids=pos, attention_mask=mask).logits[:, :L].double()
 
@@ -168,7 +158,7 @@ def test_wedlm_payload_is_x0_first_from_the_xt_half_with_compdemo_merge(artifact
     b, Lt = batch.teacher_ids.shape
     assert Lt % BLOCK == 0 and Lt != SEQ  # the block mask must follow the teacher's own length (§9.6)
     real = batch.teacher_attention.repeat(1, 2)
-    allowed = _bd3lm_allowed(Lt, BLOCK, x0_first=True)[None] & real[:, :, None] & real[:, None, :]
+    allowed = bd3lm_allowed(Lt, BLOCK, x0_first=True)[None] & real[:, :, None] & real[:, None, :]
     pos = torch.arange(Lt).repeat(2).expand(b, 2 * Lt)
     logits = []
     with torch.no_grad():
@@ -243,7 +233,7 @@ def test_wedlm_teacher_input_uses_the_teachers_own_mask_id(artifacts, tmp_path):
     reference = load_hf_reference(str(own))
     b, Lt = batch.teacher_ids.shape
     real = batch.teacher_attention.repeat(1, 2)
-    allowed = _bd3lm_allowed(Lt, BLOCK, x0_first=True)[None] & real[:, :, None] & real[:, None, :]
+    allowed = bd3lm_allowed(Lt, BLOCK, x0_first=True)[None] & real[:, :, None] & real[:, None, :]
     xt = torch.where(batch.teacher_pass_masks[0], 124, batch.teacher_ids)
     with torch.no_grad():
         logits = reference(input_ids=torch.cat([batch.teacher_ids, xt], 1),

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.helpers import tiny_distill as td
+from tests.helpers.reference_masks import bd3lm_allowed
 from tide_megatron.config import config_from_dict
 from tide_megatron.data.batch import DistillBatch
 from tide_megatron.models.convert.reference import load_hf_reference
@@ -57,21 +58,10 @@ def _batch(trainer, compdemo: bool = False) -> DistillBatch:
     pytest.fail("no batch with a masked unpaired position")
 
 
-def _allowed(L: int, block: int, x0_first: bool) -> torch.Tensor:
-    """Spec §1.4 / §2.2 written out query by query."""
-    allowed = torch.zeros(2 * L, 2 * L, dtype=torch.bool)
-    for q in range(2 * L):
-        for k in range(2 * L):
-            q_x0, k_x0 = (q < L, k < L) if x0_first else (q >= L, k >= L)
-            bq, bk = (q % L) // block, (k % L) // block
-            allowed[q, k] = (q_x0 == k_x0 and bq == bk) or (not q_x0 and k_x0 and bk < bq) or \
-                (q_x0 and k_x0 and bk <= bq)
-    return allowed
-
 
 def _forward(reference, ids, L, x0_first):
     b = ids.shape[0]
-    mask = torch.zeros(2 * L, 2 * L).masked_fill(~_allowed(L, BLOCK, x0_first), torch.finfo(torch.float32).min)
+    mask = torch.zeros(2 * L, 2 * L).masked_fill(~bd3lm_allowed(L, BLOCK, x0_first), torch.finfo(torch.float32).min)
     with torch.no_grad():
         out = reference(input_ids=ids, position_ids=torch.arange(L).repeat(2).expand(b, 2 * L),
                         attention_mask=mask[None, None].expand(b, 1, 2 * L, 2 * L)).logits
