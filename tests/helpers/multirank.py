@@ -23,11 +23,20 @@ def shared_artifacts(name: str) -> Path:
     rank 0 (``student``, ``dense``, ``moe``: what `tiny_config` reads)."""
     root = shared_dir(name)
     if dist.get_rank() == 0:
-        td.write_student(root / "student")
-        td.write_dense_teacher(root / "dense")
-        td.write_moe_teacher(root / "moe")
+        td.write_checkpoints(root)
     dist.barrier()
     return root
+
+
+def gather_reduced_gradient(ddp) -> None:
+    """After megatron DDP's reduce-scatter each rank holds its shard of every bucket: gather the shards so that
+    every parameter's ``main_grad`` holds the whole averaged gradient (for comparing against one rank)."""
+    for group in ddp.bucket_groups:
+        pg = group.intra_distributed_optimizer_instance_group
+        n, r = dist.get_world_size(pg), dist.get_rank(pg)
+        for bucket in group.buckets:
+            shard = bucket.grad_data.view(n, -1)[r].clone()
+            dist.all_gather_into_tensor(bucket.grad_data, shard, group=pg)
 
 
 def tiny_config(artifacts: Path, variant: str, out: Path, **sections) -> TrainConfig:

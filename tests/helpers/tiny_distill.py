@@ -68,6 +68,15 @@ def write_moe_teacher(directory: Path, seed: int = 3, **overrides) -> Path:
     return directory
 
 
+def write_checkpoints(root: Path) -> Path:
+    """The three tiny checkpoints the trainer tests read: ``student``, ``dense`` (pipeline B's teacher, tied
+    embeddings) and ``moe`` (pipeline A's)."""
+    write_student(root / "student")
+    write_dense_teacher(root / "dense")
+    write_moe_teacher(root / "moe")
+    return root
+
+
 def _split(text: list[int], rng: random.Random, max_len: int) -> list[list[int]]:
     out, i = [], 0
     while i < len(text):

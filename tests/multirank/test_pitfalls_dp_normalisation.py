@@ -11,19 +11,10 @@ from tide_megatron.losses.ce import bd3lm_ce
 from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
 from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
 from tide_megatron.training.optimizer import reduce_gradients, wrap_ddp
+from tests.helpers.multirank import gather_reduced_gradient
 
 L, B, MASK = 16, 4, 127
 
-
-def _all_gather_reduced_shards(ddp) -> None:
-    """After a reduce-scatter each rank holds only its shard of every bucket: gather them so that every
-    parameter's ``main_grad`` holds the whole averaged gradient."""
-    for group in ddp.bucket_groups:
-        pg = group.intra_distributed_optimizer_instance_group
-        n, r = dist.get_world_size(pg), dist.get_rank(pg)
-        for bucket in group.buckets:
-            shard = bucket.grad_data.view(n, -1)[r].clone()
-            dist.all_gather_into_tensor(bucket.grad_data, shard, group=pg)
 
 
 def test_each_rank_normalises_locally_and_gradients_are_averaged(closing):
@@ -55,7 +46,7 @@ def test_each_rank_normalises_locally_and_gradients_are_averaged(closing):
     ddp.zero_grad_buffer()
     ce(ddp, slice(2 * r, 2 * r + 2)).backward()
     reduce_gradients(ddp, student.pgs)
-    _all_gather_reduced_shards(ddp)
+    gather_reduced_gradient(ddp)
 
     local = 0.5 * (ce(reference, slice(0, 2)) + ce(reference, slice(2, 4)))
     want = torch.autograd.grad(local, list(reference.parameters()))

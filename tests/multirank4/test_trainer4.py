@@ -23,7 +23,7 @@ from tide_megatron.training.data import micro_batches
 from tide_megatron.training.models import build_teacher
 from tide_megatron.training.trainer import DistillTrainer
 from tests.helpers import tiny_distill as td
-from tests.helpers.multirank import shared_artifacts, shared_dir, tiny_config
+from tests.helpers.multirank import gather_reduced_gradient, shared_artifacts, shared_dir, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +53,6 @@ def _teacher_layout(trainer) -> tuple[int, int, int]:
 # Gradient parity: DDP (+ TP) step == one rank on the mean of the data-parallel micro-batch losses
 # ------------------------------------------------------------------------------------------------------
 
-
-def _all_gather_reduced_shards(ddp) -> None:
-    """After the reduce-scatter each rank holds its shard of every bucket: gather the whole averaged gradient."""
-    for group in ddp.bucket_groups:
-        pg = group.intra_distributed_optimizer_instance_group
-        n, r = dist.get_world_size(pg), dist.get_rank(pg)
-        for bucket in group.buckets:
-            shard = bucket.grad_data.view(n, -1)[r].clone()
-            dist.all_gather_into_tensor(bucket.grad_data, shard, group=pg)
 
 
 def _reference_loss(trainer, reference, batch, payload) -> torch.Tensor:
@@ -113,7 +104,7 @@ def test_training_step_gradient_equals_one_rank_on_the_data_parallel_batches(mak
 
     def capture_then_skip():
         """Stands in for the optimizer step: record the reduced gradients, leave the weights as they are."""
-        _all_gather_reduced_shards(trainer.model)
+        gather_reduced_gradient(trainer.model)
         grads.update({n: p.main_grad.clone() for n, p in module.named_parameters()})
         return True, 0.0, 0
 

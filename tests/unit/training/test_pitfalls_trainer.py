@@ -30,10 +30,7 @@ SHARED = td.STUDENT_VOCAB - 8
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_distill")
-    td.write_student(root / "student")
-    td.write_dense_teacher(root / "dense")
-    td.write_moe_teacher(root / "moe")
-    return root
+    return td.write_checkpoints(root)
 
 
 def _trainer(artifacts: Path, out: Path, variant: str, teacher_dir: Path = None, **optim) -> DistillTrainer:
