@@ -4,14 +4,13 @@ CPU parity of the same modules is in test_flex_attention.py."""
 
 import pytest
 import torch
-from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.transformer_config import TransformerConfig
 
 from tide_megatron.distributed import ParallelLayout, build_model_grid
 from tide_megatron.models.attention import SDPACoreAttention
 from tide_megatron.models.attention_mask import BlockDiffusionMask, KeyPaddingMask
 from tide_megatron.models.flex_attention import FlexCoreAttention
 from tide_megatron.models.transformer_engine import transformer_engine_available
+from tests.helpers.core_attention import core_attention_args, forward_backward
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -31,22 +30,12 @@ def grid():
         yield g
 
 
-def _config():
-    return TransformerConfig(num_layers=1, hidden_size=HEADS * HEAD_DIM, num_attention_heads=HEADS,
-                             num_query_groups=GROUPS, kv_channels=HEAD_DIM, attention_dropout=0.0,
-                             params_dtype=torch.bfloat16, bf16=True)
-
-
 def _run(core, mask, qkv, weight):
-    q, k, v = (t.detach().clone().requires_grad_() for t in qkv)
-    out = core(q, k, v, mask)
-    (out.float() * weight).sum().backward()
-    return [t.float() for t in (out.detach(), q.grad, k.grad, v.grad)]
+    return [t.float() for t in forward_backward(core, mask, qkv, weight)]
 
 
 def _compare(grid, core_cls, mask, S, b=2):
-    args = dict(config=_config(), layer_number=1, attn_mask_type=AttnMaskType.arbitrary, attention_type="self",
-                pg_collection=grid.pgs)
+    args = core_attention_args(grid, HEADS, GROUPS, HEAD_DIM, params_dtype=torch.bfloat16, bf16=True)
     g = torch.Generator(device="cuda").manual_seed(0)
     qkv = [torch.randn(S, b, h, HEAD_DIM, generator=g, device="cuda", dtype=torch.bfloat16)
            for h in (HEADS, GROUPS, GROUPS)]
@@ -90,8 +79,7 @@ def test_mask_following_te_attention_matches_sdpa(grid, case):
 def _compare_real_rows(grid, mask, valid, S, b):
     from tide_megatron.models.te_attention import MaskFollowingTEAttention
 
-    args = dict(config=_config(), layer_number=1, attn_mask_type=AttnMaskType.arbitrary, attention_type="self",
-                pg_collection=grid.pgs)
+    args = core_attention_args(grid, HEADS, GROUPS, HEAD_DIM, params_dtype=torch.bfloat16, bf16=True)
     g = torch.Generator(device="cuda").manual_seed(1)
     qkv = [torch.randn(S, b, h, HEAD_DIM, generator=g, device="cuda", dtype=torch.bfloat16)
            for h in (HEADS, GROUPS, GROUPS)]

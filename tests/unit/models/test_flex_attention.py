@@ -21,6 +21,7 @@ from tide_megatron.models.spec import dense_layer_spec
 from tide_megatron.models.norms import TorchNorm
 from tide_megatron.teacher.passes import compact_teacher_inputs
 from tide_megatron.training.compact import compact_student_inputs
+from tests.helpers.core_attention import core_attention_args, forward_backward
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 HEADS, GROUPS, HEAD_DIM = 4, 2, 16
@@ -32,15 +33,8 @@ def grid():
         yield g
 
 
-def _config():
-    return TransformerConfig(num_layers=1, hidden_size=HEADS * HEAD_DIM, num_attention_heads=HEADS,
-                             num_query_groups=GROUPS, kv_channels=HEAD_DIM, attention_dropout=0.0,
-                             use_cpu_initialization=True)
-
-
 def _cores(grid):
-    args = dict(config=_config(), layer_number=1, attn_mask_type=AttnMaskType.arbitrary, attention_type="self",
-                pg_collection=grid.pgs)
+    args = core_attention_args(grid, HEADS, GROUPS, HEAD_DIM, use_cpu_initialization=True)
     return SDPACoreAttention(**args), FlexCoreAttention(**args)
 
 
@@ -52,21 +46,14 @@ def _qkv(b, S, seed=0):
     return [t.requires_grad_() for t in (q, k, v)]
 
 
-def _run(core, mask, qkv, weight):
-    q, k, v = (t.detach().clone().requires_grad_() for t in qkv)
-    out = core(q, k, v, mask)
-    (out * weight).sum().backward()
-    return out.detach(), q.grad, k.grad, v.grad
-
-
 def assert_parity(grid, flex_mask, dense_allowed, b, S, seed=0):
     """Flex on the description == SDPA on the explicit (independently built) dense mask, values and grads."""
     sdpa, flex = _cores(grid)
     qkv = _qkv(b, S, seed)
     weight = torch.randn(S, b, HEADS * HEAD_DIM, generator=torch.Generator().manual_seed(seed + 1))
     blocked = ~dense_allowed.reshape(-1, 1, S, S)
-    want = _run(sdpa, blocked, qkv, weight)
-    got = _run(flex, flex_mask, qkv, weight)
+    want = forward_backward(sdpa, blocked, qkv, weight)
+    got = forward_backward(flex, flex_mask, qkv, weight)
     for name, w, g in zip(("out", "dq", "dk", "dv"), want, got):
         torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5, msg=lambda m: f"{name}: {m}")
     assert want[0].abs().max() > 0.1 and want[2].abs().max() > 0.1  # not a trivially zero comparison
@@ -162,7 +149,7 @@ def test_explicit_dense_mask_runs_through_flex_too(grid):
     sdpa, flex = _cores(grid)
     qkv = _qkv(b, 2 * L, 9)
     weight = torch.randn(2 * L, b, HEADS * HEAD_DIM)
-    for w, g in zip(_run(sdpa, blocked, qkv, weight), _run(flex, blocked, qkv, weight)):
+    for w, g in zip(forward_backward(sdpa, blocked, qkv, weight), forward_backward(flex, blocked, qkv, weight)):
         torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5)
 
 

@@ -5,8 +5,6 @@ blocks, several xt passes, the last layer's query rows), and the cases that must
 import pytest
 import torch
 from megatron.core.models.gpt.gpt_model import GPTModel  # noqa: F401  (megatron import order)
-from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.transformer_config import TransformerConfig
 
 from tide_megatron.diffusion import block_diffusion_mask
 from tide_megatron.distributed import ParallelLayout, build_model_grid
@@ -14,6 +12,7 @@ from tide_megatron.models.attention import SDPACoreAttention, tile_bands
 from tide_megatron.models.attention_mask import BlockDiffusionMask, KeyPaddingMask
 from tide_megatron.teacher.passes import compact_teacher_inputs
 from tide_megatron.training.compact import compact_student_inputs
+from tests.helpers.core_attention import core_attention_args, forward_backward
 
 HEADS, GROUPS, HEAD_DIM = 4, 2, 16
 
@@ -25,20 +24,9 @@ def grid():
 
 
 def _core(grid, band_rows=16, tile_cols=8):
-    config = TransformerConfig(num_layers=1, hidden_size=HEADS * HEAD_DIM, num_attention_heads=HEADS,
-                               num_query_groups=GROUPS, kv_channels=HEAD_DIM, attention_dropout=0.0,
-                               use_cpu_initialization=True)
-    core = SDPACoreAttention(config=config, layer_number=1, attn_mask_type=AttnMaskType.arbitrary,
-                             attention_type="self", pg_collection=grid.pgs)
+    core = SDPACoreAttention(**core_attention_args(grid, HEADS, GROUPS, HEAD_DIM, use_cpu_initialization=True))
     core.band_rows, core.tile_cols = band_rows, tile_cols
     return core
-
-
-def _run(core, mask, qkv, weight):
-    q, k, v = (t.detach().clone().requires_grad_() for t in qkv)
-    out = core(q, k, v, mask)
-    (out * weight[:out.shape[0]]).sum().backward()
-    return out.detach(), q.grad, k.grad, v.grad
 
 
 def assert_banded_equals_dense(grid, spec, b, S, query_rows=None, seed=0):
@@ -50,8 +38,8 @@ def assert_banded_equals_dense(grid, spec, b, S, query_rows=None, seed=0):
     core = _core(grid)
     core.query_rows = query_rows
     dense_mask = spec.blocked().clone()  # a tensor: always the one dense call
-    want = _run(core, dense_mask, qkv, weight)
-    got = _run(core, spec, qkv, weight)
+    want = forward_backward(core, dense_mask, qkv, weight)
+    got = forward_backward(core, spec, qkv, weight)
     rows = S if query_rows is None else query_rows
     plan = spec._cache[("tile_bands", rows, core.band_rows, core.tile_cols)]
     assert plan is not None and plan.live_fraction < 0.6, "the banded path did not run"
