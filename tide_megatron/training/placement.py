@@ -9,8 +9,6 @@ where a student rank's payloads come from; `open_teacher_cache` checks an offlin
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Optional
@@ -21,6 +19,7 @@ from tide_megatron.config import TrainConfig
 from tide_megatron.distributed.device import process_device
 from tide_megatron.distributed.grids import ModelGrid, ParallelLayout, build_teacher_and_student_grids
 from tide_megatron.distributed.payload_links import PayloadChannel, PayloadRoutes
+from tide_megatron.models.convert.hf_files import read_hf_config
 from tide_megatron.teacher.cache import TeacherCache, content_digest, dataset_digest
 from tide_megatron.teacher.passes import build_teacher_passes, checkpoint_mask_id, teacher_mask_id
 from tide_megatron.teacher.placement import STREAMS, CachedTeacher, ColocatedTeacher, PooledTeacher
@@ -67,18 +66,11 @@ class Placement:
             channel.close()
 
 
-def teacher_hf_config(cfg: TrainConfig) -> dict:
-    """The teacher checkpoint's config.json (vocabulary and special ids without building the teacher)."""
-    path = os.path.join(cfg.teacher.checkpoint, "config.json")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
 def resolved_teacher_mask_id(cfg: TrainConfig, meta: dict, own: Optional[int], where: str) -> int:
     """The mask id every teacher pass carries (`passes.teacher_mask_id`), with the teacher's own id from its
     config.json when no teacher is built here."""
     if own is None:
-        own = checkpoint_mask_id(cfg.teacher.mask_id, teacher_hf_config(cfg), cfg.teacher.arch)
+        own = checkpoint_mask_id(cfg.teacher.mask_id, read_hf_config(cfg.teacher.checkpoint), cfg.teacher.arch)
     return teacher_mask_id(own, meta["teacher"], meta["config"]["align"], where)
 
 
@@ -131,7 +123,7 @@ def teacher_vocab_size(cfg: TrainConfig, teacher, cache: Optional[TeacherCache])
         return None
     if teacher is not None:
         return teacher.vocab_size
-    return int(cache.teacher["vocab_size"]) if cache is not None else int(teacher_hf_config(cfg)["vocab_size"])
+    return int(cache.teacher["vocab_size"]) if cache is not None else int(read_hf_config(cfg.teacher.checkpoint)["vocab_size"])
 
 
 def open_teacher_cache(cfg: TrainConfig, train_data, valid_data, train_epochs: int, why: str) -> TeacherCache:
