@@ -2,7 +2,8 @@
 
 Row statistics (max, sum of exp, a picked logit) are all-reduced over the group, so the vocabulary is
 never gathered. Shared by the teacher payloads and the losses; ``group=None`` means unsharded. Rows are
-processed ``chunk_rows`` at a time, so fp32 temporaries are O(chunk_rows x V_local), never ``[n, V]``.
+processed ``chunk_rows`` at a time, so fp32 temporaries are O(chunk_rows x V_local), never ``[n, V]``;
+`head_logsumexp_and_target` goes further and never materialises the logits at all.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def logsumexp_and_target(logits: torch.Tensor, group: ProcessGroup, targets: Opt
             rows = default_chunk_rows(v_local, chunk_rows)
             work = torch.empty(min(rows, n), v_local, dtype=torch.float32, device=logits.device)
             for sl in row_chunks(n, rows):
-                x = work[: sl.stop - sl.start].copy_(logits[sl])
-                stats[0, sl] = x.sub_(m[sl].unsqueeze(1)).exp_().sum(dim=1)
+                x = torch.sub(logits[sl], m[sl].unsqueeze(1), out=work[: sl.stop - sl.start])  # fp32 whatever the input
+                stats[0, sl] = x.exp_().sum(dim=1)
             del work
         if targets is not None and v_local:
             local_t = targets - vocab_start(v_local, group)
@@ -103,4 +104,52 @@ def logsumexp_and_target(logits: torch.Tensor, group: ProcessGroup, targets: Opt
             picked = logits.gather(1, local_t.clamp(0, v_local - 1).unsqueeze(1)).squeeze(1).float()
             stats[1] = torch.where(in_shard, picked, torch.zeros_like(picked))
         all_reduce(stats, dist.ReduceOp.SUM, group)
+        return m + torch.log(stats[0]), (None if targets is None else stats[1])
+
+
+# Logits per block in `head_logsumexp_and_target`: 2**20 elements (4 MiB of fp32) stay in the last-level cache
+# between the matmul that writes a block and the passes that reduce it; a row count of at most 1024 keeps the
+# matmul's M large enough to run near peak.
+HEAD_BLOCK_ELEMENTS = 1 << 20
+HEAD_BLOCK_MAX_ROWS = 1024
+
+
+def head_logsumexp_and_target(hidden: torch.Tensor, weight: torch.Tensor, group: ProcessGroup,
+                              targets: Optional[torch.Tensor] = None, block_rows: Optional[int] = None
+                              ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """`logsumexp_and_target` of the logits ``hidden @ weight.T`` (``[n, h]`` by this rank's ``[V_local, h]``
+    LM-head rows) without materialising them: fp32, no gradient, the same two all-reduces.
+
+    The logits are computed a cache-sized block of ``block_rows`` rows by a slice of the vocabulary at a time
+    and folded into a running (max, sum of exps) per row, the online logsumexp; each block's target logits are
+    picked before it is reduced. Each block's matmul runs in the inputs' dtype, as ``(hidden @ weight.T)`` does.
+    """
+    n, v_local = hidden.shape[0], weight.shape[0]
+    rows = min(n, block_rows or HEAD_BLOCK_MAX_ROWS) or 1
+    cols = min(v_local, max(64, HEAD_BLOCK_ELEMENTS // rows)) or 1
+    m = torch.full((n,), float("-inf"), dtype=torch.float32, device=hidden.device)
+    stats = torch.zeros(1 if targets is None else 2, n, dtype=torch.float32, device=hidden.device)
+    with torch.no_grad():
+        block = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)  # a contiguous view per block
+        for sl in row_chunks(n, rows):
+            h, r = hidden[sl], sl.stop - sl.start
+            local_t = None if targets is None else targets[sl] - vocab_start(v_local, group)
+            m_r, s_r = m[sl], stats[0, sl]
+            for c0 in range(0, v_local, cols):
+                c1 = min(v_local, c0 + cols)
+                z = torch.mm(h, weight[c0:c1].t(), out=block[: r * (c1 - c0)].view(r, c1 - c0))
+                z = z if z.dtype == torch.float32 else z.float()
+                if local_t is not None:
+                    here = (local_t >= c0) & (local_t < c1)
+                    picked = z.gather(1, (local_t - c0).clamp(0, c1 - c0 - 1).unsqueeze(1)).squeeze(1)
+                    stats[1, sl] = torch.where(here, picked, stats[1, sl])
+                new_m = torch.maximum(m_r, z.amax(dim=1))
+                s_r.mul_((m_r - new_m).exp_()).add_(z.sub_(new_m.unsqueeze(1)).exp_().sum(dim=1))
+                m_r.copy_(new_m)
+        del block
+        if tp_size(group) > 1:  # rescale each rank's sums to the group's max before adding them
+            local_m = m.clone()
+            all_reduce(m, dist.ReduceOp.MAX, group)
+            stats[0].mul_((local_m - m).exp_())
+            all_reduce(stats, dist.ReduceOp.SUM, group)
         return m + torch.log(stats[0]), (None if targets is None else stats[1])

@@ -54,13 +54,17 @@ class _TokenLogprobs(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         logits, safe_t, in_shard, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
-        g = grad_out.float()
-        work = torch.empty(min(ctx.rows, logits.shape[0]), logits.shape[1], dtype=torch.float32, device=logits.device)
+        neg_g = grad_out.float().neg().unsqueeze(1)
+        fp32 = logits.dtype == torch.float32
+        work = None if fp32 else torch.empty(min(ctx.rows, logits.shape[0]), logits.shape[1], dtype=torch.float32,
+                                             device=logits.device)
         for sl in row_chunks(logits.shape[0], ctx.rows):
-            d = work[: sl.stop - sl.start].copy_(logits[sl]).sub_(lse[sl].unsqueeze(1)).exp_().neg_()
-            rows_idx = torch.arange(sl.start, sl.stop, device=logits.device) - sl.start
-            d[rows_idx, safe_t[sl]] += in_shard[sl].float()
-            grad[sl] = d.mul_(g[sl].unsqueeze(1))
+            # g * (onehot(target) - softmax(z)), straight into the gradient when the logits are fp32 (no temporary)
+            d = grad[sl] if fp32 else work[: sl.stop - sl.start]
+            torch.sub(logits[sl], lse[sl].unsqueeze(1), out=d).exp_().mul_(neg_g[sl])
+            d[torch.arange(sl.stop - sl.start, device=d.device), safe_t[sl]] -= neg_g[sl, 0] * in_shard[sl]
+            if not fp32:
+                grad[sl] = d
         return grad, None, None, None
 
 

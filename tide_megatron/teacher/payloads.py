@@ -5,7 +5,8 @@ rows [r*V/tp, (r+1)*V/tp)), and compute logits a chunk of positions at a time in
 the full-vocabulary logits nor even this rank's [b, L, V/tp] slice is ever materialised whole:
 
 (a) `token_logprobs`: log p(target) = z[target] - logsumexp(z), with the max, the sum of exps and the
-    target logit each reduced across the TP group (Reverse CALM / CALM).
+    target logit each reduced across the TP group (Reverse CALM / CALM); the logits are reduced a
+    cache-sized block at a time and never stored.
 (b) `logit_row_shard` / `logit_rows`: logits at requested positions only, cut to the first `vocab_limit` ids
     (the shared vocabulary, §9 pitfall 1) (KL / TIDAL); the trainer exchanges the vocabulary slices so each
     rank receives only its own rows (`distributed.payload_exchange.vocab_shards_to_own_rows`).
@@ -18,7 +19,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from tide_megatron.distributed.vocab_parallel import local_vocab_limit, logsumexp_and_target, tp_size
+from tide_megatron.distributed.vocab_parallel import head_logsumexp_and_target, local_vocab_limit, tp_size
 
 # fp32 logits computed at once per TP rank (rows x V/tp): 2^25 = 128 MiB, e.g. 213 positions of LLaDA2's
 # 157,184-id vocabulary at TP=1. Peak memory is a small multiple of this, independent of b x L.
@@ -36,8 +37,8 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
     """Payload (a): fp32 [b, L] log p(targets) from hidden [b, L, h] and this rank's LM-head rows.
 
     Targets < 0 (ignored positions) give 0. Collective over ``tp_group``: every rank passes the same
-    hidden states and targets. ``chunk_tokens`` positions go through the LM head at a time (default:
-    `chunk_rows`, a fixed logits budget).
+    hidden states and targets. ``chunk_tokens`` positions go through the LM head at a time (default: a
+    cache-sized block, `distributed.vocab_parallel.head_logsumexp_and_target`); no logits are kept.
     """
     if targets.shape != hidden.shape[:2]:
         raise ValueError(f"targets shape {tuple(targets.shape)} must equal hidden states' [b, L] "
@@ -49,13 +50,8 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
     wanted = (flat_t >= 0).nonzero().squeeze(1)
     rows_h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, wanted)
     rows_t = flat_t.index_select(0, wanted)
-    w = lm_head_weight
-    chunk_tokens = chunk_tokens or chunk_rows(w.shape[0])
-    for s in range(0, rows_h.shape[0], chunk_tokens):
-        logits = (rows_h[s:s + chunk_tokens] @ w.t()).float()
-        lse, picked = logsumexp_and_target(logits, tp_group, rows_t[s:s + chunk_tokens])
-        del logits
-        out[wanted[s:s + chunk_tokens]] = picked - lse
+    lse, picked = head_logsumexp_and_target(rows_h, lm_head_weight, tp_group, rows_t, chunk_tokens)
+    out[wanted] = picked - lse
     return out.view(targets.shape)
 
 
