@@ -55,6 +55,15 @@ class TileBands:
     blocked: list[torch.Tensor]  # bool [b, 1, stop - start, n_cols] per band, True = masked out
     live_fraction: float
     _additive: dict = field(default_factory=dict, repr=False)
+    _all_columns: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    @property
+    def all_columns(self) -> torch.Tensor:
+        """Every band's key columns, one band after the other: one gather serves all bands (and one scatter-add
+        its backward, instead of a zeroed full-size gradient per band)."""
+        if self._all_columns is None:
+            self._all_columns = torch.cat(self.columns)
+        return self._all_columns
 
     def additive(self, dtype: torch.dtype) -> list[torch.Tensor]:
         """Each band's additive mask in ``dtype`` (built once: every layer and the backward reuse them)."""
@@ -159,11 +168,14 @@ class SDPACoreAttention(MegatronModule):
         bands = self._bands(spec, attention_mask) if dropout_p == 0.0 and query.device.type == "cpu" else None
         sq, b = query.shape[0], query.shape[1]
         if bands is not None:
-            ctx = torch.cat([F.scaled_dot_product_attention(q[:, :, start:stop], k.index_select(2, cols),
-                                                            v.index_select(2, cols), attn_mask=mask,
-                                                            scale=self.softmax_scale, enable_gqa=gqa)
-                             for (start, stop), cols, mask in zip(bands.bounds, bands.columns,
-                                                                  bands.additive(q.dtype))], dim=2)
+            # split (not slices or per-band gathers): autograd then joins the bands' gradients with one cat each
+            widths = [len(cols) for cols in bands.columns]
+            k_bands = k.index_select(2, bands.all_columns).split(widths, dim=2)
+            v_bands = v.index_select(2, bands.all_columns).split(widths, dim=2)
+            q_bands = q.split([stop - start for start, stop in bands.bounds], dim=2)
+            ctx = torch.cat([F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=self.softmax_scale,
+                                                            enable_gqa=gqa)
+                             for qb, kb, vb, mask in zip(q_bands, k_bands, v_bands, bands.additive(q.dtype))], dim=2)
             return ctx.permute(2, 0, 1, 3).reshape(sq, b, self.heads_per_partition * self.head_dim)
         mask = None
         if attention_mask is not None:
