@@ -10,7 +10,7 @@ from tide_megatron.distributed import ParallelLayout, build_model_grid, build_te
 from tide_megatron.losses.ce import bd3lm_ce
 from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
 from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
-from tide_megatron.training.optimizer import reduce_gradients, wrap_ddp
+from tide_megatron.training.optimizer import one_rank_optimizer_shards, reduce_gradients, wrap_ddp
 from tests.helpers.multirank import gather_reduced_gradient
 
 L, B, MASK = 16, 4, 127
@@ -26,6 +26,7 @@ def test_each_rank_normalises_locally_and_gradients_are_averaged(closing):
     torch.manual_seed(7)
     reference = build_qwen3_model(args, closing(build_model_grid(ParallelLayout(), "reference")).pgs)
     ddp = wrap_ddp(model, student.pgs)
+    assert not one_rank_optimizer_shards(ddp)  # two ranks: the reduce-scatter path
 
     g = torch.Generator().manual_seed(3)
     x0 = torch.randint(0, MASK, (4, L), generator=g)
