@@ -17,6 +17,7 @@ from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
 
 from tide_megatron.models.attention_mask import AttentionMaskSpec
+from tide_megatron.models.embedding import use_main_grad_embedding
 from tide_megatron.models.output_rows import OutputRowsTransformerLayer, prefix_length
 from tide_megatron.models.rotary import ExplicitPositionRotaryEmbedding
 
@@ -64,6 +65,8 @@ class ExplicitMaskGPTModel(GPTModel):
     def __init__(self, *args, rotary_base: float = 10000.0, rotary_percent: float = 1.0, **kwargs):
         kwargs["position_embedding_type"] = "none"  # RoPE is ours; no learned absolute positions
         super().__init__(*args, **kwargs)
+        if self.pre_process:  # the word embedding's weight gradient goes straight into DDP's main_grad
+            use_main_grad_embedding(self.embedding.word_embeddings)
         self.explicit_rotary = ExplicitPositionRotaryEmbedding(
             self.config.kv_channels, rotary_base, rotary_percent, self.config.rotary_interleaved)
         self._logits_rows: RowSelector = None
