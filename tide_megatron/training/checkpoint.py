@@ -217,9 +217,12 @@ def _save_failure_message(err: BaseException, root: Path, tmp: Path, needed: int
     previous = list_checkpoints(str(root))
     kept = f"the previous checkpoint {previous[-1]} is kept" if previous else "there is no previous checkpoint"
     # The writers' errors reach this rank through pickles that drop __cause__: match the message as well.
-    if any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or os.strerror(errno.ENOSPC) in str(e)
-           for e in _errors_in(err)):
-        return (f"checkpoint save to {tmp} failed: no space left on device ({_free_bytes(root)} bytes free on "
+    # torch's zip writer may report a short write on a full disk without its errno ("unexpected pos ..."), so
+    # a failed save that leaves less room than one checkpoint (the partial directory already removed) is one.
+    free = _free_bytes(root)
+    if free < needed or any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or os.strerror(errno.ENOSPC)
+                            in str(e) for e in _errors_in(err)):
+        return (f"checkpoint save to {tmp} failed: no space left on device ({free} bytes free on "
                 f"{root}, a checkpoint needs about {needed}); the partial directory was removed and {kept}")
     first = next((e for e in reversed(_errors_in(err)) if not isinstance(e, CheckpointException)), err)
     detail = (str(first).strip().splitlines() or [""])[0][:300]
