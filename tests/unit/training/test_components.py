@@ -1,16 +1,18 @@
 """Trainer components that need no process group: checkpoint directory checks, FP8 refusal, data positions,
 the LR schedule shape, the metrics logger, and the CLI's bad-input errors."""
 
+import errno
 import io
 import json
 import math
+import shutil
 
 import pytest
 import torch
 
 from tide_megatron.config import ConfigError, OptimConfig, PrecisionConfig
-from tide_megatron.training.checkpoint import (COMPLETE_MARKER, CheckpointError, list_checkpoints, resolve_resume,
-                                               validate_checkpoint_dir)
+from tide_megatron.training.checkpoint import (COMPLETE_MARKER, CheckpointError, _save_failure_message,
+                                               list_checkpoints, resolve_resume, validate_checkpoint_dir)
 from tide_megatron.training.data import ResumableBatches
 
 
@@ -127,3 +129,20 @@ def test_keep_last_prunes_the_oldest_checkpoints(tmp_path):
         _fake_complete(tmp_path / f"step_{step:07d}", step)
     _prune(tmp_path, keep_last=2)
     assert [p.name for p in list_checkpoints(str(tmp_path))] == ["step_0000006", "step_0000008"]
+
+
+def test_a_failed_save_without_room_for_a_checkpoint_is_reported_as_a_full_disk(tmp_path):
+    """torch's zip writer can hit a full disk without an errno ("unexpected pos"); the free space decides."""
+    _fake_complete(tmp_path / "step_0000004", 4)
+    tmp = tmp_path / ".tmp-step_0000008"
+    hidden = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    free = shutil.disk_usage(tmp_path).free
+    full = _save_failure_message(hidden, tmp_path, tmp, needed=free * 2 + 1)
+    assert full.startswith(f"checkpoint save to {tmp} failed: no space left on device (")
+    assert full.endswith(f"a checkpoint needs about {free * 2 + 1}); the partial directory was removed and the "
+                         f"previous checkpoint {tmp_path / 'step_0000004'} is kept")
+    roomy = _save_failure_message(hidden, tmp_path, tmp, needed=1)  # room enough: the writer's own error
+    assert roomy == (f"checkpoint save to {tmp} failed: RuntimeError: {hidden}; the partial directory was removed "
+                     f"and the previous checkpoint {tmp_path / 'step_0000004'} is kept")
+    enospc = _save_failure_message(OSError(errno.ENOSPC, "No space left on device"), tmp_path, tmp, needed=1)
+    assert "failed: no space left on device (" in enospc

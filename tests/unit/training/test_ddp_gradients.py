@@ -39,7 +39,7 @@ def test_main_grad_embedding_and_one_rank_reduction_match_plain_autograd(monkeyp
     ids[:, 0] = 7
     pos = torch.arange(12).expand(3, 12)
     weights = torch.randn(3, 12, args.vocab_size, generator=g)
-    for step in range(2):  # the second step checks the buffer and the grad_added_to_main_grad flag are reset
+    for step in range(2):  # the second step checks the in-place accumulation starts from a zeroed buffer
         ddp.zero_grad_buffer()
         (ddp(ids, pos, None) * weights).sum().backward()
         reduce_gradients(ddp, grid.pgs)
