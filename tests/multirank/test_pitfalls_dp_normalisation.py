@@ -1,16 +1,18 @@
 """Spec §9.9: under data parallelism each rank normalises its loss over its own micro-batch and the gradients
 are averaged across ranks; not one global token count. Checked on the trainer's DDP wrapper and gradient
-reduction (distributed-optimizer layout) against a single-rank reference (see docs/PITFALLS.md)."""
+reduction (distributed-optimizer layout) against a single-rank reference (see docs/PITFALLS.md). The optimizer
+step that follows gathers every rank's updated shard: each rank holds torch AdamW's parameters."""
 
 import torch
 import torch.distributed as dist
 
+from tide_megatron.config import OptimConfig
 from tide_megatron.diffusion import bd3lm_inputs, block_diffusion_mask
 from tide_megatron.distributed import ParallelLayout, build_model_grid, build_teacher_and_student_grids
 from tide_megatron.losses.ce import bd3lm_ce
 from tide_megatron.models.qwen3 import build_qwen3_model, qwen3_args_from_hf
 from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
-from tide_megatron.training.optimizer import one_rank_optimizer_shards, reduce_gradients, wrap_ddp
+from tide_megatron.training.optimizer import build_optimizer, one_rank_optimizer_shards, reduce_gradients, wrap_ddp
 from tests.helpers.multirank import gather_reduced_gradient
 
 L, B, MASK = 16, 4, 127
@@ -26,7 +28,9 @@ def test_each_rank_normalises_locally_and_gradients_are_averaged(closing):
     torch.manual_seed(7)
     reference = build_qwen3_model(args, closing(build_model_grid(ParallelLayout(), "reference")).pgs)
     ddp = wrap_ddp(model, student.pgs)
-    assert not one_rank_optimizer_shards(ddp)  # two ranks: the reduce-scatter path
+    assert not one_rank_optimizer_shards(ddp)  # two ranks: the reduce-scatter path and the all-gather
+    optim = OptimConfig(lr=1e-2, clip_grad=1e9)
+    optimizer = build_optimizer(ddp, optim, student.pgs, bf16=False)
 
     g = torch.Generator().manual_seed(3)
     x0 = torch.randint(0, MASK, (4, L), generator=g)
@@ -59,3 +63,13 @@ def test_each_rank_normalises_locally_and_gradients_are_averaged(closing):
         torch.testing.assert_close(p.main_grad, w, atol=1e-6, rtol=1e-5, msg=name)
         differs |= not torch.allclose(w, o, atol=1e-5, rtol=1e-3)
     assert differs
+
+    plain = [torch.nn.Parameter(p.detach().clone()) for p in reference.parameters()]
+    for q, w in zip(plain, want):
+        q.grad = w
+    torch.optim.AdamW(plain, lr=optim.lr, eps=optim.adam_eps, weight_decay=0.0).step()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    for (name, p), q, p0 in zip(model.named_parameters(), plain, before):
+        assert (p - p0).abs().max() > 0.5 * optim.lr, name  # both ranks' halves of the buffer moved
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
