@@ -1,10 +1,13 @@
 """The student optimizer runs torch's fused AdamW where megatron falls back to torch (no TE / apex), with the
 updates of the per-parameter AdamW megatron builds (§7.1): same parameters after clipped steps. At one rank the
-distributed optimizer's step skips the parameter all-gather and gives plain torch AdamW's parameters."""
+distributed optimizer's step skips the parameter all-gather and gives plain torch AdamW's parameters. megatron's
+local `multi_tensor_scale` fallback is replaced by one that writes into its targets, with the same values."""
 
 import pytest
 import torch
 from megatron.core.distributed import param_and_grad_buffer
+from megatron.core.optimizer import clip_grads
+from megatron.core.utils import local_multi_tensor_scale
 
 from tide_megatron.config import OptimConfig, PrecisionConfig, StudentConfig
 from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
@@ -12,6 +15,7 @@ from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
 from tide_megatron.models.llada2.model import ensure_megatron_runtime
 from tide_megatron.models.qwen3.tiny import save_tiny_qwen3
 from tide_megatron.training.models import build_student
+from tide_megatron.training import optimizer as student_optimizer
 from tide_megatron.training.optimizer import build_optimizer, reduce_gradients, wrap_ddp
 
 
@@ -105,3 +109,27 @@ def test_one_rank_step_skips_the_parameter_all_gather_and_matches_torch_adamw(tm
         assert (p.float() - p0).abs().max() > optim.lr, name
         torch.testing.assert_close(p, q.to(p.dtype), **tol, msg=name)
     grid.close()
+
+
+def test_in_place_tensor_scale_gives_megatrons_fallback_values_and_leaves_other_kernels(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    srcs = [torch.randn(5, 7, generator=gen), torch.randn(300, generator=gen)]
+    for dst_dtype in (torch.float32, torch.bfloat16):  # clipping (dst is src) and megatron's fp32 -> bf16 copies
+        for same in (True, False):
+            want_dst = [s.clone() if same else torch.empty_like(s, dtype=dst_dtype) for s in srcs]
+            got_dst = [s.clone() if same else torch.empty_like(s, dtype=dst_dtype) for s in srcs]
+            want_src = want_dst if same else srcs
+            got_src = got_dst if same else srcs
+            local_multi_tensor_scale(2048, None, [want_src, want_dst], 0.37)
+            ptrs = [d.data_ptr() for d in got_dst]
+            student_optimizer._scale_into(2048, None, [got_src, got_dst], 0.37)
+            assert [d.data_ptr() for d in got_dst] == ptrs
+            for w, g in zip(want_dst, got_dst):
+                assert torch.equal(w, g)
+    monkeypatch.setattr(clip_grads, "multi_tensor_scale_impl", local_multi_tensor_scale)
+    student_optimizer.scale_tensors_in_place()
+    assert clip_grads.multi_tensor_scale_impl is student_optimizer._scale_into
+    kernel = object()  # TE's / apex's multi_tensor_scale
+    monkeypatch.setattr(clip_grads, "multi_tensor_scale_impl", kernel)
+    student_optimizer.scale_tensors_in_place()
+    assert clip_grads.multi_tensor_scale_impl is kernel
