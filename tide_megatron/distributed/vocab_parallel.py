@@ -120,21 +120,23 @@ def head_logsumexp_and_target(hidden: torch.Tensor, weight: torch.Tensor, group:
     """`logsumexp_and_target` of the logits ``hidden @ weight.T`` (``[n, h]`` by this rank's ``[V_local, h]``
     LM-head rows) without materialising them: fp32, no gradient, the same two all-reduces.
 
-    The logits are computed a cache-sized block of ``block_rows`` rows by a slice of the vocabulary at a time
-    and folded into a running (max, sum of exps) per row, the online logsumexp; each block's target logits are
-    picked before it is reduced. Each block's matmul runs in the inputs' dtype, as ``(hidden @ weight.T)`` does.
+    The logits are computed a cache-sized block of ``block_rows`` rows by a slice of the vocabulary at a time;
+    each block's logsumexp (from ATen's fused log-softmax, which reduces each row in cache) is folded into a
+    running one per row, the online logsumexp. Each block's target logits are picked before it is reduced.
+    Each block's matmul runs in the inputs' dtype, as ``(hidden @ weight.T)`` does.
     """
     n, v_local = hidden.shape[0], weight.shape[0]
     rows = min(n, block_rows or HEAD_BLOCK_MAX_ROWS) or 1
     cols = min(v_local, max(64, HEAD_BLOCK_ELEMENTS // rows)) or 1
-    m = torch.full((n,), float("-inf"), dtype=torch.float32, device=hidden.device)
+    lse = torch.full((n,), float("-inf"), dtype=torch.float32, device=hidden.device)  # running, over the blocks
     stats = torch.zeros(1 if targets is None else 2, n, dtype=torch.float32, device=hidden.device)
+    stats[0] = 1.0  # each rank's logsumexp is its (max, sum of exps) = (lse, 1)
     with torch.no_grad():
         block = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)  # a contiguous view per block
         for sl in row_chunks(n, rows):
             h, r = hidden[sl], sl.stop - sl.start
             local_t = None if targets is None else targets[sl] - vocab_start(v_local, group)
-            m_r, s_r = m[sl], stats[0, sl]
+            lse_r = lse[sl]
             for c0 in range(0, v_local, cols):
                 c1 = min(v_local, c0 + cols)
                 z = torch.mm(h, weight[c0:c1].t(), out=block[: r * (c1 - c0)].view(r, c1 - c0))
@@ -143,10 +145,12 @@ def head_logsumexp_and_target(hidden: torch.Tensor, weight: torch.Tensor, group:
                     here = (local_t >= c0) & (local_t < c1)
                     picked = z.gather(1, (local_t - c0).clamp(0, c1 - c0 - 1).unsqueeze(1)).squeeze(1)
                     stats[1, sl] = torch.where(here, picked, stats[1, sl])
-                new_m = torch.maximum(m_r, z.amax(dim=1))
-                s_r.mul_((m_r - new_m).exp_()).add_(z.sub_(new_m.unsqueeze(1)).exp_().sum(dim=1))
-                m_r.copy_(new_m)
+                # z[:, 0] - log_softmax(z)[:, 0] is the block's logsumexp; the kernel may write over its input
+                first = z[:, 0].clone()
+                torch.log_softmax(z, 1, out=z)
+                torch.logaddexp(lse_r, first - z[:, 0], out=lse_r)
         del block
+        m = lse
         if tp_size(group) > 1:  # rescale each rank's sums to the group's max before adding them
             local_m = m.clone()
             all_reduce(m, dist.ReduceOp.MAX, group)
