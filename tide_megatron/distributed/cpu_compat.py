@@ -18,6 +18,7 @@ import logging
 from typing import Any, Callable
 
 import torch
+from megatron.core.tensor_parallel import layers as mcore_layers
 from megatron.core.tensor_parallel import random as mcore_random
 from megatron.core.transformer.moe import moe_utils, token_dispatcher
 
@@ -133,6 +134,17 @@ def _maybe_move_tensor_to_cpu(tensor, as_numpy: bool = False, record_stream: boo
     return tensor
 
 
+class _CpuWgradAccumulation:
+    """CPU stand-in for apex's ``fused_weight_gradient_mlp_cuda``: ``main_grad += grad_output^T @ input`` in place
+    (2-D operands, as megatron's linear backward passes them), the products in ``main_grad``'s dtype."""
+
+    @staticmethod
+    def wgrad_gemm_accum_fp32(total_input: torch.Tensor, grad_output: torch.Tensor, main_grad: torch.Tensor) -> None:
+        main_grad.addmm_(grad_output.t().to(main_grad.dtype), total_input.to(main_grad.dtype))
+
+    wgrad_gemm_accum_fp16 = wgrad_gemm_accum_fp32
+
+
 def _bind_missing_te_gemm() -> None:
     """mcore 0.16.1 bug: without Transformer Engine `te_general_gemm` is never bound (router NameError)."""
     if not hasattr(moe_utils, "te_general_gemm"):
@@ -182,6 +194,10 @@ def apply(force: bool = False) -> bool:
     # T9: alltoall dispatcher split sizes.
     _patch(moe_utils, "maybe_move_tensor_to_cpu", _maybe_move_tensor_to_cpu)
     _patch(token_dispatcher, "maybe_move_tensor_to_cpu", _maybe_move_tensor_to_cpu)
+    # T10: megatron's gradient-accumulation fusion (weight gradients accumulated straight into DDP's main_grad)
+    # needs apex's CUDA kernel; the same in-place accumulation on CPU.
+    _patch(mcore_layers, "fused_weight_gradient_mlp_cuda", _CpuWgradAccumulation)
+    _patch(mcore_layers, "_grad_accum_fusion_available", True)
     _APPLIED = True
     return True
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from megatron.core.tensor_parallel import layers as mcore_layers
 
 from tide_megatron.config import PrecisionConfig, StudentConfig, TeacherConfig
 from tide_megatron.distributed.grids import ModelGrid
@@ -42,11 +43,18 @@ class StudentBundle:
     hf_config: dict
 
 
+def wgrad_fusion_available() -> bool:
+    """megatron's linear layers can accumulate weight gradients straight into DDP's ``main_grad`` (apex's kernel
+    on GPU, `distributed.cpu_compat`'s on CPU); TE's layers then do the same (``fuse_wgrad_accumulation``)."""
+    return bool(getattr(mcore_layers, "_grad_accum_fusion_available", False))
+
+
 def build_student(cfg: StudentConfig, precision: PrecisionConfig, grid: ModelGrid,
                   backend: Optional[str] = None) -> StudentBundle:
-    """The Qwen3 BD3LM student on the student grid, weights loaded from ``cfg.checkpoint``."""
+    """The Qwen3 BD3LM student on the student grid, weights loaded from ``cfg.checkpoint``. Its weight gradients
+    accumulate into DDP's ``main_grad`` where megatron's fusion is available, so it trains under DDP only."""
     dtype = torch_dtype(precision.dtype, "precision.dtype")
-    overrides = dict(fp8_settings(precision))
+    overrides = dict(fp8_settings(precision), gradient_accumulation_fusion=wgrad_fusion_available())
     if cfg.recompute:
         overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     if is_mcore_dir(cfg.checkpoint):

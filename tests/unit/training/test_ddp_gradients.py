@@ -1,8 +1,12 @@
 """The student's gradients under megatron DDP on one rank: the word embedding's weight gradient index-added into
-``main_grad`` (models/embedding.py) and the one-rank all-reduce (training/optimizer.reduce_gradients) give the
-gradients plain autograd gives the same model without DDP, tied output weight included."""
+``main_grad`` (models/embedding.py), the linear layers' weight gradients accumulated into it (megatron's
+gradient-accumulation fusion, distributed/cpu_compat.py on CPU) and the one-rank all-reduce
+(training/optimizer.reduce_gradients) give the gradients plain autograd gives the same model without DDP, tied
+output weight included."""
 
+import pytest
 import torch
+from megatron.core.tensor_parallel import layers as mcore_layers
 from megatron.core.distributed import param_and_grad_buffer
 from megatron.core.tensor_parallel import VocabParallelEmbedding
 
@@ -15,13 +19,16 @@ from tide_megatron.models.qwen3.tiny import tiny_qwen3_config
 from tide_megatron.training.optimizer import one_rank_optimizer_shards, reduce_gradients, wrap_ddp
 
 
-def test_main_grad_embedding_and_one_rank_reduction_match_plain_autograd(monkeypatch):
+@pytest.mark.parametrize("fusion", [False, True], ids=["wgrad-via-grad", "wgrad-fusion"])
+def test_main_grad_embedding_and_one_rank_reduction_match_plain_autograd(monkeypatch, fusion):
     init_distributed("gloo")
     grid = build_model_grid(ParallelLayout(), "ddp-gradients")
     ensure_megatron_runtime(grid.pgs)
-    args = qwen3_args_from_hf(tiny_qwen3_config().to_dict())
+    assert mcore_layers._grad_accum_fusion_available  # the CPU kernel is bound
+    hf = tiny_qwen3_config().to_dict()
+    args = qwen3_args_from_hf(hf)
     torch.manual_seed(5)
-    model = build_qwen3_model(args, grid.pgs)
+    model = build_qwen3_model(qwen3_args_from_hf(hf, gradient_accumulation_fusion=fusion), grid.pgs)
     torch.manual_seed(5)
     reference = build_qwen3_model(args, grid.pgs)
     assert type(model.embedding.word_embeddings) is MainGradEmbedding
@@ -30,6 +37,10 @@ def test_main_grad_embedding_and_one_rank_reduction_match_plain_autograd(monkeyp
     ddp = wrap_ddp(model, grid.pgs)
     assert one_rank_optimizer_shards(ddp)
 
+    fused = []
+    real_kernel = mcore_layers.fused_weight_gradient_mlp_cuda.wgrad_gemm_accum_fp32
+    monkeypatch.setattr(mcore_layers.fused_weight_gradient_mlp_cuda, "wgrad_gemm_accum_fp32",
+                        lambda *a: fused.append(1) or real_kernel(*a))
     scatters = []
     real = param_and_grad_buffer.dist_reduce_scatter_func
     monkeypatch.setattr(param_and_grad_buffer, "dist_reduce_scatter_func",
@@ -48,6 +59,7 @@ def test_main_grad_embedding_and_one_rank_reduction_match_plain_autograd(monkeyp
             assert p.grad is None, name
             torch.testing.assert_close(p.main_grad, w, rtol=1e-5, atol=1e-6, msg=f"step {step}: {name}")
     assert not scatters  # one rank: the in-place all-reduce, not the buffer-copying reduce-scatter
+    assert bool(fused) == fusion
     emb = model.embedding.word_embeddings.weight
     assert emb.main_grad[:40].abs().sum() > 0
     grid.close()
