@@ -124,8 +124,8 @@ def scale_tensors_in_place() -> None:
     """Where megatron fell back to its local `multi_tensor_scale` (no TE / apex), write each product in place.
 
     The fallback computes ``dst.copy_(src * scale)``: a fresh temporary per tensor, so gradient clipping touches
-    the whole gradient buffer twice and page-faults a new copy of each tensor every step (35 ms a step for the
-    benchmark's 16 MB word-embedding gradient alone on CPU). TE's and apex's kernels are left as they are.
+    the whole gradient buffer twice and page-faults a new copy of each tensor every clipped step. TE's and apex's
+    kernels are left as they are.
     """
     for module in (clip_grads, megatron_optimizer):
         if module.multi_tensor_scale_impl is local_multi_tensor_scale:
