@@ -6,9 +6,9 @@ output weight included."""
 
 import pytest
 import torch
-from megatron.core.tensor_parallel import layers as mcore_layers
 from megatron.core.distributed import param_and_grad_buffer
 from megatron.core.tensor_parallel import VocabParallelEmbedding
+from megatron.core.tensor_parallel import layers as mcore_layers
 
 from tide_megatron.distributed import init_distributed
 from tide_megatron.distributed.grids import ParallelLayout, build_model_grid

@@ -14,8 +14,8 @@ from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
 from tide_megatron.distributed.grids import ParallelLayout, build_model_grid
 from tide_megatron.models.llada2.model import ensure_megatron_runtime
 from tide_megatron.models.qwen3.tiny import save_tiny_qwen3
-from tide_megatron.training.models import build_student
 from tide_megatron.training import optimizer as student_optimizer
+from tide_megatron.training.models import build_student
 from tide_megatron.training.optimizer import build_optimizer, reduce_gradients, wrap_ddp
 
 
