@@ -150,10 +150,9 @@ def head_logsumexp_and_target(hidden: torch.Tensor, weight: torch.Tensor, group:
                 torch.log_softmax(z, 1, out=z)
                 torch.logaddexp(lse_r, first - z[:, 0], out=lse_r)
         del block
-        m = lse
         if tp_size(group) > 1:  # rescale each rank's sums to the group's max before adding them
-            local_m = m.clone()
-            all_reduce(m, dist.ReduceOp.MAX, group)
-            stats[0].mul_((local_m - m).exp_())
+            local_lse = lse.clone()
+            all_reduce(lse, dist.ReduceOp.MAX, group)
+            stats[0].mul_((local_lse - lse).exp_())
             all_reduce(stats, dist.ReduceOp.SUM, group)
-        return m + torch.log(stats[0]), (None if targets is None else stats[1])
+        return lse + torch.log(stats[0]), (None if targets is None else stats[1])

@@ -67,8 +67,8 @@ def skip_one_rank_param_gather(model: DistributedDataParallel) -> None:
     buffer onto itself (tens of ms a step for the benchmark's 7 M parameters on CPU). Groups of two or more ranks
     keep megatron's all-gather.
     """
-    for group in model.bucket_groups + model.expert_parallel_bucket_groups:
-        if type(group) is _ParamAndGradBucketGroup and group.intra_distributed_optimizer_instance_size == 1:
+    for group in _bucket_groups(model):
+        if type(group) is _ParamAndGradBucketGroup and _one_rank_shard(group):
             group.__class__ = _OneRankBucketGroup
 
 
@@ -169,8 +169,16 @@ def reduce_gradients(model: DistributedDataParallel, pgs: ProcessGroupCollection
 
 def one_rank_optimizer_shards(model: DistributedDataParallel) -> bool:
     """True when every bucket group's distributed-optimizer shard group is one rank (the shard is the buffer)."""
-    groups = model.bucket_groups + model.expert_parallel_bucket_groups
-    return all(getattr(g, "intra_distributed_optimizer_instance_size", 0) == 1 for g in groups)
+    return all(_one_rank_shard(g) for g in _bucket_groups(model))
+
+
+def _bucket_groups(model: DistributedDataParallel) -> list:
+    return model.bucket_groups + model.expert_parallel_bucket_groups
+
+
+def _one_rank_shard(group) -> bool:
+    """The bucket group's distributed-optimizer shard group has one rank (False without a distributed optimizer)."""
+    return getattr(group, "intra_distributed_optimizer_instance_size", 0) == 1
 
 
 def prepare_optimizer_for_loading(optimizer: MegatronOptimizer) -> None:
