@@ -5,16 +5,17 @@
 
 The config is validated (files, layouts against the world size, mode against the tokenizers and the
 dataset) before any model is built. SIGTERM or SIGUSR1 (to the ranks or to the whole process group)
-writes a checkpoint and exits 0, so a requeued job with checkpoint.resume=auto continues where it
-stopped. One run per output directory (a lock; a second run fails at start). When the run stops
-(finished, signalled or failed) rank 0 writes <output_dir>/results.json for tide-report
-(tide_megatron/report/run_dir.py). Any error: one line on stderr and a non-zero exit (the traceback
-with --debug or TIDE_DEBUG=1).
+writes a checkpoint and exits 0 (one that arrives while the models load is kept for the first step), so a
+requeued job with checkpoint.resume=auto continues where it stopped. One run per output directory (a lock;
+a second run fails at start). When the run stops (finished, signalled or failed) rank 0 writes
+<output_dir>/results.json for tide-report (tide_megatron/report/run_dir.py). Any error: one line on stderr
+and a non-zero exit (the traceback with --debug or TIDE_DEBUG=1).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Optional, Sequence
@@ -50,15 +51,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not cfg.data.train:
         raise ConfigError("data.train: expected the directory of a tide-preprocess dataset")
     from tide_megatron.data.indexed import TideAlignedDataset  # local: megatron, after check_machine
+    from tide_megatron.distributed.lifetime import job_signals_held  # local: megatron, after check_machine
     from tide_megatron.training.teacher_server import build_trainer  # local: megatron, after check_machine
 
     train = TideAlignedDataset(cfg.data.train)
     valid = TideAlignedDataset(cfg.data.valid) if cfg.data.valid else None
-    trainer = build_trainer(cfg, train, valid_data=valid)  # a TeacherServer on a separate teacher pool's ranks
-    try:
-        summary = run_recorded(trainer)  # trainer.run(), then <output_dir>/results.json however it ended
-    finally:
-        trainer.close()
+    # a signal while the models are built or a checkpoint loads is kept for the loop's first step boundary
+    with job_signals_held() if cfg.checkpoint.save_on_signal else contextlib.nullcontext():
+        trainer = build_trainer(cfg, train, valid_data=valid)  # a TeacherServer on a separate teacher pool's ranks
+        try:
+            summary = run_recorded(trainer)  # trainer.run(), then <output_dir>/results.json however it ended
+        finally:
+            trainer.close()
     if summary.get("preempted"):
         print(f"tide-train: stopped by a signal at step {trainer.state.step}; checkpoint written, exiting 0",
               file=sys.stderr)

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 # What a scheduler sends to every process of a job before it stops it (SLURM: TERM, or USR1 with --signal).
 JOB_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -26,12 +26,36 @@ _WATCHDOG_INTERVAL_S = 1.0
 _tie_children = 0  # > 0 while `children_tied_to_this_process` is active; a forked child inherits the value
 _forking_pid = 0  # set in the forking process just before each fork
 _parent_at_fork = 0  # in a forked child: the pid of the process that forked it
+_held_signals: list[int] = []  # job signals received inside `job_signals_held`, oldest first
 
 
 def ignore_job_signals() -> None:
     """This process ignores SIGTERM / SIGUSR1: its parent handles preemption and stops it when done."""
     for sig in JOB_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def job_signals_held() -> Iterator[None]:
+    """A job signal that arrives inside this block is kept instead of ending the process, until the training loop
+    takes it (`take_held_job_signal`) and checkpoints at its first step boundary: a preemption while the models
+    are built or a checkpoint is loaded is then a clean stop, not a death by SIGTERM."""
+    previous = {sig: signal.signal(sig, _hold_job_signal) for sig in JOB_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _held_signals.clear()
+
+
+def _hold_job_signal(signum: int, frame: object) -> None:
+    _held_signals.append(signum)
+
+
+def take_held_job_signal() -> Optional[int]:
+    """The first job signal held by `job_signals_held` and not yet taken, else None."""
+    return _held_signals.pop(0) if _held_signals else None
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:

@@ -34,6 +34,7 @@ from tide_megatron.data.compatibility import check_dataset
 from tide_megatron.diffusion.inputs import bd3lm_inputs
 from tide_megatron.distributed import init_distributed, seed_model_parallel_rng
 from tide_megatron.distributed.device import process_device
+from tide_megatron.distributed.lifetime import JOB_SIGNALS, take_held_job_signal
 from tide_megatron.losses import LossInputs, bd3lm_ce, build_objective
 from tide_megatron.models.attention_mask import BlockDiffusionMask
 from tide_megatron.models.gpt import ensure_global_memory_buffer
@@ -67,8 +68,11 @@ class PreemptionFlag:
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        """Listen from now on, and take a signal that arrived while the run was being set up (`job_signals_held`)."""
+        for sig in JOB_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        if self.raised is None:
+            self.raised = take_held_job_signal()
 
     def _handle(self, signum, frame) -> None:
         self.raised = signum
