@@ -5,7 +5,6 @@ configs, bf16, with FP8 for the student in one run), the metrics parser against 
 `MetricsLogger` writes, and the parameter counts against transformers' Qwen3 and the LLaDA2 reference model.
 """
 
-import importlib.util
 import json
 import math
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.benchmarks import load_benchmark
 from tide_megatron.config import load_config, paths_unchecked
 from tide_megatron.training.logging import MetricsLogger
 
@@ -21,11 +21,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def _gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 @pytest.fixture(scope="module")

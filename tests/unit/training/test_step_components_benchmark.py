@@ -1,23 +1,15 @@
 """benchmarks/step_components.py times each component against the plain computation it replaces: both sides of
 every pair must compute the same thing (else its figures measure nothing), and a pair that differs is refused."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.helpers.benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("step_components", REPO / "benchmarks" / "step_components.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_components"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("step_components")
 
 
 def _pairs(bench):
